@@ -1,0 +1,184 @@
+"""The `dapt` command. Stage subcommands share one shape: ``dapt STAGE --config FILE [key=value ...]``.
+
+Heavy libraries (torch, ray, transformers) are imported only inside the command that needs them, so
+`dapt --help` and config errors answer at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import traceback
+from collections.abc import Callable
+
+from pipeline.errors import DaptError
+
+STAGE_NAMES = ["clean", "tokenizer", "mix", "train", "eval", "report"]
+
+# Subcommands implemented by a component: (module exposing add_arguments(parser) and main(args) -> int, help).
+EXTERNAL_COMMANDS = {
+    "plan": ("pipeline.plan.cli", "memory, compute, cost and Chinchilla arithmetic for a run, before it starts"),
+    "import-gguf": ("pipeline.gguf", "import a GGUF model file into a Hugging Face model folder"),
+    "corpus": ("corpora.recipes.cli", "build the demo corpora from installed Debian packages"),
+}
+
+
+def _add_config(p: argparse.ArgumentParser, overrides: bool = True) -> None:
+    p.add_argument("--config", "-c", required=True, help="run config YAML (configs/*.yaml)")
+    if overrides:
+        p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from pipeline.stages import STAGES
+
+    parser = argparse.ArgumentParser(
+        prog="dapt", description="Domain-adaptive continued pretraining pipeline (clean -> report)."
+    )
+    parser.add_argument("--version", action="version", version=f"dapt {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in STAGE_NAMES:
+        p = sub.add_parser(name, help=STAGES[name].help, description=STAGES[name].help)
+        _add_config(p)
+        p.add_argument("--force", action="store_true", help="rerun even if up to date")
+        if name == "train":
+            p.add_argument("--no-preflight", action="store_true", help="skip the memory preflight check")
+    p = sub.add_parser("run", help="run every stage in order (each skipped when up to date)")
+    _add_config(p)
+    p.add_argument("--force", action="store_true", help="rerun every selected stage")
+    p.add_argument("--from", dest="from_stage", choices=STAGE_NAMES, help="first stage to run")
+    p.add_argument("--to", dest="to_stage", choices=STAGE_NAMES, help="last stage to run")
+    p.add_argument("--no-preflight", action="store_true", help="skip the train memory preflight check")
+    p = sub.add_parser("status", help="show each stage as done / stale / missing")
+    _add_config(p)
+    p = sub.add_parser("submit", help="run a stage (or `run`) as a Ray job on a cluster")
+    p.add_argument("--config", "-c", required=True)
+    p.add_argument("stage", choices=[*STAGE_NAMES, "run", "status"])
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.add_argument("--address", help="job server, e.g. http://127.0.0.1:8265 (default: RAY_ADDRESS)")
+    p.add_argument("--no-wait", action="store_true", help="submit and return without following the job")
+    p = sub.add_parser("cluster", help="start or stop a local Ray head on 127.0.0.1 (token auth on)")
+    p.add_argument("action", choices=["up", "down"])
+    p.add_argument("--port", type=int, default=6379)
+    p.add_argument("--dashboard-port", type=int, default=8265)
+    p.add_argument("--num-cpus", type=int, default=None)
+    for cmd, (module, help_) in EXTERNAL_COMMANDS.items():
+        p = sub.add_parser(cmd, help=help_, description=help_)
+        p.set_defaults(_external=module)
+        try:
+            importlib.import_module(module).add_arguments(p)
+        except ImportError as e:  # a component not installed in this checkout
+            p.set_defaults(_import_error=str(e))
+    return parser
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("dapt-pipeline")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _cmd_stage(args: argparse.Namespace) -> int:
+    from pipeline.config import load_config
+    from pipeline.stages import run_stage
+
+    cfg = load_config(args.config, args.overrides, check_inputs=args.command == "clean")
+    extra = {"preflight": not getattr(args, "no_preflight", False)}
+    run_stage(cfg, args.command, force=args.force, extra=extra)
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from pipeline.config import load_config
+    from pipeline.stages import STAGE_ORDER, run_stage
+
+    cfg = load_config(args.config, args.overrides, check_inputs=True)
+    lo = STAGE_ORDER.index(args.from_stage) if args.from_stage else 0
+    hi = STAGE_ORDER.index(args.to_stage) if args.to_stage else len(STAGE_ORDER) - 1
+    for name in STAGE_ORDER[lo : hi + 1]:
+        run_stage(cfg, name, force=args.force, extra={"preflight": not args.no_preflight})
+    report = cfg.run_path / "report" / "report.html"
+    if report.exists():
+        print(f"report: {report.resolve()}")
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from pipeline.config import load_config
+    from pipeline.stages import STAGE_ORDER, stage_dir, stage_status
+
+    cfg = load_config(args.config, args.overrides)
+    print(f"run {cfg.name}: {cfg.run_path}")
+    for name in STAGE_ORDER:
+        print(f"  {name:<10} {stage_status(cfg, name):<8} {stage_dir(cfg, name)}")
+    return 0
+
+
+def _cmd_submit(args: argparse.Namespace) -> int:
+    from pipeline.cluster import submit
+    from pipeline.config import load_config
+
+    load_config(args.config, args.overrides)  # fail fast here rather than on the cluster
+    return submit(args.config, args.stage, args.overrides, address=args.address, wait=not args.no_wait)
+
+
+def _cmd_cluster(args: argparse.Namespace) -> int:
+    from pipeline.cluster import cluster_down, cluster_up
+
+    if args.action == "up":
+        addr = cluster_up(args.port, args.dashboard_port, args.num_cpus)
+        print(f"Ray head on 127.0.0.1:{args.port}; submit jobs to {addr} (token auth on)")
+        print(f"  dapt submit --address {addr} --config CONFIG STAGE")
+    else:
+        n = cluster_down(args.port)
+        print(f"stopped {n} Ray process(es) of the head on port {args.port}")
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    **{name: _cmd_stage for name in STAGE_NAMES},
+    "run": _cmd_run,
+    "status": _cmd_status,
+    "submit": _cmd_submit,
+    "cluster": _cmd_cluster,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if getattr(args, "_external", None):
+            if getattr(args, "_import_error", None):
+                raise DaptError(f"`dapt {args.command}` is unavailable: {args._import_error}")
+            return int(importlib.import_module(args._external).main(args) or 0)
+        return COMMANDS[args.command](args)
+    except DaptError as e:
+        print(f"dapt: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("dapt: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        tb = traceback.format_exc()
+        print(f"dapt: error: {type(e).__name__}: {e}", file=sys.stderr)
+        print("(the traceback is in the stage log under <run_dir>/logs/; set DAPT_DEBUG=1 to print it)", file=sys.stderr)
+        import os
+
+        if os.environ.get("DAPT_DEBUG"):
+            print(tb, file=sys.stderr)
+        return 1
+    finally:
+        if "ray" in sys.modules:
+            from pipeline.ray_runtime import shutdown_ray
+
+            shutdown_ray()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,289 @@
+"""The run config: one YAML file per run, validated into typed models.
+
+Each component owns its section's model (``corpora.clean.config.CleanConfig`` and so on); this module
+only assembles them, so a change to one stage's knobs never touches another's file. Configs are read
+with ``yaml.safe_load`` only and every model forbids unknown keys, so a typo is an error, not a no-op.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from corpora.clean.config import CleanConfig, StepSpec
+from corpora.mix.config import MixConfig
+from eval.config import EvalConfig
+from eval.report.config import ReportConfig
+from pipeline.errors import ConfigError
+from pipeline.plan.config import PlanConfig
+from pipeline.train.config import TrainConfig
+from tokenizer.config import TokenizerConfig
+
+
+class StrictModel(BaseModel):
+    """Base for every config model: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".txt": "txt"}
+_COMPRESSIONS = (".gz", ".zst")
+
+
+def infer_format(path: str) -> str | None:
+    """Format from a path or glob's suffix, ignoring a trailing .gz/.zst."""
+    p = path
+    for c in _COMPRESSIONS:
+        if p.endswith(c):
+            p = p[: -len(c)]
+    return _FORMATS.get(Path(p).suffix.lower())
+
+
+class SourceConfig(StrictModel):
+    """One input corpus. ``kind`` decides which side of the mix it feeds and its default cleaning profile."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    kind: Literal["domain", "general"]
+    paths: list[str] = Field(min_length=1)
+    format: Literal["jsonl", "parquet", "txt"] | None = None
+    text_field: str = "text"
+    id_field: str | None = None
+    date_field: str | None = None
+    txt_mode: Literal["file", "blocks"] = "file"
+    """For ``txt``: one document per file, or one per blank-line-separated block."""
+    steps: list[StepSpec] | None = None
+    """Overrides the default cleaning steps of this source's kind (see docs/cleaning.md)."""
+    weight: float = Field(default=1.0, gt=0)
+    """Relative weight among the sources on the same side of the mix."""
+    license: str | None = None
+    provenance: str | None = None
+
+    @model_validator(mode="after")
+    def _infer_format(self) -> SourceConfig:
+        if self.format is None:
+            fmts = {infer_format(p) for p in self.paths}
+            if len(fmts) != 1 or None in fmts:
+                raise ValueError(
+                    f"cannot infer format from paths {self.paths}; set format: jsonl|parquet|txt"
+                )
+            self.format = fmts.pop()
+        return self
+
+    def files(self) -> list[Path]:
+        """The files the globs match, sorted (deterministic order matters for ids and resumption)."""
+        out: list[Path] = []
+        for pattern in self.paths:
+            out.extend(Path(p) for p in glob.glob(os.path.expanduser(pattern), recursive=True))
+        return sorted({p for p in out if p.is_file()})
+
+
+class FromConfigModel(StrictModel):
+    """A model built from a config (random init): tiny test models, or training from scratch."""
+
+    model_type: str = "llama"
+    vocab_size: int = Field(default=32000, gt=0)
+    hidden_size: int = Field(default=64, gt=0)
+    intermediate_size: int = Field(default=128, gt=0)
+    num_hidden_layers: int = Field(default=2, gt=0)
+    num_attention_heads: int = Field(default=4, gt=0)
+    num_key_value_heads: int | None = None
+    max_position_embeddings: int = Field(default=2048, gt=0)
+    tie_word_embeddings: bool = False
+    extra: dict[str, Any] = Field(default_factory=dict)
+    seed: int = 0
+
+
+class ModelConfig(StrictModel):
+    """The base model: a hub id or local HF folder (``name_or_path``), or ``from_config``."""
+
+    name_or_path: str | None = None
+    revision: str | None = None
+    tokenizer: str | None = None
+    """Tokenizer id/folder; defaults to ``name_or_path``. Needed with ``from_config`` unless the
+    tokenizer stage trains one (``tokenizer.mode: replace``)."""
+    from_config: FromConfigModel | None = None
+    trust_remote_code: bool = False
+    pretraining_tokens: float | None = Field(default=None, gt=0)
+    """Tokens the base model was pretrained on, for the planner's continued-pretraining arithmetic."""
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelConfig:
+        if (self.name_or_path is None) == (self.from_config is None):
+            raise ValueError("set exactly one of name_or_path or from_config")
+        return self
+
+    @property
+    def tokenizer_path(self) -> str | None:
+        return self.tokenizer or self.name_or_path
+
+
+class RayConfig(StrictModel):
+    """How to reach Ray. ``address`` (or env RAY_ADDRESS) joins a cluster; otherwise a local one starts."""
+
+    address: str | None = None
+    num_cpus: int | None = Field(default=None, gt=0)
+    object_store_memory_gb: float = Field(default=1.5, gt=0)
+
+
+class RunConfig(StrictModel):
+    """The whole run. Sections default to sensible values so a config can be a dozen lines."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    run_dir: str | None = None
+    seed: int = 0
+    sources: list[SourceConfig] = Field(min_length=1)
+    model: ModelConfig
+    ray: RayConfig = Field(default_factory=RayConfig)
+    clean: CleanConfig = Field(default_factory=CleanConfig)
+    tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
+    mix: MixConfig = Field(default_factory=MixConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
+    plan: PlanConfig = Field(default_factory=PlanConfig)
+
+    # Set by the loader, not by users: where the config came from (for messages and relative paths).
+    config_path: str | None = Field(default=None, exclude=True)
+
+    @field_validator("sources")
+    @classmethod
+    def _unique_names(cls, v: list[SourceConfig]) -> list[SourceConfig]:
+        names = [s.name for s in v]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"duplicate source names: {sorted(dup)}")
+        kinds = {s.kind for s in v}
+        if "domain" not in kinds:
+            raise ValueError("at least one source must have kind: domain")
+        return v
+
+    @property
+    def run_path(self) -> Path:
+        return Path(self.run_dir) if self.run_dir else Path("runs") / self.name
+
+    def sources_of(self, kind: str) -> list[SourceConfig]:
+        return [s for s in self.sources if s.kind == kind]
+
+    def section(self, dotted: str) -> Any:
+        """Value at a dotted key, as JSON-able data (used for fingerprints)."""
+        node: Any = self.model_dump(mode="json")
+        for part in dotted.split("."):
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        return node
+
+
+def _set_dotted(data: dict, key: str, value: Any, origin: str) -> None:
+    parts = key.split(".")
+    node: Any = data
+    for i, part in enumerate(parts[:-1]):
+        if isinstance(node, list):
+            try:
+                node = node[int(part)]
+            except (ValueError, IndexError):
+                raise ConfigError(f"{origin}: override {key}: no list item {part!r}") from None
+            continue
+        if part not in node or node[part] is None:
+            node[part] = {}
+        if not isinstance(node[part], dict | list):
+            raise ConfigError(f"{origin}: override {key}: {'.'.join(parts[: i + 1])} is not a section")
+        node = node[part]
+    last = parts[-1]
+    if isinstance(node, list):
+        try:
+            node[int(last)] = value
+        except (ValueError, IndexError):
+            raise ConfigError(f"{origin}: override {key}: no list item {last!r}") from None
+    else:
+        node[last] = value
+
+
+def parse_overrides(overrides: list[str], origin: str = "command line") -> list[tuple[str, Any]]:
+    """``a.b=value`` pairs; values are YAML scalars/lists (``0.6``, ``true``, ``[a, b]``)."""
+    out = []
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"{origin}: override {item!r} is not of the form dotted.key=value")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if not key or any(not p for p in key.split(".")):
+            raise ConfigError(f"{origin}: override {item!r} has an empty key")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{origin}: override {key}: cannot parse value {raw!r}: {e}") from None
+        out.append((key, value))
+    return out
+
+
+def _loc(loc: tuple) -> str:
+    return ".".join(str(p) for p in loc if not (isinstance(p, str) and p.startswith("function-")))
+
+
+def format_validation_error(path: str, err: ValidationError) -> str:
+    """The first error as one line, ``FILE: dotted.key: message`` (plus a count of the rest)."""
+    errors = err.errors()
+    first = errors[0]
+    key = _loc(first["loc"]) or "(top level)"
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    elif first["type"] == "missing":
+        msg = "required key is missing"
+    more = f" (and {len(errors) - 1} more error(s))" if len(errors) > 1 else ""
+    return f"{path}: {key}: {msg}{more}"
+
+
+def load_config(
+    path: str | os.PathLike, overrides: list[str] | None = None, check_inputs: bool = False
+) -> RunConfig:
+    """Read, override, validate. Raises ConfigError with a one-line ``file: key: problem`` message."""
+    path = str(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}:{where}: invalid YAML: {getattr(e, 'problem', e)}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections")
+    for key, value in parse_overrides(overrides or []):
+        _set_dotted(data, key, value, path)
+    try:
+        cfg = RunConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(path, e)) from None
+    cfg.config_path = path
+    if check_inputs:
+        check_input_files(cfg)
+    return cfg
+
+
+def check_input_files(cfg: RunConfig) -> None:
+    """Every source glob must match at least one file (a missing corpus is a config error)."""
+    where = cfg.config_path or "config"
+    for i, src in enumerate(cfg.sources):
+        for j, pattern in enumerate(src.paths):
+            if not glob.glob(os.path.expanduser(pattern), recursive=True):
+                raise ConfigError(f"{where}: sources.{i}.paths.{j}: no file matches {pattern!r}")
+    m = cfg.model
+    if m.name_or_path and _looks_local(m.name_or_path) and not Path(m.name_or_path).exists():
+        raise ConfigError(f"{where}: model.name_or_path: local path {m.name_or_path!r} does not exist")
+
+
+def _looks_local(name: str) -> bool:
+    """Hub ids are ``org/name``; anything starting with /, ./, ../ or ~ is a local path."""
+    return name.startswith(("/", "./", "../", "~")) or name.count("/") > 1
+
+
+def dump_config(cfg: RunConfig) -> str:
+    """The resolved config as YAML, written into the run folder."""
+    return yaml.safe_dump(json.loads(cfg.model_dump_json()), sort_keys=False)

@@ -1,0 +1,66 @@
+"""Atomic file writes and fingerprints: the small pieces every stage's "nothing is lost" rests on."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write to a temp file in the same folder, fsync, rename: readers see old or new, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: str | os.PathLike, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def stable_hash(obj: Any) -> str:
+    """sha256 of canonical JSON: equal configs give equal hashes whatever the key order."""
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def file_fingerprint(path: str | os.PathLike, content_limit: int = 1 << 20) -> dict[str, Any]:
+    """Path, size and mtime; plus a content hash for small files (cheap, and survives `touch`).
+
+    Large corpora are fingerprinted by size+mtime only: hashing terabytes on every `dapt status` is
+    not acceptable, and a changed file almost always changes one of the two.
+    """
+    p = Path(path)
+    st = p.stat()
+    fp: dict[str, Any] = {"path": str(p), "size": st.st_size}
+    if st.st_size <= content_limit:
+        fp["sha256"] = hashlib.sha256(p.read_bytes()).hexdigest()
+    else:
+        fp["mtime_ns"] = st.st_mtime_ns
+    return fp
+
+
+def files_fingerprint(paths: Iterable[str | os.PathLike]) -> list[dict[str, Any]]:
+    return [file_fingerprint(p) for p in sorted(str(p) for p in paths)]
+
+
+def dir_size(path: str | os.PathLike) -> int:
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())

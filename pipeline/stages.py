@@ -1,0 +1,337 @@
+"""The stage runner: fingerprints, up-to-date checks, atomic output folders, manifests, logs.
+
+A stage is a plain function ``run(ctx: StageContext) -> dict``. It writes only under ``ctx.out_dir``
+(a temporary folder) and, for state that must survive a crash such as checkpoints, under
+``ctx.work_dir``. When it returns, the runner writes ``manifest.json`` into the temporary folder,
+renames it to ``<run_dir>/<stage>/`` and writes the done marker last. A stage killed at any point
+therefore leaves either the previous complete output or none, never half of one.
+
+Staleness is by fingerprint: the hash of the stage's config sections, its input files and the
+fingerprints of the upstream outputs it read. A changed upstream output changes every downstream
+fingerprint, so downstream stages show as stale without any bookkeeping of their own.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import RunConfig, dump_config
+from pipeline.errors import DaptError, StageMissingError
+from pipeline.fsutil import atomic_write_json, atomic_write_text, files_fingerprint, read_json, stable_hash
+
+DONE_MARKER = "_DONE"
+MANIFEST = "manifest.json"
+
+
+def _source_files(cfg: RunConfig) -> list[Path]:
+    return [f for s in cfg.sources for f in s.files()]
+
+
+def _model_files(cfg: RunConfig) -> list[Path]:
+    """A local base model's files (so replacing the weights reruns the tokenizer stage)."""
+    p = cfg.model.name_or_path
+    if p and Path(p).is_dir():
+        return sorted(f for f in Path(p).rglob("*") if f.is_file())
+    return []
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    name: str
+    target: str
+    """``module:function`` imported lazily, so ``dapt --help`` does not import torch."""
+    needs: tuple[str, ...]
+    config_keys: tuple[str, ...]
+    inputs: Callable[[RunConfig], list[Path]] | None = None
+    help: str = ""
+
+
+STAGES: dict[str, StageSpec] = {
+    s.name: s
+    for s in [
+        StageSpec(
+            "clean",
+            "corpora.clean.stage:run",
+            (),
+            ("sources", "clean"),
+            _source_files,
+            "read, normalise, filter, redact PII and deduplicate the sources",
+        ),
+        StageSpec(
+            "tokenizer",
+            "tokenizer.stage:run",
+            ("clean",),
+            ("model", "tokenizer", "seed"),
+            _model_files,
+            "train, extend or keep the tokenizer; resize and initialise the model's embeddings",
+        ),
+        StageSpec(
+            "mix",
+            "corpora.mix.stage:run",
+            ("clean", "tokenizer"),
+            ("mix", "train.seq_len", "eval.tasks", "seed"),
+            None,
+            "held-out splits, decontamination, token-exact domain/general mixing, packing",
+        ),
+        StageSpec(
+            "train",
+            "pipeline.train.stage:run",
+            ("tokenizer", "mix"),
+            ("train", "seed"),
+            None,
+            "sharded continued pretraining on Ray Train (FSDP2 / DDP), resumable",
+        ),
+        StageSpec(
+            "eval",
+            "eval.stage:run",
+            ("tokenizer", "mix", "train"),
+            ("eval", "seed"),
+            None,
+            "bits-per-byte and lm-eval benchmarks, base vs adapted, quantized variants",
+        ),
+        StageSpec(
+            "report",
+            "eval.report.stage:run",
+            ("clean", "tokenizer", "mix", "train", "eval"),
+            ("report", "plan"),
+            None,
+            "HTML + Markdown evaluation report and the model card",
+        ),
+    ]
+}
+STAGE_ORDER = list(STAGES)
+
+
+def stage_dir(cfg: RunConfig, name: str) -> Path:
+    return cfg.run_path / name
+
+
+def is_done(cfg: RunConfig, name: str) -> bool:
+    return (stage_dir(cfg, name) / DONE_MARKER).exists()
+
+
+def read_manifest(cfg: RunConfig, name: str) -> dict[str, Any]:
+    """The manifest of a finished stage; StageMissingError naming the stage to run if it is not."""
+    d = stage_dir(cfg, name)
+    if not (d / DONE_MARKER).exists():
+        where = cfg.config_path or "<config>"
+        raise StageMissingError(
+            f"stage {name!r} has no finished output in {d}: run `dapt {name} --config {where}` first"
+        )
+    return read_json(d / MANIFEST)
+
+
+def _section(cfg: RunConfig, key: str) -> Any:
+    try:
+        return cfg.section(key)
+    except (KeyError, IndexError):
+        return None
+
+
+def compute_fingerprint(cfg: RunConfig, spec: StageSpec) -> tuple[str, dict[str, Any]]:
+    """The stage's fingerprint now, and what went into it. Raises StageMissingError if an upstream
+    output is missing (the fingerprint depends on it)."""
+    parts: dict[str, Any] = {
+        "stage": spec.name,
+        "config": {k: _section(cfg, k) for k in spec.config_keys},
+        "inputs": files_fingerprint(spec.inputs(cfg)) if spec.inputs else [],
+        "upstream": {u: read_manifest(cfg, u)["fingerprint"] for u in spec.needs},
+    }
+    return stable_hash(parts), parts
+
+
+def stage_status(cfg: RunConfig, name: str) -> str:
+    """``done`` (output matches config and inputs), ``stale`` (output exists but does not), ``missing``."""
+    if not is_done(cfg, name):
+        return "missing"
+    try:
+        fp, _ = compute_fingerprint(cfg, STAGES[name])
+    except StageMissingError:
+        return "stale"
+    if any(stage_status(cfg, u) != "done" for u in STAGES[name].needs):
+        return "stale"
+    return "done" if read_json(stage_dir(cfg, name) / MANIFEST).get("fingerprint") == fp else "stale"
+
+
+def library_versions() -> dict[str, str]:
+    out = {}
+    for dist in [
+        "dapt-pipeline",
+        "torch",
+        "transformers",
+        "tokenizers",
+        "sentencepiece",
+        "ray",
+        "lm_eval",
+        "pyarrow",
+        "numpy",
+        "datasets",
+    ]:
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    out["python"] = sys.version.split()[0]
+    return out
+
+
+def git_revision() -> str | None:
+    root = Path(__file__).resolve().parent.parent
+    try:
+        rev = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+        )
+        if rev.returncode != 0:
+            return None
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        return rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+@dataclass
+class StageContext:
+    """What a stage function gets: the config, where to write, and how to read upstream outputs."""
+
+    cfg: RunConfig
+    spec: StageSpec
+    out_dir: Path
+    work_dir: Path
+    log: logging.Logger
+    force: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def run_dir(self) -> Path:
+        return self.cfg.run_path
+
+    def upstream_dir(self, name: str) -> Path:
+        read_manifest(self.cfg, name)  # raises with the stage to run first
+        return stage_dir(self.cfg, name)
+
+    def upstream_manifest(self, name: str) -> dict[str, Any]:
+        return read_manifest(self.cfg, name)
+
+
+def _setup_log(cfg: RunConfig, name: str) -> tuple[logging.Logger, Path, logging.Handler]:
+    log_path = cfg.run_path / "logs" / f"{name}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    logger = logging.getLogger(f"dapt.{name}")
+    logger.setLevel(logging.INFO)
+    handler = logging.FileHandler(log_path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logger.addHandler(handler)
+    return logger, log_path, handler
+
+
+def run_stage(
+    cfg: RunConfig,
+    name: str,
+    force: bool = False,
+    echo: Callable[[str], None] | None = print,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Run one stage unless it is up to date. Returns its manifest."""
+    spec = STAGES[name]
+    say = echo or (lambda _msg: None)
+    fp, parts = compute_fingerprint(cfg, spec)  # raises StageMissingError first: nothing written
+    final = stage_dir(cfg, name)
+    if not force and is_done(cfg, name):
+        manifest = read_json(final / MANIFEST)
+        if manifest.get("fingerprint") == fp:
+            say(f"{name}: up to date ({final})")
+            return manifest
+
+    run_dir = cfg.run_path
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
+    tmp = run_dir / f".{name}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)  # a killed earlier attempt; resumable state lives in work_dir instead
+    tmp.mkdir(parents=True)
+    work = run_dir / ".work" / name
+    work.mkdir(parents=True, exist_ok=True)
+
+    logger, log_path, handler = _setup_log(cfg, name)
+    logger.info("starting stage %s (fingerprint %s)", name, fp[:12])
+    ctx = StageContext(
+        cfg=cfg, spec=spec, out_dir=tmp, work_dir=work, log=logger, force=force, extra=dict(extra or {})
+    )
+    started = datetime.now(UTC)
+    t0 = time.perf_counter()
+    say(f"{name}: running (log: {log_path})")
+    try:
+        result = importlib.import_module(spec.target.split(":")[0])
+        fn = getattr(result, spec.target.split(":")[1])
+        result = fn(ctx) or {}
+    except DaptError as e:
+        logger.error("%s", e)
+        raise
+    except BaseException:
+        logger.exception("stage %s failed", name)
+        raise
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+    seconds = time.perf_counter() - t0
+
+    manifest: dict[str, Any] = {
+        "stage": name,
+        "fingerprint": fp,
+        "config": parts["config"],
+        "inputs": parts["inputs"],
+        "upstream": parts["upstream"],
+        "started": started.isoformat(),
+        "seconds": round(seconds, 3),
+        "versions": library_versions(),
+        "git_revision": git_revision(),
+    }
+    for key, value in result.items():
+        if key in manifest:
+            raise RuntimeError(f"stage {name} returned reserved manifest key {key!r}")
+        manifest[key] = value
+    atomic_write_json(tmp / MANIFEST, manifest)
+    shutil.copyfile(log_path, tmp / "log.txt")
+
+    old = run_dir / f".{name}.old"
+    if old.exists():
+        shutil.rmtree(old)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    atomic_write_text(final / DONE_MARKER, fp + "\n")  # last: only now is the stage done
+    if old.exists():
+        shutil.rmtree(old)
+    say(f"{name}: done in {seconds:.1f}s -> {final}")
+    return manifest
+
+
+def run_pipeline(
+    cfg: RunConfig,
+    stages: list[str] | None = None,
+    force: bool = False,
+    echo: Callable[[str], None] | None = print,
+) -> None:
+    for name in stages or STAGE_ORDER:
+        run_stage(cfg, name, force=force, echo=echo)
