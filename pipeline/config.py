@@ -233,6 +233,10 @@ def format_validation_error(path: str, err: ValidationError) -> str:
     msg = first["msg"]
     if first["type"] == "extra_forbidden":
         msg = "unknown key"
+        value = first.get("input")
+        while isinstance(value, dict) and len(value) == 1:  # name the whole dotted key the user wrote
+            (k, value), = value.items()
+            key = f"{key}.{k}"
     elif first["type"] == "missing":
         msg = "required key is missing"
     more = f" (and {len(errors) - 1} more error(s))" if len(errors) > 1 else ""

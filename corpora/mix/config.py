@@ -1,9 +1,151 @@
-"""Config of the mix stage. (Owned by the mix component; imports pydantic only.)"""
+"""Config of the mix stage. (Owned by the mix component; imports pydantic only.)
+
+The knobs, in the order a user thinks about them: which documents are held out (``split``), which
+training documents are dropped because they overlap held-out text or evaluation data (``near_dedup``,
+``decontamination``), and then the mix itself: the domain share in tokens, how many tokens in total, how
+often a source may be repeated. See docs/mixing.md for the solver's exact rules.
+"""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class SplitConfig(BaseModel):
+    """How each source's validation and test documents are chosen (per source, before mixing)."""
+
+    model_config = ConfigDict(extra="forbid")
+    by: Literal["hash", "date"] = "hash"
+    """``hash``: the documents with the smallest stable hash of their text (independent of ``mix.seed``,
+    so changing the mix never changes the held-out sets). ``date``: every document dated after
+    ``after`` is test (BloombergGPT held out later documents); validation is still by hash."""
+    after: str | None = None
+    """ISO date (``YYYY-MM-DD``); with ``by: date``, documents dated strictly later are test."""
+    validation_fraction: float = Field(default=0.01, ge=0, lt=0.5)
+    """Share of each source's documents held out for validation (rounded, at least ``min_docs``)."""
+    test_fraction: float = Field(default=0.01, ge=0, lt=0.5)
+    """Share of each source's documents held out for test (``by: hash`` only)."""
+    validation_docs: int | None = Field(default=None, ge=0)
+    """Exact validation count per source; overrides ``validation_fraction``."""
+    test_docs: int | None = Field(default=None, ge=0)
+    """Exact test count per source; overrides ``test_fraction`` (``by: hash`` only)."""
+    min_docs: int = Field(default=1, ge=0, le=1000)
+    """Each split gets at least this many documents when its fraction is non-zero, so a small source
+    still has something to evaluate on."""
+    max_docs: int = Field(default=2000, ge=1)
+    """Cap per split and source for the hash splits: held-out text beyond a few thousand documents
+    only slows evaluation down."""
+
+    @model_validator(mode="after")
+    def _check(self) -> SplitConfig:
+        if self.by == "date":
+            if not self.after:
+                raise ValueError("split.by: date needs split.after (an ISO date such as 2023-01-01)")
+            if self.test_docs is not None:
+                raise ValueError("split.test_docs is for split.by: hash; with by: date the test set is every "
+                                 "document after split.after")
+        if self.after is not None:
+            import datetime as _dt
+
+            try:
+                _dt.date.fromisoformat(self.after[:10])
+            except ValueError:
+                raise ValueError(f"split.after {self.after!r} is not an ISO date (YYYY-MM-DD)") from None
+        return self
+
+
+class NearDedupConfig(BaseModel):
+    """MinHash near-duplicate removal of training documents that resemble held-out documents."""
+
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = True
+    threshold: float = Field(default=0.5, gt=0, le=1)
+    """A training document whose word-5-gram Jaccard similarity with any held-out document reaches this is
+    dropped from training. Lower than typical corpus dedup (0.7-0.8) on purpose: this guards the test
+    set, where a false removal costs one training document and a miss inflates every reported number."""
+    ngram: int = Field(default=5, ge=1, le=64)
+    num_perm: int = Field(default=128, ge=8, le=1024)
+    bands: int = Field(default=32, ge=1, le=1024)
+    """LSH bands x rows must not exceed num_perm; 32 x 4 finds pairs from Jaccard ~0.42 upward."""
+    rows: int = Field(default=4, ge=1, le=64)
+    seed: int = Field(default=0, ge=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> NearDedupConfig:
+        if self.bands * self.rows > self.num_perm:
+            raise ValueError(
+                f"near_dedup.bands x rows = {self.bands * self.rows} exceeds num_perm = {self.num_perm}"
+            )
+        return self
+
+
+class DecontaminationConfig(BaseModel):
+    """Dropping training documents that share an n-gram with the evaluation tasks' data."""
+
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = True
+    ngram: int = Field(default=13, ge=3, le=64)
+    """Words per n-gram (13, as in the GPT-3 contamination analysis)."""
+    min_words: int = Field(default=8, ge=1, le=64)
+    """An evaluation text shorter than ``ngram`` words is matched as one whole n-gram of its own length
+    if it has at least this many words; shorter ones are ignored (too common to mean contamination)."""
+    extra_files: list[str] = Field(default_factory=list)
+    """More benchmark text to decontaminate against: ``.jsonl`` (field ``text``) or ``.txt`` (one item
+    per line); reported under the file's name."""
 
 
 class MixConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    domain_fraction: float | None = Field(default=None, gt=0, le=1)
+    """Target share of domain tokens in the training blocks (BloombergGPT: 0.51). Default 0.51 when
+    neither this nor ``replay`` is set."""
+    replay: float | None = Field(default=None, ge=0, lt=1)
+    """The general share, for users who think in continual-pretraining "replay" terms:
+    ``domain_fraction = 1 - replay``. Mutually exclusive with ``domain_fraction``."""
+    total_tokens: int | None = Field(default=None, gt=0)
+    """Training tokens to produce (rounded to whole blocks of ``train.seq_len + 1``)."""
+    domain_epochs: float | None = Field(default=None, gt=0)
+    """Alternative to ``total_tokens``: use the domain data this many times; the total follows from the
+    fraction. With neither set, the total is the largest mix that repeats no source."""
+    max_epochs: float = Field(default=4.0, gt=0, le=1000)
+    """Most passes over any one source (about 4 epochs of repeated data are nearly as good as new data,
+    Muennighoff et al. 2023, "Scaling data-constrained language models")."""
+    max_epochs_per_source: dict[str, float] = Field(default_factory=dict)
+    """Per-source overrides of ``max_epochs``, by source name."""
+    weights: dict[str, float] = Field(default_factory=dict)
+    """Per-source weights overriding ``sources[].weight`` within each side of the mix (changing them here
+    reruns only this stage, not cleaning)."""
+    allow_shortfall: bool = False
+    """When the request is infeasible, shrink the total to the largest feasible one at the target
+    fraction instead of failing. The fraction is never silently changed."""
+    seed: int | None = None
+    """Seed of the document sampling and block shuffle; defaults to the run's ``seed``."""
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    near_dedup: NearDedupConfig = Field(default_factory=NearDedupConfig)
+    decontamination: DecontaminationConfig = Field(default_factory=DecontaminationConfig)
+    encode_batch_size: int = Field(default=256, ge=1, le=1 << 16)
+    """Documents per Ray Data batch in the tokenisation pass."""
+
+    @model_validator(mode="after")
+    def _check(self) -> MixConfig:
+        if self.domain_fraction is not None and self.replay is not None:
+            raise ValueError("set mix.domain_fraction or mix.replay, not both (replay = 1 - domain_fraction)")
+        if self.total_tokens is not None and self.domain_epochs is not None:
+            raise ValueError("set mix.total_tokens or mix.domain_epochs, not both")
+        if self.domain_epochs is not None and self.domain_epochs > self.max_epochs:
+            raise ValueError(f"mix.domain_epochs {self.domain_epochs} exceeds mix.max_epochs {self.max_epochs}")
+        for name, value in {**self.max_epochs_per_source, **self.weights}.items():
+            if not value > 0:
+                raise ValueError(f"per-source value for {name!r} must be > 0, got {value}")
+        return self
+
+    @property
+    def target_domain_fraction(self) -> float:
+        """The domain share the solver aims at."""
+        if self.domain_fraction is not None:
+            return self.domain_fraction
+        if self.replay is not None:
+            return 1.0 - self.replay
+        return 0.51

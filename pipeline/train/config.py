@@ -1,11 +1,101 @@
-"""Config of the train stage. (Imports pydantic only.)"""
+"""Config of the train stage. (Imports pydantic only: the CLI validates configs without torch.)
+
+Defaults follow the continued-pretraining literature (see docs/training.md): re-warm the learning rate
+over ~1% of the steps to a modest peak (3e-5..1e-4 for 1B-7B models, well below the original
+pretraining peak) and re-decay it with cosine to ~10% of the peak. AdamW betas (0.9, 0.95) and weight
+decay 0.1 are the usual LLM pretraining values.
+"""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
     seq_len: int = Field(default=512, ge=8, le=1 << 20)
     """Tokens per training sequence; the mix stage packs blocks of ``seq_len + 1`` tokens."""
+
+    # --- parallelism -------------------------------------------------------------------------------
+    num_workers: int = Field(default=1, ge=1, le=4096)
+    """Ray Train workers (processes); one per GPU when GPUs are used."""
+    use_gpu: bool | None = None
+    """None: use GPUs when the Ray cluster has any; True/False forces it."""
+    cpus_per_worker: float = Field(default=1.0, gt=0, le=256)
+    sharding: Literal["ddp", "zero2", "zero3", "hybrid"] = "zero3"
+    """ddp: replicated model (DDP). zero2: FSDP2 without resharding after forward (grads and optimizer
+    state sharded, parameters kept gathered between forward and backward). zero3: FSDP2 ``fully_shard``
+    per transformer block (parameters, grads, optimizer state sharded). hybrid: HSDP, shard within a
+    group of ``hybrid_shard_size`` ranks (a node), replicate across groups."""
+    hybrid_shard_size: int | None = Field(default=None, ge=1, le=4096)
+    """Ranks per shard group for ``hybrid``; default: the workers on one node (GPUs per node)."""
+    precision: Literal["fp32", "bf16", "fp16"] = "bf16"
+    """Compute dtype. Master weights and optimizer state stay fp32; fp16 uses dynamic loss scaling."""
+    activation_checkpointing: bool = False
+    """Recompute each transformer block's activations in backward: ~30% more compute, far less memory."""
+    cpu_offload: bool = False
+    """FSDP2 CPU offload of parameters, gradients and optimizer state (GPU runs only; ignored on CPU)."""
+
+    # --- batch and length ----------------------------------------------------------------------------
+    micro_batch_size: int = Field(default=4, ge=1, le=65536)
+    """Sequences per worker per forward/backward."""
+    global_batch_tokens: int = Field(default=65536, ge=8, le=1 << 34)
+    """Tokens per optimizer step over all workers; gradient accumulation makes up the difference. Rounded
+    up to a multiple of ``micro_batch_size * seq_len * num_workers`` (the manifest records the result)."""
+    tokens: int | None = Field(default=None, ge=1, le=1 << 50)
+    """Training tokens; default one pass over the packed blocks. Rounded up to whole steps."""
+    max_steps: int | None = Field(default=None, ge=1, le=1 << 31)
+    """Hard cap on optimizer steps (wins over ``tokens``)."""
+
+    # --- optimisation --------------------------------------------------------------------------------
+    lr: float = Field(default=5e-5, gt=0, le=1.0)
+    """Peak learning rate after re-warming. Continued pretraining uses a modest peak (Gupta et al. 2023;
+    Ibrahim et al. 2024): high enough to adapt, low enough to limit forgetting."""
+    min_lr_ratio: float = Field(default=0.1, ge=0, le=1)
+    """Final learning rate as a fraction of ``lr`` (re-decay to 10%)."""
+    schedule: Literal["cosine", "linear", "constant", "wsd"] = "cosine"
+    """Shape after warmup. wsd: warmup-stable-decay, constant until the last ``decay_fraction``."""
+    warmup_fraction: float = Field(default=0.01, ge=0, le=1)
+    """Re-warm steps as a fraction of all steps (at least ``warmup_steps_min``)."""
+    warmup_steps_min: int = Field(default=0, ge=0, le=1 << 31)
+    decay_fraction: float = Field(default=0.2, gt=0, le=1)
+    """wsd only: fraction of steps spent decaying (linearly) to ``min_lr``."""
+    weight_decay: float = Field(default=0.1, ge=0, le=10)
+    beta1: float = Field(default=0.9, ge=0, lt=1)
+    beta2: float = Field(default=0.95, ge=0, lt=1)
+    eps: float = Field(default=1e-8, gt=0, le=1)
+    grad_clip: float = Field(default=1.0, ge=0, le=1e6)
+    """Clip the global gradient norm to this (0 disables)."""
+
+    # --- checkpoints, monitor, logging ---------------------------------------------------------------
+    checkpoint_every: int = Field(default=200, ge=1, le=1 << 31)
+    """Steps between DCP checkpoints (one is always written at the end)."""
+    keep_checkpoints: int = Field(default=2, ge=1, le=1000)
+    max_failures: int = Field(default=1, ge=0, le=1000)
+    """Ray Train restarts after a worker failure, each resuming from the last checkpoint."""
+    monitor_every: int = Field(default=100, ge=1, le=1 << 31)
+    """Steps between forgetting-monitor evaluations (also run before the first and after the last step)."""
+    monitor_max_tokens: int = Field(default=65536, ge=16, le=1 << 32)
+    """Validation tokens per side (domain / general) used by the monitor: a cheap, fixed subsample."""
+    max_general_regression: float | None = Field(default=None, gt=0, le=10)
+    """Stop early when general bits-per-byte exceeds the base model's by more than this fraction."""
+    log_every: int = Field(default=10, ge=1, le=1 << 31)
+    seed: int | None = None
+    """Training seed (data order after the first epoch, RNG); default the run's top-level seed."""
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if self.hybrid_shard_size is not None and self.num_workers % self.hybrid_shard_size:
+            raise ValueError(
+                f"hybrid_shard_size ({self.hybrid_shard_size}) must divide num_workers ({self.num_workers})"
+            )
+        return self
+
+    @property
+    def grad_accum(self) -> int:
+        """Micro-batches per worker per optimizer step."""
+        per_micro = self.micro_batch_size * self.seq_len * self.num_workers
+        return max(1, -(-self.global_batch_tokens // per_micro))

@@ -1,0 +1,54 @@
+# Two commands do all set-up: `make demo` and `make test`. Each creates or refreshes .venv as needed.
+# torch is pinned and installed first: an unpinned torch resolves to a multi-GB CUDA build. GPU users:
+#   make venv TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+TORCH ?= torch==2.13.0
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export PYTHONUNBUFFERED := 1
+
+.PHONY: venv test test-slow test-all lint format demo tiny bench clean-runs
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]' $(TORCH)
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+## The default suite (under 15 minutes on 2 cores): lint, then every test not marked slow or gpu.
+test: lint
+	$(VENV)/bin/pytest -m "not slow and not gpu" $(PYTEST_ARGS)
+
+## Slower tests (real Chromium, bigger corpora); CI runs them after `make test`.
+test-slow: $(STAMP)
+	$(VENV)/bin/pytest -m "slow and not gpu" $(PYTEST_ARGS)
+
+test-all: test test-slow
+
+## The embedded default: real finance + general text from Debian packages, SmolLM2-135M, CPU training, report.
+demo: $(STAMP)
+	$(VENV)/bin/dapt corpus demo --out data/demo
+	$(VENV)/bin/dapt corpus model --out data/models/smollm2-135m
+	$(VENV)/bin/dapt run --config configs/demo.yaml
+
+## The same pipeline on tiny generated data and a tiny model (about 3 minutes).
+tiny: $(STAMP)
+	$(VENV)/bin/dapt run --config configs/tiny.yaml
+
+clean-runs:
+	rm -rf runs
