@@ -18,7 +18,10 @@ STAGE_NAMES = ["clean", "tokenizer", "mix", "train", "eval", "report"]
 
 # Subcommands implemented by a component: (module exposing add_arguments(parser) and main(args) -> int, help).
 EXTERNAL_COMMANDS = {
-    "plan": ("pipeline.plan.cli", "memory, compute, cost and Chinchilla arithmetic for a run, before it starts"),
+    "plan": (
+        "pipeline.plan.cli",
+        "memory, compute, cost and Chinchilla arithmetic for a run, before it starts",
+    ),
     "import-gguf": ("pipeline.gguf", "import a GGUF model file into a Hugging Face model folder"),
     "corpus": ("corpora.recipes.cli", "build the demo corpora from installed Debian packages"),
 }
@@ -167,7 +170,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         tb = traceback.format_exc()
         print(f"dapt: error: {type(e).__name__}: {e}", file=sys.stderr)
-        print("(the traceback is in the stage log under <run_dir>/logs/; set DAPT_DEBUG=1 to print it)", file=sys.stderr)
+        print(
+            "(the traceback is in the stage log under <run_dir>/logs/; set DAPT_DEBUG=1 to print it)",
+            file=sys.stderr,
+        )
         import os
 
         if os.environ.get("DAPT_DEBUG"):

@@ -235,7 +235,7 @@ def format_validation_error(path: str, err: ValidationError) -> str:
         msg = "unknown key"
         value = first.get("input")
         while isinstance(value, dict) and len(value) == 1:  # name the whole dotted key the user wrote
-            (k, value), = value.items()
+            ((k, value),) = value.items()
             key = f"{key}.{k}"
     elif first["type"] == "missing":
         msg = "required key is missing"

@@ -59,7 +59,9 @@ def ray_head():
 def test_cluster_listens_on_loopback_only(ray_head) -> None:
     port, address = ray_head
     head_pids = {
-        p.pid for p in psutil.process_iter(["cmdline"]) if f"dapt-ray-{port}" in " ".join(p.info["cmdline"] or [])
+        p.pid
+        for p in psutil.process_iter(["cmdline"])
+        if f"dapt-ray-{port}" in " ".join(p.info["cmdline"] or [])
     }
     assert head_pids
     listening = [
@@ -73,8 +75,11 @@ def test_cluster_listens_on_loopback_only(ray_head) -> None:
 def test_submit_stage_succeeds_and_failing_job_exits_nonzero(ray_head, tmp_path: Path) -> None:
     _, address = ray_head
     (tmp_path / "fin.jsonl").write_text(
-        "\n".join(f'{{"text": "Net income rose {i}% to $1{i}.5 million in the quarter ended March 31, as '
-                  f'revenue from interest and fees grew across every segment of the bank."}}' for i in range(20))
+        "\n".join(
+            f'{{"text": "Net income rose {i}% to $1{i}.5 million in the quarter ended March 31, as '
+            f'revenue from interest and fees grew across every segment of the bank."}}'
+            for i in range(20)
+        )
     )
     cfg = tmp_path / "run.yaml"
     cfg.write_text(CFG.format(run_dir=tmp_path / "run", data=tmp_path))

@@ -33,7 +33,9 @@ def setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     cfg_path = tmp_path / "run.yaml"
     cfg_path.write_text(CFG.format(run_dir=tmp_path / "run", data=tmp_path))
     monkeypatch.setitem(
-        stages.STAGES, "clean", dataclasses.replace(stages.STAGES["clean"], target="stage_fixtures:count_lines")
+        stages.STAGES,
+        "clean",
+        dataclasses.replace(stages.STAGES["clean"], target="stage_fixtures:count_lines"),
     )
     monkeypatch.setitem(
         stages.STAGES,
@@ -161,7 +163,9 @@ def test_killed_stage_leaves_no_visible_output(setup) -> None:
     assert not (tmp / "run2" / "clean").exists()
     assert stages.stage_status(load_config(other), "clean") == "missing"
     # The rerun completes (the leftover temp folder is cleared).
-    proc = _run_clean_subprocess(other, "slow_writer", {"DAPT_TEST_SIGNAL": str(signal_file), "DAPT_TEST_SLEEP": "0"})
+    proc = _run_clean_subprocess(
+        other, "slow_writer", {"DAPT_TEST_SIGNAL": str(signal_file), "DAPT_TEST_SLEEP": "0"}
+    )
     assert proc.wait() == 0
     assert sorted(p.name for p in (tmp / "run2" / "clean").iterdir()) == [
         "_DONE",
@@ -175,7 +179,9 @@ def test_killed_stage_leaves_no_visible_output(setup) -> None:
 def test_stage_failure_is_logged_and_not_done(setup, monkeypatch: pytest.MonkeyPatch) -> None:
     tmp, cfg_path = setup
     monkeypatch.setitem(
-        stages.STAGES, "clean", dataclasses.replace(stages.STAGES["clean"], target="stage_fixtures:read_upstream")
+        stages.STAGES,
+        "clean",
+        dataclasses.replace(stages.STAGES["clean"], target="stage_fixtures:read_upstream"),
     )
     cfg = load_config(cfg_path)
     with pytest.raises(StageMissingError):
