@@ -123,9 +123,90 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("-n", type=int, default=120)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tasks", type=Path, help="also write the tiny eval tasks here")
     args = ap.parse_args()
     for p in write_corpus(args.out, args.n, args.seed):
         print(p)
+    if args.tasks:
+        for p in write_tasks(args.tasks, args.seed).values():
+            print(p)
+
+
+# Our own short definitions, for the tiny multiple-choice tasks of configs/tiny.yaml.
+FIN_TERMS = {
+    "dividend": "a payment a company makes to its shareholders out of its profits",
+    "bond": "a debt security that pays interest and returns its principal at maturity",
+    "equity": "the owners' share of a company after all liabilities are paid",
+    "liability": "an amount a business owes to others",
+    "invoice": "a document asking a customer to pay for goods or services delivered",
+    "ledger": "the book in which a business records all of its accounts",
+    "audit": "an independent examination of a company's financial statements",
+    "collateral": "an asset pledged to a lender as security for a loan",
+    "yield": "the income an investment returns, stated as a percentage of its price",
+    "depreciation": "the spreading of an asset's cost over its useful life",
+    "goodwill": "the part of a purchase price paid above the fair value of the net assets bought",
+    "revenue": "the income a business earns from selling its goods and services",
+    "leverage": "the use of borrowed money to increase the return on an investment",
+    "liquidity": "how easily an asset can be turned into cash without loss",
+    "receivable": "money owed to a business by its customers",
+    "maturity": "the date on which a loan or bond must be repaid",
+    "coupon": "the periodic interest payment made on a bond",
+    "covenant": "a condition in a loan agreement that the borrower must keep",
+    "impairment": "a write-down when an asset is worth less than its carrying amount",
+    "accrual": "an income or expense recorded when it is earned or incurred, not when cash moves",
+}
+GEN_TERMS = {
+    "river": "a large natural stream of water flowing to the sea",
+    "orchard": "a piece of land planted with fruit trees",
+    "lantern": "a lamp with a transparent case that protects its flame",
+    "shepherd": "a person who looks after sheep",
+    "meadow": "a field of grass and wild flowers",
+    "harbor": "a sheltered place on a coast where ships can stay",
+    "baker": "a person who makes and sells bread",
+    "kettle": "a container with a spout, used for boiling water",
+    "heron": "a tall wading bird with a long neck and long legs",
+    "mill": "a building with machinery for grinding grain into flour",
+    "cottage": "a small simple house, usually in the country",
+    "autumn": "the season after summer, when leaves fall",
+    "basket": "a container woven from thin strips of cane or wicker",
+    "pumpkin": "a large round orange fruit that grows on a vine",
+    "diary": "a book in which someone writes about each day's events",
+    "sailor": "a person who works on a ship at sea",
+    "fog": "a thick cloud of tiny water drops near the ground",
+    "painter": "an artist who makes pictures with paint",
+    "chestnut": "a glossy brown nut that grows inside a prickly case",
+    "village": "a small group of houses in the country",
+}
+
+
+def write_tasks(out: Path, seed: int = 0) -> dict[str, Path]:
+    """Two tiny lm-eval multiple-choice tasks (definition -> term, 4 choices) in eval/build_tasks' layout."""
+    from eval.build_tasks import write_task
+
+    built = {}
+    for name, kind, terms in (
+        ("tiny_fin_terms", "finance", FIN_TERMS),
+        ("tiny_gen_terms", "general", GEN_TERMS),
+    ):
+        rng = random.Random(f"{name}:{seed}")
+        words = sorted(terms)
+        items = []
+        for i, word in enumerate(words):
+            choices = [word, *rng.sample([w for w in words if w != word], 3)]
+            rng.shuffle(choices)
+            items.append(
+                {
+                    "id": i,
+                    "gloss": terms[word],
+                    "word": word,
+                    "choices": choices,
+                    "label": choices.index(word),
+                }
+            )
+        rng.shuffle(items)
+        prov = {"source": "corpora/synthetic.py (the dapt authors' own definitions)", "license": "Apache-2.0"}
+        built[name] = write_task(out, name, kind, items, n_val=4, provenance=prov)
+    return built
 
 
 if __name__ == "__main__":

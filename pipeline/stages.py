@@ -56,6 +56,8 @@ class StageSpec:
     config_keys: tuple[str, ...]
     inputs: Callable[[RunConfig], list[Path]] | None = None
     help: str = ""
+    ignore: tuple[str, ...] = ()
+    """Keys of list items under a config key that do not affect this stage (``sources.*.weight``)."""
 
 
 STAGES: dict[str, StageSpec] = {
@@ -68,6 +70,7 @@ STAGES: dict[str, StageSpec] = {
             ("sources", "clean"),
             _source_files,
             "read, normalise, filter, redact PII and deduplicate the sources",
+            ignore=("sources.*.weight",),
         ),
         StageSpec(
             "tokenizer",
@@ -81,7 +84,7 @@ STAGES: dict[str, StageSpec] = {
             "mix",
             "corpora.mix.stage:run",
             ("clean", "tokenizer"),
-            ("mix", "train.seq_len", "eval.tasks", "seed"),
+            ("mix", "sources", "train.seq_len", "eval.tasks", "eval.task_dirs", "seed"),
             None,
             "held-out splits, decontamination, token-exact domain/general mixing, packing",
         ),
@@ -140,12 +143,21 @@ def _section(cfg: RunConfig, key: str) -> Any:
         return None
 
 
+def _config_view(cfg: RunConfig, spec: StageSpec) -> dict[str, Any]:
+    view = {k: _section(cfg, k) for k in spec.config_keys}
+    for pattern in spec.ignore:
+        top, _, leaf = pattern.split(".")
+        for item in view.get(top) or []:
+            item.pop(leaf, None)
+    return view
+
+
 def compute_fingerprint(cfg: RunConfig, spec: StageSpec) -> tuple[str, dict[str, Any]]:
     """The stage's fingerprint now, and what went into it. Raises StageMissingError if an upstream
     output is missing (the fingerprint depends on it)."""
     parts: dict[str, Any] = {
         "stage": spec.name,
-        "config": {k: _section(cfg, k) for k in spec.config_keys},
+        "config": _config_view(cfg, spec),
         "inputs": files_fingerprint(spec.inputs(cfg)) if spec.inputs else [],
         "upstream": {u: read_manifest(cfg, u)["fingerprint"] for u in spec.needs},
     }

@@ -54,7 +54,8 @@ def test_run_writes_manifest_and_done_marker(setup) -> None:
     assert (d / "_DONE").read_text().strip() == m["fingerprint"]
     manifest = json.loads((d / "manifest.json").read_text())
     assert manifest["counts"] == {"lines": 2}
-    assert manifest["config"]["clean"] == {} and manifest["config"]["sources"][0]["name"] == "fin"
+    assert "exact_dedup" in manifest["config"]["clean"] and manifest["config"]["sources"][0]["name"] == "fin"
+    assert "weight" not in manifest["config"]["sources"][0]
     assert manifest["inputs"][0]["path"].endswith("fin.jsonl") and "sha256" in manifest["inputs"][0]
     assert "torch" in manifest["versions"] and manifest["seconds"] >= 0
     assert (d / "log.txt").exists() and (tmp / "run" / "config.yaml").exists()
@@ -84,9 +85,9 @@ def test_up_to_date_stale_and_force(setup) -> None:
     stages.run_stage(cfg, "tokenizer", echo=None)
     assert (tmp / "run" / "tokenizer" / "double.txt").read_text() == "6\n"
 
-    # A changed config section reruns; --force reruns an up-to-date stage.
-    cfg2 = load_config(cfg_path, ["sources.0.weight=2.0"])
-    assert stages.stage_status(cfg2, "clean") == "stale"
+    # A changed config section reruns; a key that does not affect the stage does not; --force reruns.
+    assert stages.stage_status(load_config(cfg_path, ["sources.0.weight=2.0"]), "clean") == "done"
+    assert stages.stage_status(load_config(cfg_path, ["sources.0.text_field=body"]), "clean") == "stale"
     n = len(stage_fixtures.CALLS)
     stages.run_stage(cfg, "clean", force=True, echo=None)
     assert len(stage_fixtures.CALLS) == n + 1
