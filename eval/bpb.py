@@ -39,7 +39,9 @@ class Window:
     targets: list[int]
 
 
-def rolling_windows(tokens: Sequence[int], prefix_id: int, max_length: int, stride: int | None) -> list[Window]:
+def rolling_windows(
+    tokens: Sequence[int], prefix_id: int, max_length: int, stride: int | None
+) -> list[Window]:
     """Split one document's tokens into scoring windows (``doc`` is set to -1; see ``make_windows``).
 
     Every token of ``tokens`` is scored exactly once. Input position ``j`` of the virtual sequence
@@ -92,19 +94,16 @@ def _forward_scored(model: Any, batch: list[Window], pad_id: int, device: Any) -
     t_max = max(lengths)
     ids = torch.full((len(batch), t_max), pad_id, dtype=torch.long)
     targets = torch.full((len(batch), t_max), -100, dtype=torch.long)
-    mask = torch.zeros((len(batch), t_max), dtype=torch.long)
     for r, w in enumerate(batch):
         n, k = len(w.ids), len(w.targets)
         ids[r, :n] = torch.tensor(w.ids)
-        mask[r, :n] = 1
         targets[r, n - k : n] = torch.tensor(w.targets)
-    # Right padding: real positions never attend to pads under a causal mask, so positions 0..n-1
-    # are computed exactly as without padding. Keep only logits from the first scored position on.
+    # Right padding needs no attention mask: under the causal mask a real position never attends to
+    # the pads after it, and position ids count from 0 as without padding. Without a padding mask the
+    # attention kernel takes its fast pure-causal path. Keep only logits from the first scored position on.
     first = min(n - len(w.targets) for n, w in zip(lengths, batch, strict=True))
     keep = t_max - first
     kwargs: dict[str, Any] = {"input_ids": ids.to(device)}
-    if min(lengths) != t_max:
-        kwargs["attention_mask"] = mask.to(device)
     try:
         logits = model(**kwargs, logits_to_keep=keep, use_cache=False).logits
     except TypeError:  # a model class without logits_to_keep: compute all, slice

@@ -72,7 +72,8 @@ def _b64(s: str) -> int:
 def read_dictd(index: Path, data: Path) -> list[tuple[str, str]]:
     """(headword, entry text) pairs of a dictd database: ``.index`` lines are ``word<TAB>offset<TAB>length``
     in base-64 digits into the gzip-readable ``.dict.dz``."""
-    raw = gzip.open(data).read()
+    with gzip.open(data) as f:
+        raw = f.read()
     out = []
     for line in index.read_text(encoding="utf-8").splitlines():
         parts = line.split("\t")
@@ -170,7 +171,9 @@ def make_items(senses: list[Sense], n: int, n_choices: int, rng: random.Random) 
                 distract.add(w)
         choices = [s.word, *sorted(distract)]
         rng.shuffle(choices)
-        items.append({"id": i, "gloss": s.gloss, "word": s.word, "choices": choices, "label": choices.index(s.word)})
+        items.append(
+            {"id": i, "gloss": s.gloss, "word": s.word, "choices": choices, "label": choices.index(s.word)}
+        )
     return items
 
 
@@ -220,7 +223,9 @@ def _sha256(p: Path) -> str:
 
 def _pkg_version(pkg: str) -> str | None:
     try:
-        r = subprocess.run(["dpkg-query", "-W", "-f=${Version}", pkg], capture_output=True, text=True, timeout=10)
+        r = subprocess.run(
+            ["dpkg-query", "-W", "-f=${Version}", pkg], capture_output=True, text=True, timeout=10
+        )
         return r.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -290,7 +295,9 @@ def build(
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m eval.build_tasks", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", default="data/eval_tasks", help="folder for the built tasks (default %(default)s)")
+    ap.add_argument(
+        "--out", default="data/eval_tasks", help="folder for the built tasks (default %(default)s)"
+    )
     ap.add_argument("--dictd-dir", default=str(DICTD_DIR))
     ap.add_argument("--n-test", type=int, default=500)
     ap.add_argument("--n-validation", type=int, default=50)

@@ -2,10 +2,71 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class EvalConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
     tasks: list[str] = Field(default_factory=list)
     """lm-eval task names (built-in, or the project's own YAML tasks under eval/tasks/)."""
+    task_dirs: list[str] = Field(default_factory=lambda: ["data/eval_tasks"])
+    """Extra folders of lm-eval task YAMLs (include paths), relative to the working directory. The
+    default is where ``python -m eval.build_tasks`` writes the local WordNet tasks. ``eval/tasks/`` (the
+    public financial benchmarks) is always included. Missing folders are skipped with a warning."""
+    num_fewshot: int | None = Field(default=None, ge=0, le=64)
+    """Few-shot examples for every task; None keeps each task's own default (BloombergGPT's settings in
+    the shipped financial tasks). Examples are drawn with a fixed seed (``seed``)."""
+    limit: int | None = Field(default=None, ge=1)
+    """Score at most this many items per task (quick runs); None: all."""
+    fail_on_unavailable: bool = False
+    """A task whose data cannot be loaded (a hub dataset offline) is recorded as unavailable in
+    results.json and skipped; True makes it an error instead."""
+
+    heldout_splits: list[Literal["test", "validation"]] = Field(
+        default_factory=lambda: ["test"], min_length=1
+    )
+    """Which held-out splits of the mix stage the bits-per-byte is measured on."""
+    max_docs_per_source: int | None = Field(default=None, ge=1)
+    """Cap on held-out documents per source (first N in file order); None: all."""
+    max_length: int | None = Field(default=None, ge=8, le=1 << 20)
+    """Window length in tokens for bits-per-byte and lm-eval; None: ``train.seq_len``."""
+    stride: int | None = Field(default=None, ge=1, le=1 << 20)
+    """New tokens scored per sliding window after the first. None: half the window, i.e. every token
+    after the first window sees at least ``max_length / 2`` tokens of context (BloombergGPT)."""
+    batch_size: int = Field(default=8, ge=1, le=4096)
+    """Windows (bits-per-byte) and requests (lm-eval) per forward pass."""
+    device: str = "auto"
+    """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda``, ``cuda:1``..."""
+    dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """Precision the base and adapted models are compared in (the precision table is separate)."""
+
+    compare_base: bool = True
+    """Evaluate the base model too and report deltas. The base is the original pretrained model with its
+    own tokenizer; for a ``model.from_config`` run (no pretrained base) the tokenizer stage's initial
+    model is used instead."""
+    base_model: str | None = None
+    """Override the base model folder (an HF folder with its tokenizer)."""
+    bootstrap_iters: int = Field(default=1000, ge=100, le=100_000)
+    """Resamples for the paired bootstrap test and for lm-eval's standard errors."""
+    alpha: float = Field(default=0.05, gt=0, lt=1)
+    """A delta is marked significant when its paired-bootstrap p-value is below alpha."""
+
+    precisions: list[Literal["fp32", "bf16", "fp16", "int8"]] = Field(
+        default_factory=lambda: ["fp32", "bf16", "fp16", "int8"]
+    )
+    """Precision variants of the adapted model for the quantization table (size in memory, on disk, and
+    bits-per-byte per source). int8 is weight-only via torchao. Empty: no table."""
+    crosscheck_lmeval: bool = False
+    """Also score the held-out text with lm-eval's ``loglikelihood_rolling`` (disjoint windows, the same
+    context handling) for the adapted model, and record both values and the time each took."""
+
+    @model_validator(mode="after")
+    def _stride_fits(self) -> EvalConfig:
+        if self.stride is not None and self.max_length is not None and self.stride > self.max_length:
+            raise ValueError(f"stride ({self.stride}) must be <= max_length ({self.max_length})")
+        if len(set(self.tasks)) != len(self.tasks):
+            raise ValueError("tasks: duplicate task names")
+        return self

@@ -92,7 +92,8 @@ def test_agrees_with_lm_eval_loglikelihood_rolling(model_and_tok):
     L = 64
     lm = HFLM(pretrained=model, tokenizer=tok, batch_size=4, max_length=L, add_bos_token=False)
     reqs = [
-        Instance(request_type="loglikelihood_rolling", doc={}, arguments=(t,), idx=i) for i, t in enumerate(texts)
+        Instance(request_type="loglikelihood_rolling", doc={}, arguments=(t,), idx=i)
+        for i, t in enumerate(texts)
     ]
     lls = lm.loglikelihood_rolling(reqs, disable_tqdm=True)
     total_bytes = sum(len(t.encode("utf-8")) for t in texts)

@@ -29,7 +29,8 @@ class TokenizerConfig(BaseModel):
     domain_share: float = Field(default=0.5, ge=0.0, le=1.0)
     """Share of the training sample drawn from domain sources (the rest from general ones)."""
     split_digits: bool = True
-    """One token per digit, as BloombergGPT: numbers tokenize consistently."""
+    """One token per digit, as BloombergGPT: numbers tokenize consistently. Also keeps ``extend`` from
+    adding tokens that contain digits (which would undo a digit-splitting base such as SmolLM2)."""
     byte_fallback: bool = True
     """Unknown characters become UTF-8 byte tokens instead of <unk>, so decoding is lossless."""
     character_coverage: float = Field(default=1.0, ge=0.9, le=1.0)
@@ -60,7 +61,7 @@ class TokenizerConfig(BaseModel):
     """Share of documents (by hash of id) kept out of the training sample for fertility and checks."""
     heldout_max_docs: int = Field(default=500, ge=1, le=1_000_000)
     """Most held-out documents per source."""
-    loss_check_docs: int = Field(default=8, ge=0, le=1000)
+    loss_check_docs: int = Field(default=4, ge=0, le=1000)
     """Held-out documents without new tokens on which base vs extended loss is measured (0: off)."""
     loss_check_tokens: int = Field(default=256, ge=8, le=8192)
 

@@ -1,11 +1,15 @@
-"""The fast, exact encode path every data stage uses: ``load_encoder(folder).encode_batch(texts)``.
+"""The exact encode path every data stage uses: ``load_encoder(folder).encode_batch(texts)``.
 
 A Hugging Face tokenizer folder is the contract between stages (train and eval load it with
-``AutoTokenizer``), but the HF Unigram path is ~10x slower than raw sentencepiece on this kind of
-machine. So when the folder also holds the sentencepiece model (``tokenizer.model``) *and* the two
-give identical ids on a probe set checked at load time, we encode with sentencepiece; otherwise we use
-the HF fast tokenizer's Rust backend in batch mode. Either way the ids are the ones the HF tokenizer
-gives, which is what makes the fast path safe.
+``AutoTokenizer``), so the ids must be the HF tokenizer's. ``load_encoder`` returns its Rust backend
+(``tokenizers``) in batch mode, without the Python-side overhead of ``AutoTokenizer.__call__``.
+
+Raw sentencepiece is 5-7x faster on the same Unigram model but is *not* id-identical on real text:
+(1) when pieces are powers of one string (``=`` and ``==========``, ``▁`` and ``▁▁▁▁``) a run of that
+character has several orderings of equal score and the two libraries break the tie differently (we
+fix this by reordering such runs the HF way), and (2) rare float near-ties between different
+segmentations (~0.1% of documents on the demo corpus) that cannot be detected without running HF.
+So sentencepiece is used only when asked for (``exact=False``) and after agreeing on probe strings.
 
 One deliberate difference from ``AutoTokenizer.__call__``: text that happens to spell a special token
 (``</s>``, ``<|endoftext|>``) is encoded as ordinary text, never as the special id. Documents must not
@@ -40,6 +44,7 @@ DEFAULT_PROBES: tuple[str, ...] = (
     "Здравствуйте, мир. Ελληνικά.",
     "emoji 🚀📈 and symbols ©®™ ± × ÷",
     "x" * 50 + " " + "9" * 40,
+    "Title\n=====\n\nSection\n-------------------------\n" + " " * 23 + "indented ***** ~~~~~~",
     "CamelCaseWords and snake_case_words and kebab-case-words",
     "def f(x):\n    return x ** 2  # comment",
     "",
@@ -76,39 +81,54 @@ class Encoder:
         self._build()
 
     def _build(self) -> None:
+        if self.backend not in ("sentencepiece", "hf_fast"):
+            raise ValueError(f"unknown encoder backend {self.backend!r}")
+        from tokenizers import Tokenizer
+
+        tok = Tokenizer.from_str(self._hf_json)
+        tok.encode_special_tokens = True
+        self._hf = tok
+        self._impl = tok
         if self.backend == "sentencepiece":
+            import numpy as np
             import sentencepiece as spm
 
             self._impl = spm.SentencePieceProcessor(model_proto=self._sp_proto)
-        elif self.backend == "hf_fast":
-            from tokenizers import Tokenizer
-
-            tok = Tokenizer.from_str(self._hf_json)
-            tok.encode_special_tokens = True
-            self._impl = tok
-        else:
-            raise ValueError(f"unknown encoder backend {self.backend!r}")
+            self._root = np.asarray(_periodic_groups(self._impl), dtype=np.int32)
+            self._len = [len(self._impl.id_to_piece(i)) for i in range(self._impl.get_piece_size())]
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         """Ids of each text, no BOS/EOS added."""
         if not texts:
             return []
-        if self.backend == "sentencepiece":
-            return self._impl.encode(list(texts), out_type=int)
-        return [e.ids for e in self._impl.encode_batch_fast(list(texts), add_special_tokens=False)]
+        texts = list(texts)
+        if self.backend == "hf_fast":
+            return [e.ids for e in self._hf.encode_batch_fast(texts, add_special_tokens=False)]
+        import numpy as np
+
+        out = self._impl.encode(texts, out_type=int)
+        # Unigram ties: pieces that are powers of one root ("=" and "=====", "▁" and "▁▁▁▁") can be
+        # ordered either way at equal score; HF puts the shorter pieces first, sentencepiece does not.
+        # Reorder each run of same-root pieces the HF way (cheap: only texts that have such a run).
+        root, length = self._root, self._len
+        for k, ids in enumerate(out):
+            if len(ids) > 1:
+                r = root[np.asarray(ids, dtype=np.int64)]
+                if np.any((r[:-1] == r[1:]) & (r[:-1] >= 0)):
+                    out[k] = _reorder_runs(ids, root, length)
+        return out
 
     def encode(self, text: str) -> list[int]:
         return self.encode_batch([text])[0]
 
     def decode(self, ids: list[int]) -> str:
         """Inverse of ``encode`` (for checks and debugging; training never decodes)."""
-        if self.backend == "sentencepiece":
-            return self._impl.decode(list(ids))
-        return self._impl.decode(list(ids), skip_special_tokens=False)
+        return self._hf.decode(list(ids), skip_special_tokens=False)
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state["_impl"] = None
+        for key in ("_impl", "_hf", "_root", "_len"):
+            state.pop(key, None)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -117,6 +137,43 @@ class Encoder:
 
     def __repr__(self) -> str:
         return f"Encoder({self.path!r}, backend={self.backend!r}, vocab_size={self.vocab_size})"
+
+
+def _reorder_runs(ids: list[int], root: Any, length: list[int]) -> list[int]:
+    """Sort each maximal run of adjacent pieces sharing a root by piece length (HF's tie order)."""
+    out: list[int] = []
+    i = 0
+    while i < len(ids):
+        j = i
+        g = root[ids[i]]
+        while g >= 0 and j + 1 < len(ids) and root[ids[j + 1]] == g:
+            j += 1
+        out.extend(sorted(ids[i : j + 1], key=lambda x: length[x]) if j > i else ids[i : j + 1])
+        i = j + 1
+    return out
+
+
+def _primitive_root(s: str) -> str:
+    n = len(s)
+    for p in range(1, n // 2 + 1):
+        if n % p == 0 and s[:p] * (n // p) == s:
+            return s[:p]
+    return s
+
+
+def _periodic_groups(sp: Any) -> list[int]:
+    """Per piece id, a group number shared by pieces that are powers of the same root string
+    (``-``, ``--``, ``--------``), or -1 when no other piece shares its root."""
+    roots: dict[str, list[int]] = {}
+    for i in range(sp.get_piece_size()):
+        if sp.is_control(i) or sp.is_unknown(i) or sp.is_byte(i):
+            continue
+        roots.setdefault(_primitive_root(sp.id_to_piece(i)), []).append(i)
+    group = [-1] * sp.get_piece_size()
+    for g, ids in enumerate(v for v in roots.values() if len(v) > 1):
+        for i in ids:
+            group[i] = g
+    return group
 
 
 def _hf_ids(tok: Any, texts: list[str]) -> list[list[int]]:
@@ -131,12 +188,15 @@ def _hf_ids(tok: Any, texts: list[str]) -> list[list[int]]:
     return out
 
 
-def load_encoder(path: str | Path, probes: list[str] | None = None) -> Encoder:
+def load_encoder(path: str | Path, probes: list[str] | None = None, exact: bool = True) -> Encoder:
     """The encoder for the HF tokenizer folder ``path``.
 
-    ``probes`` are extra strings (e.g. a sample of the corpus) on which the fast path must agree with
-    the HF tokenizer, in addition to ``DEFAULT_PROBES``. Raises ``InputError`` if the folder cannot be
-    loaded or has no EOS token (packing needs one to mark document boundaries).
+    ``exact=True`` (default): ids always equal the HF tokenizer's, via its Rust backend in batch mode.
+    ``exact=False``: raw sentencepiece when the folder has ``tokenizer.model`` and it agrees on the
+    probes (``DEFAULT_PROBES`` plus ``probes``, e.g. a corpus sample); about 5-7x faster, but on real
+    text ~0.1% of documents get an equally scored, different segmentation (a float near-tie that
+    cannot be detected without running HF; measured in docs/tokenizer.md). Raises ``InputError`` if the
+    folder cannot be loaded or has no EOS token (packing needs one to mark document boundaries).
     """
     from transformers import AutoTokenizer
 
@@ -150,25 +210,30 @@ def load_encoder(path: str | Path, probes: list[str] | None = None) -> Encoder:
     texts = list(DEFAULT_PROBES) + list(probes or [])
     reference = _hf_ids(tok, texts)
     vocab_size = len(tok)
+    hf_json = tok.backend_tokenizer.to_str()
 
     sp_eos = -1
     sp_file = folder / SP_FILE
     if sp_file.is_file():
         import sentencepiece as spm
 
+        sp_eos = spm.SentencePieceProcessor(model_file=str(sp_file)).eos_id()
+    if sp_file.is_file() and not exact:
+        import sentencepiece as spm
+
         proto = sp_file.read_bytes()
         sp = spm.SentencePieceProcessor(model_proto=proto)
-        sp_eos = sp.eos_id()
         eos = tok.eos_token_id if tok.eos_token_id is not None else sp_eos
         if eos is None or eos < 0:
             raise InputError(f"{folder}: tokenizer has no EOS token (needed for document boundaries)")
-        if sp.get_piece_size() <= vocab_size and sp.encode(texts, out_type=int) == reference:
-            return Encoder(str(folder), "sentencepiece", eos, vocab_size, sp_proto=proto)
+        if sp.get_piece_size() <= vocab_size:
+            enc = Encoder(str(folder), "sentencepiece", eos, vocab_size, sp_proto=proto, hf_json=hf_json)
+            if enc.encode_batch(texts) == reference:
+                return enc
 
     eos = tok.eos_token_id if tok.eos_token_id is not None else sp_eos
     if eos is None or eos < 0:
         raise InputError(f"{folder}: tokenizer has no EOS token (needed for document boundaries)")
-    hf_json = tok.backend_tokenizer.to_str()
     enc = Encoder(str(folder), "hf_fast", eos, vocab_size, hf_json=hf_json)
     got = enc.encode_batch(texts)
     if got != reference:

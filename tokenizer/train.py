@@ -95,7 +95,7 @@ def sample_corpus(
         used = 0
         if folder.is_dir():
             for doc_id, text in _iter_docs(folder):
-                if xxhash.xxh64_intdigest(f"{seed}:{doc_id}") < cut:
+                if xxhash.xxh64_intdigest(f"{seed}:{doc_id}".encode()) < cut:
                     if len(held) < tcfg.heldout_max_docs:
                         held.append(text)
                 elif used < budget:
@@ -105,7 +105,9 @@ def sample_corpus(
                     break
         out.train[name] = train
         out.heldout[name] = held
-        log.info("sample %s (%s): %d train docs (%d bytes), %d held out", name, kind, len(train), used, len(held))
+        log.info(
+            "sample %s (%s): %d train docs (%d bytes), %d held out", name, kind, len(train), used, len(held)
+        )
     if not any(out.train.values()):
         raise InputError(f"{kept_dir}: no cleaned documents found for sources {[s for s, _, _ in sources]}")
     return out
@@ -130,6 +132,7 @@ def train_sentencepiece(
     vocab_size: int,
     model_type: str | None = None,
     user_defined_symbols: list[str] | None = None,
+    hard_limit: bool = True,
 ) -> Path:
     """Train one sentencepiece model; returns the ``.model`` path. Raises ValueError when the text
     cannot support ``vocab_size`` pieces (sentencepiece's hard limit)."""
@@ -158,6 +161,7 @@ def train_sentencepiece(
             bos_id=1,
             eos_id=2,
             pad_id=-1,
+            hard_vocab_limit=hard_limit,
             minloglevel=2,
         )
     except RuntimeError as e:

@@ -26,7 +26,17 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["MinHasher", "band_keys", "shingles", "jaccard", "EMPTY_SIG"]
+__all__ = [
+    "MinHasher",
+    "band_keys",
+    "shingles",
+    "jaccard",
+    "word_hashes",
+    "ngram_hashes",
+    "shingle_array",
+    "jaccard_arrays",
+    "EMPTY_SIG",
+]
 
 EMPTY_SIG = np.uint32(0xFFFFFFFF)
 _U64 = np.uint64
@@ -59,24 +69,33 @@ def _mix64(x: np.ndarray) -> np.ndarray:
 
 def _word_hashes(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """Hash every word of every text. Returns (word hashes uint64, words per text int64)."""
+    wh, counts, _ = word_hashes(texts)
+    return wh, counts
+
+
+def word_hashes(texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Hash every word of every text: (word hashes uint64, words per text, word byte lengths).
+
+    Also used by the Gopher repetition rules, which count repeated word n-grams the same way.
+    """
     enc = [t.lower().encode("utf-8", "surrogatepass") for t in texts]
     n = len(enc)
     if n == 0:
-        return np.zeros(0, np.uint64), np.zeros(0, np.int64)
+        return np.zeros(0, np.uint64), np.zeros(0, np.int64), np.zeros(0, np.int64)
     # One separator byte between documents so no word spans two of them.
     buf = np.frombuffer(b" ".join(enc), dtype=np.uint8)
     lens = np.fromiter((len(e) for e in enc), dtype=np.int64, count=n)
     doc_start = np.zeros(n, dtype=np.int64)
     np.cumsum(lens[:-1] + 1, out=doc_start[1:])
     if buf.size == 0:
-        return np.zeros(0, np.uint64), np.zeros(n, np.int64)
+        return np.zeros(0, np.uint64), np.zeros(n, np.int64), np.zeros(0, np.int64)
     isw = _WORD_BYTE[buf]
     start_flag = np.empty_like(isw)
     start_flag[0] = isw[0]
     np.greater(isw[1:], isw[:-1], out=start_flag[1:])
     starts = np.flatnonzero(start_flag)
     if starts.size == 0:
-        return np.zeros(0, np.uint64), np.zeros(n, np.int64)
+        return np.zeros(0, np.uint64), np.zeros(n, np.int64), np.zeros(0, np.int64)
     end_flag = np.empty_like(isw)
     end_flag[-1] = isw[-1]
     np.greater(isw[:-1], isw[1:], out=end_flag[:-1])
@@ -95,11 +114,11 @@ def _word_hashes(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     wh = cs[ends].copy()
     wh[1:] -= cs[ends[:-1]]
     # Mix in the length so words that differ only past position 64 still tend to differ.
-    wlen = (ends - starts + 1).astype(np.uint64)
-    wh = _mix64(wh ^ (wlen * _U64(0x9E3779B97F4A7C15)))
+    wlen = ends - starts + 1
+    wh = _mix64(wh ^ (wlen.astype(np.uint64) * _U64(0x9E3779B97F4A7C15)))
     # Words per document: count word starts inside each document's byte range.
     counts = np.diff(np.searchsorted(starts, np.r_[doc_start, buf.size]))
-    return wh, counts.astype(np.int64)
+    return wh, counts.astype(np.int64), wlen
 
 
 def _shingle_hashes(wh: np.ndarray, counts: np.ndarray, ngram: int) -> tuple[np.ndarray, np.ndarray]:
@@ -125,6 +144,17 @@ def _shingle_hashes(wh: np.ndarray, counts: np.ndarray, ngram: int) -> tuple[np.
         acc += np.where(width > k, term, _U64(0))
     acc += width.astype(np.uint64) * _U64(0xD6E8FEB86659FD93)
     return _mix64(acc), nsh
+
+
+def ngram_hashes(wh: np.ndarray, n: int) -> np.ndarray:
+    """Hashes of the ``len(wh) - n + 1`` consecutive word n-grams of one document's word hashes."""
+    m = wh.size - n + 1
+    if m <= 0:
+        return np.zeros(0, np.uint64)
+    acc = wh[:m] * _NGRAM_MULT[0]
+    for k in range(1, n):
+        acc = acc + wh[k : k + m] * _NGRAM_MULT[k]
+    return _mix64(acc + _U64((n * 0xD6E8FEB86659FD93) & 0xFFFFFFFFFFFFFFFF))
 
 
 class MinHasher:
@@ -205,6 +235,21 @@ def shingles(text: str, ngram: int = 5) -> set[int]:
     wh, counts = _word_hashes([text])
     sh, _ = _shingle_hashes(wh, counts, ngram)
     return set(sh.tolist())
+
+
+def shingle_array(text: str, ngram: int = 5) -> np.ndarray:
+    """Sorted unique uint64 shingle hashes of ``text`` (the compact form used to verify pairs)."""
+    wh, counts = _word_hashes([text])
+    sh, _ = _shingle_hashes(wh, counts, ngram)
+    return np.unique(sh)
+
+
+def jaccard_arrays(a: np.ndarray, b: np.ndarray) -> float:
+    """Jaccard of two sorted unique shingle arrays (1.0 when both are empty)."""
+    if a.size == 0 and b.size == 0:
+        return 1.0
+    inter = np.intersect1d(a, b, assume_unique=True).size
+    return inter / (a.size + b.size - inter)
 
 
 def jaccard(a: str, b: str, ngram: int = 5) -> float:

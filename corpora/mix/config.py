@@ -44,8 +44,10 @@ class SplitConfig(BaseModel):
             if not self.after:
                 raise ValueError("split.by: date needs split.after (an ISO date such as 2023-01-01)")
             if self.test_docs is not None:
-                raise ValueError("split.test_docs is for split.by: hash; with by: date the test set is every "
-                                 "document after split.after")
+                raise ValueError(
+                    "split.test_docs is for split.by: hash; with by: date the test set is every "
+                    "document after split.after"
+                )
         if self.after is not None:
             import datetime as _dt
 
@@ -57,28 +59,17 @@ class SplitConfig(BaseModel):
 
 
 class NearDedupConfig(BaseModel):
-    """MinHash near-duplicate removal of training documents that resemble held-out documents."""
+    """Removal of training documents that are (near-)copies of held-out documents."""
 
     model_config = ConfigDict(extra="forbid")
     enabled: bool = True
     threshold: float = Field(default=0.5, gt=0, le=1)
     """A training document whose word-5-gram Jaccard similarity with any held-out document reaches this is
     dropped from training. Lower than typical corpus dedup (0.7-0.8) on purpose: this guards the test
-    set, where a false removal costs one training document and a miss inflates every reported number."""
+    set, where a false removal costs one training document and a miss inflates every reported number.
+    The similarity is computed exactly against every held-out document (no LSH), see neardup.py."""
     ngram: int = Field(default=5, ge=1, le=64)
-    num_perm: int = Field(default=128, ge=8, le=1024)
-    bands: int = Field(default=32, ge=1, le=1024)
-    """LSH bands x rows must not exceed num_perm; 32 x 4 finds pairs from Jaccard ~0.42 upward."""
-    rows: int = Field(default=4, ge=1, le=64)
-    seed: int = Field(default=0, ge=0)
-
-    @model_validator(mode="after")
-    def _check(self) -> NearDedupConfig:
-        if self.bands * self.rows > self.num_perm:
-            raise ValueError(
-                f"near_dedup.bands x rows = {self.bands * self.rows} exceeds num_perm = {self.num_perm}"
-            )
-        return self
+    """Words per shingle (5, the same as the clean stage's MinHash dedup)."""
 
 
 class DecontaminationConfig(BaseModel):
@@ -126,7 +117,9 @@ class MixConfig(BaseModel):
     near_dedup: NearDedupConfig = Field(default_factory=NearDedupConfig)
     decontamination: DecontaminationConfig = Field(default_factory=DecontaminationConfig)
     encode_batch_size: int = Field(default=256, ge=1, le=1 << 16)
-    """Documents per Ray Data batch in the tokenisation pass."""
+    """Documents per ``encode_batch`` call in the tokenisation pass."""
+    docs_per_task: int = Field(default=2000, ge=1, le=1 << 22)
+    """Documents per Ray Data task in the tokenisation pass (the unit of parallelism)."""
 
     @model_validator(mode="after")
     def _check(self) -> MixConfig:
@@ -135,7 +128,9 @@ class MixConfig(BaseModel):
         if self.total_tokens is not None and self.domain_epochs is not None:
             raise ValueError("set mix.total_tokens or mix.domain_epochs, not both")
         if self.domain_epochs is not None and self.domain_epochs > self.max_epochs:
-            raise ValueError(f"mix.domain_epochs {self.domain_epochs} exceeds mix.max_epochs {self.max_epochs}")
+            raise ValueError(
+                f"mix.domain_epochs {self.domain_epochs} exceeds mix.max_epochs {self.max_epochs}"
+            )
         for name, value in {**self.max_epochs_per_source, **self.weights}.items():
             if not value > 0:
                 raise ValueError(f"per-source value for {name!r} must be > 0, got {value}")

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from corpora.clean.minhash import _shingle_hashes, _word_hashes
+from corpora.clean.minhash import ngram_hashes, word_hashes
 
 
 @dataclass
@@ -43,7 +43,7 @@ def build_index(task_texts: dict[str, list[str]], ngram: int = 13, min_words: in
         texts = [t for t in task_texts[task] if t]
         used = ignored = 0
         if texts:
-            wh, counts = _word_hashes(texts)
+            wh, counts, _ = word_hashes(texts)
             widths = {ngram} | {int(w) for w in np.unique(counts[(counts < ngram) & (counts >= min_words)])}
             for w in sorted(widths):
                 # Texts of exactly w words (or at least ngram words for the full width) contribute.
@@ -66,11 +66,18 @@ def build_index(task_texts: dict[str, list[str]], ngram: int = 13, min_words: in
 
 
 def _windows(wh: np.ndarray, counts: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """(hashes, document index) of every full ``width``-word window of every document."""
-    sh, nsh = _shingle_hashes(wh, counts, width)
-    doc_of = np.repeat(np.arange(counts.size), nsh)
-    keep = counts[doc_of] >= width  # shorter documents yield one short shingle: not a width-gram
-    return sh[keep], doc_of[keep]
+    """(hashes, document index) of every full ``width``-word window of every document.
+
+    Hashes all windows of the batch's concatenated words at once, then drops the windows that straddle
+    two documents (first and last word in different documents).
+    """
+    sh = ngram_hashes(wh, width)
+    if sh.size == 0:
+        return sh, np.zeros(0, np.int64)
+    doc_of_word = np.repeat(np.arange(counts.size), counts)
+    first, last = doc_of_word[: sh.size], doc_of_word[width - 1 :]
+    keep = first == last
+    return sh[keep], first[keep]
 
 
 def match_documents(index: NgramIndex, texts: list[str]) -> list[list[str]]:
@@ -79,7 +86,7 @@ def match_documents(index: NgramIndex, texts: list[str]) -> list[list[str]]:
     hits: list[set[int]] = [set() for _ in range(n)]
     if n == 0 or not index.by_width:
         return [[] for _ in range(n)]
-    wh, counts = _word_hashes(texts)
+    wh, counts, _ = word_hashes(texts)
     for width, (keys, tids) in index.by_width.items():
         sh, doc_of = _windows(wh, counts, width)
         if sh.size == 0:

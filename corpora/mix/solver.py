@@ -104,6 +104,11 @@ def _fmt(n: float) -> str:
     return f"{int(n):,}"
 
 
+def _epochs_of(side: list[SourceSupply]) -> str:
+    caps = sorted({s.max_epochs for s in side})
+    return f"max_epochs {caps[0]:g}" if len(caps) == 1 else "per-source max_epochs"
+
+
 def solve_mix(
     supplies: list[SourceSupply],
     fraction: float,
@@ -122,7 +127,9 @@ def solve_mix(
     cap_dom = sum(s.cap for s in dom)
     cap_gen = sum(s.cap for s in gen) if fraction < 1 else 0
     if t_dom == 0:
-        raise ConfigError("mix: the domain sources have no training tokens left after held-out splits and filtering")
+        raise ConfigError(
+            "mix: the domain sources have no training tokens left after held-out splits and filtering"
+        )
     if fraction < 1 and t_gen == 0:
         raise ConfigError(
             f"mix: domain_fraction {fraction} needs general data, but the general sources have no training "
@@ -167,24 +174,27 @@ def solve_mix(
         if d > cap_dom:
             side = (
                 f"domain_fraction {fraction:g} with {how} needs {_fmt(d)} domain tokens, but the domain data "
-                f"gives at most {_fmt(cap_dom)} ({_fmt(t_dom)} tokens x max_epochs)"
+                f"gives at most {_fmt(cap_dom)} ({_fmt(t_dom)} tokens x {_epochs_of(dom)})"
             )
             at_total = (
                 f"the largest feasible domain_fraction at {_fmt(n_total)} tokens is {f_hi:.4f}"
                 if f_lo <= f_hi
-                else f"no domain_fraction is feasible at {_fmt(n_total)} tokens"
+                else f"no domain_fraction is feasible at {_fmt(n_total)} tokens (the domain data covers at "
+                f"most {f_hi:.4f} of it, the general data at most {1 - f_lo:.4f})"
             )
         else:
             side = (
                 f"domain_fraction {fraction:g} with {how} needs {_fmt(g)} general tokens, but the general "
-                f"data gives at most {_fmt(cap_gen)} ({_fmt(t_gen)} tokens x max_epochs)"
+                f"data gives at most {_fmt(cap_gen)} ({_fmt(t_gen)} tokens x {_epochs_of(gen)})"
             )
             at_total = (
                 f"the largest feasible replay (general share) at {_fmt(n_total)} tokens is {1 - f_lo:.4f}, "
                 f"i.e. the smallest feasible domain_fraction is {f_lo:.4f}"
                 if f_lo <= f_hi
-                else f"no domain_fraction is feasible at {_fmt(n_total)} tokens"
+                else f"no domain_fraction is feasible at {_fmt(n_total)} tokens (the domain data covers at "
+                f"most {f_hi:.4f} of it, the general data at most {1 - f_lo:.4f})"
             )
+
         extra = ""
         if domain_epochs is not None and d <= cap_dom and fraction < 1:
             e_max = cap_gen * fraction / ((1 - fraction) * t_dom)

@@ -174,8 +174,8 @@ def collect(ctx: Any) -> RunData:
     else:
         data.problems.append("train manifest's outputs.model folder is missing")
     if data.n_params is None:
-        # The planner usually records it; a recorded number is still not an invented one.
-        plan_params = num(get(data.m("train"), "plan", "params")) or num(get(data.m("train"), "plan", "n_params"))
+        # The trainer (or the planner) records it too; a recorded number is still not an invented one.
+        plan_params = num(data.m("train").get("params")) or num(get(data.m("train"), "plan", "params"))
         data.n_params = int(plan_params) if plan_params else None
     for msg in data.problems:
         log.info("report: %s", msg)

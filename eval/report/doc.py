@@ -44,7 +44,15 @@ class Figure:
     caption: str
 
 
-Block = Para | Bullets | Table | Figure
+@dataclass
+class Pre:
+    """Preformatted text recorded by a stage (e.g. the planner's own table), shown verbatim."""
+
+    text: str
+    caption: str | None = None
+
+
+Block = Para | Bullets | Table | Figure | Pre
 
 
 @dataclass
@@ -92,6 +100,8 @@ def fmt_sig(value: Any, sig: int = 3) -> str:
     f = num(value)
     if f is None:
         return NR
+    if 10**sig <= abs(f) < 1e15:
+        return f"{f:,.0f}"  # 1,523 rather than 1.52e+03
     return f"{f:.{sig}g}"
 
 
@@ -134,6 +144,8 @@ def fmt_seconds(value: Any) -> str:
     f = num(value)
     if f is None:
         return NR
+    if f < 1:
+        return f"{f:.2g} s"
     if f < 120:
         return f"{f:.1f} s"
     if f < 7200:
@@ -169,12 +181,11 @@ def get(obj: Any, *path: str | int, default: Any = None) -> Any:
     """``obj[path[0]][path[1]]...`` or ``default`` when any step is missing (manifests evolve)."""
     node = obj
     for key in path:
-        if isinstance(node, dict) and key in node:
-            node = node[key]
-        elif isinstance(node, list) and isinstance(key, int) and -len(node) <= key < len(node):
-            node = node[key]
-        else:
+        in_dict = isinstance(node, dict) and key in node
+        in_list = isinstance(node, list) and isinstance(key, int) and -len(node) <= key < len(node)
+        if not (in_dict or in_list):
             return default
+        node = node[key]
     return node
 
 

@@ -41,6 +41,7 @@ CARD_SECTIONS = [
     "How to Get Started with the Model",
     "Training Details",
     "Evaluation",
+    "Environmental Impact",
     "Technical Specifications",
 ]
 
@@ -86,13 +87,19 @@ def front_matter(data: RunData, rcfg: Any, name: str) -> str:
     results = []
     for r in data.metric_rows():
         value = num(r.get("adapted"))
-        if value is None:
+        if value is None or S.redundant(r):
             continue
         target = S.row_target(r)
         results.append(
             {
-                "task": {"type": "text-generation", "name": "bits-per-byte" if r.get("kind") == "bpb" else target},
-                "dataset": {"name": f"held-out {target}" if r.get("kind") == "bpb" else target, "type": target},
+                "task": {
+                    "type": "text-generation",
+                    "name": "bits-per-byte" if r.get("kind") == "bpb" else target,
+                },
+                "dataset": {
+                    "name": f"held-out {target}" if r.get("kind") == "bpb" else target,
+                    "type": target,
+                },
                 "metrics": [{"type": S.row_metric(r), "value": round(value, 6), "name": S.row_label(r)}],
             }
         )
@@ -109,16 +116,24 @@ def risks(data: RunData, alpha: float) -> list[str]:
     """Limitations that follow from this run's own numbers, then the ones every such model has."""
     out: list[str] = []
     rows = data.metric_rows()
-    gen = [r for r in rows if r.get("kind") == "bpb" and data.source_kind(S.row_target(r)) == "general"]
+    gen = S.kind_rows(data, rows, "general", pooled=False) or S.kind_rows(data, rows, "general", pooled=True)
     for r in gen:
         p = S.delta_pct(r)
         if p is not None and p > 0:
+            sig = S.is_significant(r, alpha)
+            verdict = {
+                True: "general ability is measurably reduced",
+                False: "not a measurable loss at this evaluation size, but a possible one",
+                None: "whether this is a real loss is not known",
+            }[sig]
             out.append(
                 f"Forgetting: bits-per-byte on general held-out text ({S.row_target(r)}) is {p:+.1f}% vs the base "
-                f"model ({S._sig_word(S.is_significant(r, alpha))}); general ability may be reduced."
+                f"model ({S._sig_word(sig)}): {verdict}."
             )
     if not gen:
-        out.append("General ability was not measured on held-out general text in this run; forgetting is unknown.")
+        out.append(
+            "General ability was not measured on held-out general text in this run; forgetting is unknown."
+        )
     tokens, params = num(data.m("train").get("tokens")), num(data.n_params)
     if tokens and params:
         out.append(
@@ -137,10 +152,19 @@ def risks(data: RunData, alpha: float) -> list[str]:
         )
     unlicensed = [s.name for s in data.cfg.sources if not s.license]
     if unlicensed:
-        out.append(f"Licences not recorded for training sources: {', '.join(unlicensed)}. Check before redistribution.")
-    decon = get(data.m("mix"), "decontamination")
-    if not isinstance(decon, dict) or not decon:
-        out.append("Training data was not decontaminated against any evaluation task; benchmark scores may be inflated.")
+        out.append(
+            f"Licences not recorded for training sources: {', '.join(unlicensed)}. Check before redistribution."
+        )
+    checked, unchecked = S.decontamination_tasks(data)
+    if not checked:
+        out.append(
+            "Training data was not decontaminated against any evaluation task; benchmark scores may be inflated."
+        )
+    elif unchecked:
+        out.append(
+            f"Training data was not decontaminated against {', '.join(unchecked)} (no item text was available); "
+            "scores on those tasks may be inflated."
+        )
     out.append(
         "The held-out bits-per-byte is measured on text from the same sources as the training data; it shows "
         "adaptation to those sources, not to the domain in general."
@@ -153,7 +177,7 @@ def risks(data: RunData, alpha: float) -> list[str]:
 
 
 def build_card(data: RunData, rcfg: Any, concl: list[str]) -> str:
-    alpha = rcfg.significance_level
+    alpha = S.significance_level(data, rcfg)
     name = rcfg.model_name or data.run_name
     tok, mix_m, train, clean = data.m("tokenizer"), data.m("mix"), data.m("train"), data.m("clean")
     mc = data.model_config or {}
@@ -164,7 +188,12 @@ def build_card(data: RunData, rcfg: Any, concl: list[str]) -> str:
     parts.append(
         f"{md_escape(name)} is a causal language model adapted to the domain of "
         + md_escape(", ".join(s.name for s in data.cfg.sources_of("domain")))
-        + f" by continued pretraining of {md_escape(fmt_value(base))} with the dapt pipeline (run "
+        + (
+            " by training from a random initialisation"
+            if base and base.startswith("none (")
+            else f" by continued pretraining of {md_escape(fmt_value(base))}"
+        )
+        + " with the dapt pipeline (run "
         + f"`{md_escape(data.run_name)}`). Every number below was recorded by the pipeline's stages."
     )
 
@@ -179,13 +208,23 @@ def build_card(data: RunData, rcfg: Any, concl: list[str]) -> str:
                 ("Language(s) (NLP)", ", ".join(rcfg.language)),
                 ("License", rcfg.license or NR),
                 ("Continued pretraining from model", fmt_value(base)),
-                ("Parameters", fmt_int(data.n_params) + f" ({fmt_count(data.n_params)})" if data.n_params else NR),
+                (
+                    "Parameters",
+                    fmt_int(data.n_params) + f" ({fmt_count(data.n_params)})" if data.n_params else NR,
+                ),
                 (
                     "Tokenizer",
                     f"{fmt_value(tok.get('mode'))} mode, vocabulary {fmt_int(tok.get('vocab_size') or mc.get('vocab_size'))}"
-                    + (f", {fmt_int(len(tok['added_tokens']))} added domain tokens" if isinstance(tok.get("added_tokens"), list) else ""),
+                    + (
+                        f", {fmt_int(_count(tok.get('added_tokens')))} added domain tokens"
+                        if _count(tok.get("added_tokens"))
+                        else ""
+                    ),
                 ),
-                ("Training context length", f"{fmt_int(mix_m.get('seq_len') or get(train, 'hyperparameters', 'seq_len'))} tokens"),
+                (
+                    "Training context length",
+                    f"{fmt_int(mix_m.get('seq_len') or get(train, 'hyperparameters', 'seq_len'))} tokens",
+                ),
             ]
         )
     )
@@ -240,7 +279,16 @@ def build_card(data: RunData, rcfg: Any, concl: list[str]) -> str:
     parts.append(
         md_table(
             Table(
-                ["source", "kind", "licence", "provenance", "docs kept", "bytes kept", "tokens used", "epochs"],
+                [
+                    "source",
+                    "kind",
+                    "licence",
+                    "provenance",
+                    "docs kept",
+                    "bytes kept",
+                    "tokens used",
+                    "epochs",
+                ],
                 srows,
                 caption="Training data (after cleaning) and its share of the mix",
                 numeric=[False, False, False, False, True, True, True, True],
@@ -250,9 +298,17 @@ def build_card(data: RunData, rcfg: Any, concl: list[str]) -> str:
     parts.append(
         _bullets(
             [
-                ("Domain fraction of training tokens", f"target {fmt_frac(get(mix_m, 'mix', 'target_domain_fraction'), 2)}, achieved {fmt_frac(get(mix_m, 'mix', 'achieved_domain_fraction'), 2)}"),
+                (
+                    "Domain fraction of training tokens",
+                    f"target {fmt_frac(get(mix_m, 'mix', 'target_domain_fraction'), 2)}, achieved {fmt_frac(get(mix_m, 'mix', 'achieved_domain_fraction'), 2)}",
+                ),
                 ("Training tokens", fmt_int(train.get("tokens"))),
-                ("Decontamination", fmt_value(mix_m.get("decontamination")) if isinstance(mix_m.get("decontamination"), dict) else NR),
+                (
+                    "Decontamination",
+                    fmt_value(mix_m.get("decontamination"))
+                    if isinstance(mix_m.get("decontamination"), dict)
+                    else NR,
+                ),
             ]
         )
     )
@@ -262,7 +318,9 @@ def build_card(data: RunData, rcfg: Any, concl: list[str]) -> str:
         "Documents were normalised, filtered, PII-redacted and deduplicated by the clean stage "
         + (
             f"(kept {fmt_int(rej.get('kept'))} of {fmt_int(rej.get('docs_in'))} documents; rejections: "
-            + md_escape(", ".join(f"{k} {fmt_int(v)}" for k, v in sorted(rej.get("rejected", {}).items())) or "none")
+            + md_escape(
+                ", ".join(f"{k} {fmt_int(v)}" for k, v in sorted(rej.get("rejected", {}).items())) or "none"
+            )
             + ")"
             if rej.get("docs_in")
             else "(counts not recorded)"
@@ -273,13 +331,24 @@ def build_card(data: RunData, rcfg: Any, concl: list[str]) -> str:
     parts.append("#### Training Hyperparameters")
     hp = train.get("hyperparameters")
     if isinstance(hp, dict) and hp:
-        parts.append(md_table(Table(["hyperparameter", "value"], [[k, fmt_value(v)] for k, v in flatten(hp).items()], numeric=[False, True])))
+        parts.append(
+            md_table(
+                Table(
+                    ["hyperparameter", "value"],
+                    [[k, fmt_value(v)] for k, v in flatten(hp).items()],
+                    numeric=[False, True],
+                )
+            )
+        )
     else:
         parts.append(f"Hyperparameters: {NR}.")
     parts.append(
         _bullets(
             [
-                ("Training regime", f"{fmt_value(train.get('precision'))} precision, {fmt_value(train.get('sharding'))} sharding"),
+                (
+                    "Training regime",
+                    f"{fmt_value(train.get('precision'))} precision, {fmt_value(train.get('sharding'))} sharding",
+                ),
             ]
         )
     )
@@ -346,8 +415,15 @@ def build_card(data: RunData, rcfg: Any, concl: list[str]) -> str:
                 Table(
                     ["precision", "in memory", "on disk", *cols],
                     [
-                        [fmt_value(r.get("precision")), fmt_bytes(r.get("bytes_in_memory")), fmt_bytes(r.get("bytes_on_disk"))]
-                        + [fmt_float(r.get(c)) if num(r.get(c)) is not None else fmt_value(r.get(c)) for c in cols]
+                        [
+                            fmt_value(r.get("precision")),
+                            fmt_bytes(r.get("bytes_in_memory")),
+                            fmt_bytes(r.get("bytes_on_disk")),
+                        ]
+                        + [
+                            fmt_float(r.get(c)) if num(r.get(c)) is not None else fmt_value(r.get(c))
+                            for c in cols
+                        ]
                         for r in flat
                     ],
                     caption="Quantized variants of this model",
@@ -356,6 +432,25 @@ def build_card(data: RunData, rcfg: Any, concl: list[str]) -> str:
         )
     parts.append("#### Summary")
     parts.append("\n".join(f"- {md_escape(c)}" for c in concl) if concl else f"Conclusions: {NR}.")
+
+    # ---- Environmental Impact (what was measured; energy and carbon were not)
+    wall, workers = num(train.get("wall_seconds")), num(train.get("num_workers"))
+    parts.append("## Environmental Impact")
+    parts.append(
+        _bullets(
+            [
+                ("Hardware Type", fmt_value(train.get("device"))),
+                (
+                    "Hours used",
+                    f"{wall / 3600:.3g} h wall time x {int(workers)} worker(s) = {wall * workers / 3600:.3g} "
+                    "worker-hours (training stage only)"
+                    if wall is not None and workers
+                    else NR,
+                ),
+                ("Carbon Emitted", f"{NR} (energy use is not measured by the pipeline)"),
+            ]
+        )
+    )
 
     # ---- Technical Specifications
     parts.append("## Technical Specifications\n\n### Model Architecture and Objective")
@@ -371,17 +466,41 @@ def build_card(data: RunData, rcfg: Any, concl: list[str]) -> str:
         "tie_word_embeddings",
     ]
     parts.append(
-        (_bullets([(k, fmt_value(mc.get(k))) for k in arch_keys if k in mc]) if mc else f"Architecture: {NR}.")
-        + "\n\nObjective: next-token prediction (causal language modelling), continued from the base model's weights."
+        (
+            _bullets([(k, fmt_value(mc.get(k))) for k in arch_keys if k in mc])
+            if mc
+            else f"Architecture: {NR}."
+        )
+        + "\n\nObjective: next-token prediction (causal language modelling), "
+        + (
+            "from a random initialisation (no pretrained base)."
+            if getattr(data.cfg.model, "from_config", None) is not None and not get(tok, "base", "model")
+            else "continued from the base model's weights."
+        )
     )
     parts.append("### Compute Infrastructure")
-    versions = next((m.get("versions") for m in data.manifests.values() if isinstance(m.get("versions"), dict)), {})
+    versions = next(
+        (m.get("versions") for m in data.manifests.values() if isinstance(m.get("versions"), dict)), {}
+    )
     parts.append(
         _bullets(
             [
-                ("Hardware", f"{fmt_value(train.get('device'))}, {fmt_int(train.get('num_workers'))} worker(s)"),
+                (
+                    "Hardware",
+                    f"{fmt_value(train.get('device'))}, {fmt_int(train.get('num_workers'))} worker(s)"
+                    if train.get("device") or train.get("num_workers")
+                    else NR,
+                ),
                 ("Software", ", ".join(f"{k} {v}" for k, v in versions.items()) or NR),
-                ("Pipeline revision", fmt_value(next((m.get("git_revision") for m in data.manifests.values() if m.get("git_revision")), None))),
+                (
+                    "Pipeline revision",
+                    fmt_value(
+                        next(
+                            (m.get("git_revision") for m in data.manifests.values() if m.get("git_revision")),
+                            None,
+                        )
+                    ),
+                ),
             ]
         )
     )
@@ -392,3 +511,11 @@ def _model_bytes(data: RunData) -> int | None:
     if data.model_dir is None:
         return None
     return sum(f.stat().st_size for f in data.model_dir.glob("*.safetensors")) or None
+
+
+def _count(value: Any) -> int | None:
+    """A count recorded either as a number or as the list of the things counted."""
+    if isinstance(value, list):
+        return len(value)
+    v = num(value)
+    return int(v) if v is not None else None

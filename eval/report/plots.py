@@ -13,6 +13,18 @@ from typing import Any
 from eval.report.doc import num
 
 _COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
+# Rejection reasons: anything but the green used for "kept".
+_REJECT_COLORS = [
+    "#ff7f0e",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+    "#1f77b4",
+]
 
 
 def _figure(width: float = 7.0, height: float = 3.6):
@@ -64,7 +76,9 @@ def funnel_plot(sources: dict[str, dict[str, Any]], dpi: int) -> bytes | None:
     left = kept
     for i, reason in enumerate(reasons):
         vals = [num((sources[n].get("rejected") or {}).get(reason)) or 0.0 for n in names]
-        ax.barh(names, vals, left=left, color=_COLORS[(i + 1) % len(_COLORS)], label=f"rejected: {reason}")
+        ax.barh(
+            names, vals, left=left, color=_REJECT_COLORS[i % len(_REJECT_COLORS)], label=f"rejected: {reason}"
+        )
         left = [a + b for a, b in zip(left, vals, strict=True)]
     ax.set_xlabel("documents")
     ax.invert_yaxis()
@@ -175,17 +189,19 @@ def monitor_plot(monitor: list[dict[str, Any]], max_points: int, dpi: int) -> by
     return _png(fig, dpi)
 
 
-def delta_plot(rows: list[dict[str, Any]], labels: list[str], dpi: int) -> bytes | None:
-    """Relative change adapted vs base per metric; hatched bars are not significant."""
-    pts = [(lab, num(r.get("delta_pct")), r.get("significant")) for lab, r in zip(labels, rows, strict=True)]
-    pts = [p for p in pts if p[1] is not None]
+def delta_plot(
+    labels: list[str], pcts: list[float | None], better: list[bool], significant: list[bool | None], dpi: int
+) -> bytes | None:
+    """Relative change adapted vs base per metric: green where the adapted model is better (lower
+    bits-per-byte, higher accuracy), red where worse; hatched bars are not significant."""
+    pts = [p for p in zip(labels, pcts, significant, better, strict=True) if p[1] is not None]
     if not pts:
         return None
     fig = _figure(7.0, 0.9 + 0.4 * len(pts))
     ax = fig.add_subplot()
     names = [p[0] for p in pts]
     vals = [p[1] for p in pts]
-    colors = ["#2ca02c" if v < 0 else "#d62728" for v in vals]
+    colors = ["#2ca02c" if p[3] else "#d62728" for p in pts]
     bars = ax.barh(names, vals, color=colors)
     for bar, p in zip(bars, pts, strict=True):
         if p[2] is not True:
@@ -193,8 +209,8 @@ def delta_plot(rows: list[dict[str, Any]], labels: list[str], dpi: int) -> bytes
             bar.set_alpha(0.5)
     ax.axvline(0, color="black", lw=0.8)
     ax.invert_yaxis()
-    ax.set_xlabel("change adapted vs base (%); solid = significant, hatched = not")
-    ax.set_title("Benchmarks: relative change (for bits-per-byte, negative is better)", fontsize=10)
+    ax.set_xlabel("change vs base (%): green better, red worse, hatched not significant", fontsize=9)
+    ax.set_title("Benchmarks: relative change of the adapted model vs the base", fontsize=10)
     return _png(fig, dpi)
 
 
@@ -208,8 +224,12 @@ def quant_plot(rows: list[dict[str, Any]], bpb_key: str | None, dpi: int) -> byt
     fig = _figure(7.0, 3.2)
     ax = fig.add_subplot()
     xs = list(range(len(names)))
-    ax.bar([x - 0.2 for x in xs], [(v or 0) / 2**20 for v in mem], width=0.4, label="in memory", color="#9ecae1")
-    ax.bar([x + 0.2 for x in xs], [(v or 0) / 2**20 for v in disk], width=0.4, label="on disk", color="#1f77b4")
+    ax.bar(
+        [x - 0.2 for x in xs], [(v or 0) / 2**20 for v in mem], width=0.4, label="in memory", color="#9ecae1"
+    )
+    ax.bar(
+        [x + 0.2 for x in xs], [(v or 0) / 2**20 for v in disk], width=0.4, label="on disk", color="#1f77b4"
+    )
     ax.set_xticks(xs, names)
     ax.set_ylabel("MiB")
     handles, labels = ax.get_legend_handles_labels()
@@ -220,8 +240,9 @@ def quant_plot(rows: list[dict[str, Any]], bpb_key: str | None, dpi: int) -> byt
             ax2 = ax.twinx()
             ax2.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color="#d62728", label=bpb_key)
             ax2.set_ylabel("bits per byte")
+            ax2.ticklabel_format(axis="y", useOffset=False)
             h2, l2 = ax2.get_legend_handles_labels()
             handles, labels = handles + h2, labels + l2
-    ax.legend(handles, labels, fontsize=8)
+    fig.legend(handles, labels, fontsize=8, loc="outside lower center", ncols=len(labels))
     ax.set_title("Quantized variants of the adapted model", fontsize=10)
     return _png(fig, dpi)

@@ -10,7 +10,7 @@ import base64
 import html
 from pathlib import Path
 
-from eval.report.doc import Bullets, Figure, Para, Section, Table
+from eval.report.doc import Bullets, Figure, Para, Pre, Section, Table
 
 _CSS = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:0;color:#1b1f23;background:#fafbfc}
@@ -29,6 +29,8 @@ figcaption{color:#586069;font-size:0.88em}
 p.note{color:#6a737d;font-size:0.9em}
 section#conclusions li{margin:0.3em 0}
 footer{color:#6a737d;font-size:0.85em;margin-top:3em}
+pre{background:#f6f8fa;border:1px solid #e1e4e8;border-radius:4px;padding:8px 12px;font-size:0.8em;overflow-x:auto}
+p.cap{font-weight:600;margin:0.8em 0 0.2em;font-size:0.88em}
 """
 
 
@@ -64,13 +66,18 @@ def block_html(b: object) -> str:
             f'<figure><img alt="{alt}" src="data:image/png;base64,{data}">'
             f"<figcaption>{alt}</figcaption></figure>"
         )
+    if isinstance(b, Pre):
+        cap = f'<p class="cap">{html.escape(b.caption)}</p>' if b.caption else ""
+        return f"{cap}<pre>{html.escape(b.text)}</pre>"
     raise TypeError(f"unknown block {type(b).__name__}")
 
 
 def to_html(title: str, subtitle: str, sections: list[Section], footer: str) -> str:
     nav = "".join(f'<a href="#{s.id}">{html.escape(s.title)}</a>' for s in sections)
     body = "".join(
-        f'<section id="{s.id}"><h2>{html.escape(s.title)}</h2>' + "".join(block_html(b) for b in s.blocks) + "</section>"
+        f'<section id="{s.id}"><h2>{html.escape(s.title)}</h2>'
+        + "".join(block_html(b) for b in s.blocks)
+        + "</section>"
         for s in sections
     )
     return (
@@ -88,7 +95,13 @@ def to_html(title: str, subtitle: str, sections: list[Section], footer: str) -> 
 
 def md_escape(text: str) -> str:
     """Escape what would break a pipe table cell or start unintended markup."""
-    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ").replace("*", "\\*").replace("_", "\\_")
+    return (
+        text.replace("\\", "\\\\")
+        .replace("|", "\\|")
+        .replace("\n", " ")
+        .replace("*", "\\*")
+        .replace("_", "\\_")
+    )
 
 
 def md_table(t: Table) -> str:
@@ -97,7 +110,11 @@ def md_table(t: Table) -> str:
     if t.caption:
         lines.append(f"**{md_escape(t.caption)}**\n")
     lines.append("| " + " | ".join(md_escape(h) or " " for h in t.headers) + " |")
-    lines.append("|" + "|".join("---:" if (num[i] if i < len(num) else True) else "---" for i in range(len(t.headers))) + "|")
+    lines.append(
+        "|"
+        + "|".join("---:" if (num[i] if i < len(num) else True) else "---" for i in range(len(t.headers)))
+        + "|"
+    )
     for row in t.rows:
         lines.append("| " + " | ".join(md_escape(c) for c in row) + " |")
     return "\n".join(lines)
@@ -112,6 +129,10 @@ def block_md(b: object) -> str:
         return md_table(b)
     if isinstance(b, Figure):
         return f"![{md_escape(b.caption)}]({b.name})\n\n*{md_escape(b.caption)}*"
+    if isinstance(b, Pre):
+        fence = "~~~~" if "```" in b.text else "```"
+        cap = f"**{md_escape(b.caption)}**\n\n" if b.caption else ""
+        return f"{cap}{fence}text\n{b.text.rstrip()}\n{fence}"
     raise TypeError(f"unknown block {type(b).__name__}")
 
 

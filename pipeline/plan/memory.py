@@ -42,7 +42,9 @@ LAYOUTS = ("torch", "deepspeed")
 _SGD_MOMENTUM = 1  # one momentum buffer; plain SGD without momentum has no state
 
 
-def state_bytes_per_param(precision: str, optimizer: str = "adamw", layout: str = "torch") -> dict[str, float]:
+def state_bytes_per_param(
+    precision: str, optimizer: str = "adamw", layout: str = "torch"
+) -> dict[str, float]:
     """Bytes per parameter of the parameters, gradients and optimizer states in the given convention.
 
     The deepspeed/ZeRO mixed-precision AdamW split is 2 + 2 + 12 (the paper's K = 12); fp32 AdamW is
@@ -284,23 +286,37 @@ def activation_bytes_per_token_layer(
     seq_len: int = 2048,
     act_bytes: int = 2,
     flash_attention: bool = True,
+    autocast: bool = False,
 ) -> float:
     """Bytes one Llama decoder layer keeps for backward, per token (no checkpointing).
 
-    Counted from what autograd saves in the Hugging Face Llama layer (checked on CPU with
-    ``torch.autograd.graph.saved_tensors_hooks``, see tests/test_plan_measure.py):
-    each RMSNorm keeps its fp32 input and its normalised input (4 + a)·h, its output feeds the
-    projections (a·h); attention keeps q, k, v (a·(h + 2·kv)), its output and the o_proj input (2·a·h);
-    SwiGLU keeps gate, silu(gate), up and their product (4·a·f). Flash/SDPA keeps a fp32 log-sum-exp
-    per head; eager attention keeps the fp32 softmax and its cast, (4 + a)·heads·s.
+    Counted from what autograd saves in the Hugging Face Llama layer, and checked against
+    ``torch.autograd.graph.saved_tensors_hooks`` on CPU (tests/test_plan_measure.py):
+
+    * weights in the compute dtype (FSDP2 ``MixedPrecisionPolicy``, pure bf16, or fp32): each RMSNorm
+      keeps its fp32 input, its normalised input and its output, (4 + 2a)·h, plus a 4-byte rsqrt;
+      attention keeps q, k, v, a·(h + 2·kv), and its output (which is also o_proj's input), a·h;
+      SwiGLU keeps gate, silu(gate), up and their product, 4·a·f;
+    * ``autocast`` (fp32 weights, 16-bit matmuls, as DDP under ``torch.autocast``): the residual stream
+      stays fp32, the norms keep fp32 intermediates, and every linear saves its own 16-bit copy of its
+      input: (8 + 3a)·h before attention, (8 + 2a)·h before the MLP.
+
+    Flash attention keeps a fp32 log-sum-exp per head. Eager attention keeps the s×s scores: the
+    fp32 softmax, its 16-bit cast and a byte of mask, 4 + a + 1 bytes per score (5 in fp32).
     """
     a = act_bytes
     h, f = hidden, intermediate
     kv = h * (kv_heads or heads) // heads
-    norms = 2 * (4 + 2 * a) * h
-    attn = a * (h + 2 * kv) + 2 * a * h
+    if autocast:
+        norms = (8 + 3 * a) * h + (8 + 2 * a) * h + 8
+    else:
+        norms = 2 * (4 + 2 * a) * h + 8
+    attn = a * (h + 2 * kv) + a * h
     mlp = 4 * a * f
-    scores = 4 * heads if flash_attention else (4 + a) * heads * seq_len
+    if flash_attention:
+        scores = 4 * heads
+    else:
+        scores = (4 + (a if a < 4 else 0) + 1) * heads * seq_len
     return norms + attn + mlp + scores
 
 
@@ -315,28 +331,36 @@ def activation_bytes(
     act_bytes: int = 2,
     checkpointing: bool = False,
     flash_attention: bool = True,
+    autocast: bool = False,
 ) -> float:
-    """Activation bytes held at the start of the backward pass, per GPU.
+    """Activation bytes held at the start of the backward pass, per GPU (logits excluded).
 
     Without checkpointing every layer's saved tensors are alive. With per-block checkpointing
     (what HF ``gradient_checkpointing_enable`` and FSDP's checkpoint wrapper do) each block keeps only
-    its input (a·h per token) and one block's full set exists while it is recomputed.
+    its input (a·h per token; fp32 under autocast) and one block's full set exists while it is
+    recomputed. The final norm keeps (4 + 2a)·h (autocast: (8 + a)·h).
     """
     tokens = seq_len * micro_batch
     per_layer = activation_bytes_per_token_layer(
-        hidden, heads, intermediate, kv_heads, seq_len, act_bytes, flash_attention
+        hidden, heads, intermediate, kv_heads, seq_len, act_bytes, flash_attention, autocast
     )
-    final_norm = (4 + 2 * act_bytes) * hidden
+    final_norm = ((8 + act_bytes) if autocast else (4 + 2 * act_bytes)) * hidden + 4
     if checkpointing:
-        return tokens * (layers * act_bytes * hidden + per_layer + final_norm)
+        stream = 4 if autocast else act_bytes
+        return tokens * (layers * stream * hidden + per_layer + final_norm)
     return tokens * (layers * per_layer + final_norm)
 
 
 def logits_bytes(vocab: int, seq_len: int, micro_batch: int, act_bytes: int = 2) -> float:
-    """The LM head output and the loss: logits in the compute dtype (returned to the caller, so alive),
-    their fp32 upcast and the fp32 log-softmax the cross-entropy keeps, then the fp32 gradient of the
-    logits in backward: (a + 4 + 4 + 4) bytes per vocabulary entry per token at the peak."""
-    return seq_len * micro_batch * vocab * (act_bytes + 12)
+    """The LM head output and the loss at their peak: (a + 10) bytes per vocabulary entry per token.
+
+    The logits in the compute dtype stay alive (the model returns them), the loss upcasts them to fp32
+    and the cross-entropy keeps the fp32 log-probabilities; in backward their fp32 gradient and a cast
+    back exist at once. (a + 4 + 4 + 2) was the best fit to ``torch.cuda.max_memory_allocated`` on an
+    H100 where the logits dominate (with checkpointing at 8k-32k tokens × 32k vocabulary: measured
+    10.0-11.8 bytes per entry); the full a + 12 sum of those tensors over-predicted by up to 14%.
+    """
+    return seq_len * micro_batch * vocab * (act_bytes + 10)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -367,6 +391,8 @@ def estimate(
     shard_group: int | None = None,
     rank: int = 0,
     ddp_bucket_copy: bool = True,
+    grad_accumulation: bool = True,
+    foreach: bool = True,
     device_mem_bytes: int | None = None,
     headroom_fraction: float = 0.0,
 ) -> dict:
@@ -377,8 +403,12 @@ def estimate(
     terms and flagged ``shape_assumed``), or ``param_shapes`` for an exact per-rank FSDP2 count.
     Returns a JSON-able dict of ints (bytes): ``model_states`` (params, grads, optimizer, total),
     ``offloaded`` (host bytes), ``activations``, ``logits``, ``buffers`` (unsharded 16-bit weights and
-    gradients of the blocks in flight, DDP gradient buckets), ``total``, and with ``device_mem_bytes``
-    also ``usable`` (after ``headroom_fraction``), ``fits`` and ``free``.
+    gradients of the blocks in flight, DDP gradient buckets), ``optimizer_step_temp``, the two peaks
+    ``peak_forward_backward`` and ``peak_optimizer_step``, ``total`` (the larger), and with
+    ``device_mem_bytes`` also ``usable`` (after ``headroom_fraction``), ``fits`` and ``free``.
+    ``grad_accumulation`` (gradients alive during the forward, as with several micro-batches per step)
+    and ``foreach`` (the default multi-tensor AdamW/SGD, which needs one shard-sized temporary) are
+    conservative defaults.
     """
     _check(precision, PRECISIONS, "precision")
     _check(sharding, SHARDINGS, "sharding")
@@ -416,8 +446,26 @@ def estimate(
         cpu_offload=cpu_offload,
     )
     a = compute_dtype_bytes(precision)
+    mixed = precision in ("bf16", "fp16")
+    # DDP/ZeRO-1 in torch keep fp32 weights and run the matmuls under autocast; FSDP2 and DeepSpeed
+    # compute with 16-bit weights.
+    autocast = mixed and layout == "torch" and sharding in ("ddp", "zero1")
+    # On CUDA the flash kernel needs 16-bit inputs and the memory-efficient one has no grouped-query
+    # support, so SDPA in fp32 falls back to the math path, which keeps the scores (measured on an H100:
+    # ~5 bytes per score). Plan fp32 as eager.
+    flash = flash_attention and precision != "fp32"
     acts = activation_bytes(
-        layers, hidden, heads, f, seq_len, micro_batch, kv_heads, a, activation_checkpointing, flash_attention
+        layers,
+        hidden,
+        heads,
+        f,
+        seq_len,
+        micro_batch,
+        kv_heads,
+        a,
+        activation_checkpointing,
+        flash,
+        autocast,
     )
     logits = logits_bytes(vocab, seq_len, micro_batch, a)
 
@@ -427,7 +475,6 @@ def estimate(
     embed_head = vocab * hidden * (1 if tied else 2) + hidden
     g = states["shard_group"]
     unsharded_w = unsharded_g = buckets = 0.0
-    mixed = precision in ("bf16", "fp16")
     if layout == "torch":
         if sharding in ("zero3", "hybrid"):
             # Root (embeddings, final norm, head) stays unsharded; the block being computed and the
@@ -435,22 +482,41 @@ def estimate(
             # reduce-scatter. With a single rank there is nothing to gather.
             if g > 1 or mixed:
                 unsharded_w = a * (embed_head + 2 * block)
-                unsharded_g = a * block
+                unsharded_g = 4 * block  # dapt reduces gradients in fp32 (reduce_dtype=float32)
         elif sharding == "zero2":
             if g > 1 or mixed:
                 unsharded_w = a * total_params  # every block stays gathered from forward to backward
-                unsharded_g = a * block
-        else:  # ddp / zero1: full fp32 params; autocast keeps a 16-bit copy of the weights it used
+                unsharded_g = 4 * block
+        else:  # ddp / zero1: full fp32 params; autocast keeps a 16-bit copy of every matmul weight
             if mixed:
-                unsharded_w = a * total_params
+                norms = (2 * layers + 1) * hidden
+                unsharded_w = a * (total_params - norms - (0 if tied else vocab * hidden))
             if ddp_bucket_copy and world_size > 1:
                 buckets = states["grads"] if states["grads"] else 0
     else:
         if sharding == "zero3":
             unsharded_w = a * 2 * block
             unsharded_g = a * block
-    buffers = {"unsharded_params": _int(unsharded_w), "unsharded_grads": _int(unsharded_g), "ddp_buckets": _int(buckets)}
-    total = states["total_padded"] + _int(acts) + _int(logits) + sum(buffers.values())
+    buffers = {
+        "unsharded_params": _int(unsharded_w),
+        "unsharded_grads": _int(unsharded_g),
+        "ddp_buckets": _int(buckets),
+    }
+    # Two peaks. Forward/backward: parameters, optimizer states, buffers, all activations and the
+    # logits; the gradients are there too when they accumulate over micro-batches (otherwise they grow
+    # while the activations are freed, so the larger of the two counts). Optimizer step: every state
+    # plus the foreach implementation's temporary (one fp32 tensor list the size of the local shard).
+    resident = states["params_padded"] + states["optimizer"]
+    fwd_bwd_extra = _int(acts) + _int(logits)
+    if grad_accumulation:
+        fwd_bwd = resident + states["grads"] + fwd_bwd_extra + sum(buffers.values())
+    else:
+        fwd_bwd = resident + max(fwd_bwd_extra, states["grads"]) + sum(buffers.values())
+    local_numel = states["grads"] / max(1, state_bytes_per_param(precision, optimizer, layout)["grads"])
+    master = 2 if precision == "bf16-pure" else 4
+    step_temp = 0 if cpu_offload else _int(local_numel * master) if foreach else 0
+    step = resident + states["grads"] + step_temp
+    total = max(fwd_bwd, step)
 
     out: dict = {
         "inputs": {
@@ -475,6 +541,8 @@ def estimate(
             "cpu_offload": cpu_offload,
             "layout": layout,
             "rank": rank,
+            "grad_accumulation": grad_accumulation,
+            "foreach": foreach,
         },
         "model_states": {k: states[k] for k in ("params", "grads", "optimizer", "total")},
         "model_states_padded": states["total_padded"],
@@ -482,6 +550,10 @@ def estimate(
         "activations": _int(acts),
         "logits": _int(logits),
         "buffers": buffers,
+        "optimizer_step_temp": step_temp,
+        "peak_forward_backward": fwd_bwd,
+        "peak_optimizer_step": step,
+        "peak_phase": "forward_backward" if fwd_bwd >= step else "optimizer_step",
         "total": total,
     }
     if device_mem_bytes is not None:

@@ -19,6 +19,8 @@ import json
 import os
 import re
 import shutil
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +33,21 @@ _STEP_RE = re.compile(r"^step-(\d{8})$")
 TRAINER_STATE = "trainer.json"
 
 
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+@contextmanager
+def _quiet_single_process():
+    """DCP warns that it "assumes" a single process when no group exists; here that is intended."""
+    with warnings.catch_warnings():
+        if not _distributed():
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
+
+
 def _barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
+    if _distributed():
         dist.barrier()
 
 
@@ -96,7 +111,8 @@ def save_checkpoint(
         tmp.mkdir()
     _barrier()
     msd, osd = get_state_dict(model, optimizer)
-    dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(tmp))
+    with _quiet_single_process():
+        dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(tmp), no_dist=not _distributed())
     rng = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         rng["cuda"] = torch.cuda.get_rng_state()
@@ -118,7 +134,8 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
     """Collective: restore model, optimizer and this rank's RNG; return the trainer state."""
     msd, osd = get_state_dict(model, optimizer)
     state = {"model": msd, "optim": osd}
-    dcp.load(state, checkpoint_id=str(path))
+    with _quiet_single_process():
+        dcp.load(state, checkpoint_id=str(path), no_dist=not _distributed())
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
     rng_file = path / f"rng-{_rank()}.pt"
     if rng_file.exists():  # absent when resuming with a different world size

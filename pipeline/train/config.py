@@ -82,6 +82,9 @@ class TrainConfig(BaseModel):
     """Validation tokens per side (domain / general) used by the monitor: a cheap, fixed subsample."""
     max_general_regression: float | None = Field(default=None, gt=0, le=10)
     """Stop early when general bits-per-byte exceeds the base model's by more than this fraction."""
+    export_dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """Dtype of the exported weights. fp32 (default) reproduces the trained model's loss exactly; bf16
+    halves the export for serving."""
     log_every: int = Field(default=10, ge=1, le=1 << 31)
     seed: int | None = None
     """Training seed (data order after the first epoch, RNG); default the run's top-level seed."""

@@ -14,7 +14,6 @@ loads it and DDP broadcasts it at construction.
 from __future__ import annotations
 
 import json
-import math
 import os
 import resource
 import sys
@@ -108,9 +107,11 @@ def reinit_rotary(model: torch.nn.Module, device: torch.device) -> None:
         if hasattr(m, "inv_freq") and hasattr(m, "rope_type") and hasattr(m, "config"):
             if m.rope_type == "default" and hasattr(m, "compute_default_rope_parameters"):
                 fn = m.compute_default_rope_parameters
-            else:
+            elif m.rope_type in ROPE_INIT_FUNCTIONS:
                 fn = ROPE_INIT_FUNCTIONS[m.rope_type]
-            inv_freq, scaling = fn(m.config, device)
+            else:  # older transformers: rope_init_fn on the module
+                fn = m.rope_init_fn
+            inv_freq, scaling = fn(m.config)  # computed on CPU, then moved
             m.inv_freq = inv_freq.to(device)
             if hasattr(m, "original_inv_freq"):
                 m.original_inv_freq = inv_freq.clone().to(device)
@@ -368,9 +369,15 @@ def _progress(enabled: bool, total: int, initial: int, under_ray: bool):
         return None
     try:
         if under_ray:
-            from ray.experimental.tqdm_ray import tqdm
-        else:
-            from tqdm.auto import tqdm
+            # Ray's tqdm forwards the bar to the driver; it has no ``initial``, so advance it instead.
+            from ray.experimental.tqdm_ray import tqdm as ray_tqdm
+
+            bar = ray_tqdm(total=total, desc="train", unit="step")
+            if initial:
+                bar.update(initial)
+            return bar
+        from tqdm.auto import tqdm
+
         return tqdm(total=total, initial=initial, desc="train", unit="step")
     except ImportError:
         return None
@@ -404,7 +411,9 @@ def train_loop(spec: dict[str, Any]) -> dict[str, Any]:
     f_token = flops_per_token(
         n_total, cfg.num_hidden_layers, cfg.hidden_size, int(spec["seq_len"]), n_embedding=emb[0] * emb[1]
     )
-    peak = peak_flops(torch.cuda.get_device_name(device) if device.type == "cuda" else None, spec["precision"])
+    peak = peak_flops(
+        torch.cuda.get_device_name(device) if device.type == "cuda" else None, spec["precision"]
+    )
 
     decay, no_decay = [], []
     for name, p in unwrap(model).named_parameters():
@@ -499,9 +508,12 @@ def train_loop(spec: dict[str, Any]) -> dict[str, Any]:
             start = micro_batch_start(step, a, rank, world, accum, mb)
             block = stream.get(start, mb).to(device, non_blocking=True)
             x, y = block[:, :-1], block[:, 1:]
+            # Skip gradient communication on all but the last micro-batch where that costs no memory:
+            # DDP (no_sync) and zero2 (blocks stay unsharded anyway). zero3/hybrid reduce-scatter every
+            # micro-batch so that no rank ever holds the full unsharded gradients.
             sync_ctx = nullcontext()
             if world > 1 and not last:
-                if sharded:
+                if sharded and spec["sharding"] == "zero2":
                     unwrap(model).set_requires_gradient_sync(False)
                 elif hasattr(model, "no_sync"):
                     sync_ctx = model.no_sync()
@@ -524,7 +536,9 @@ def train_loop(spec: dict[str, Any]) -> dict[str, Any]:
         else:
             optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        loss_avg = float(_all_reduce(loss_acc.to(device) if device.type == "cuda" else loss_acc).cpu()) / world
+        loss_avg = (
+            float(_all_reduce(loss_acc.to(device) if device.type == "cuda" else loss_acc).cpu()) / world
+        )
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         dt = time.perf_counter() - t0
@@ -559,7 +573,8 @@ def train_loop(spec: dict[str, Any]) -> dict[str, Any]:
             if reg and base_g and last_monitor and last_monitor["general_bpb"] is not None:
                 if last_monitor["general_bpb"] > base_g * (1 + float(reg)):
                     early_stopped = True
-        if step % int(spec["checkpoint_every"]) == 0 or step == total_steps or early_stopped:
+        at_end = (step == total_steps or early_stopped) and spec.get("final_checkpoint", True)
+        if step % int(spec["checkpoint_every"]) == 0 or at_end:
             state = {
                 "fingerprint": fingerprint,
                 "tokens": step * tokens_per_step,
@@ -576,7 +591,13 @@ def train_loop(spec: dict[str, Any]) -> dict[str, Any]:
         last_monitor = monitor(step)  # resumed after the last step's monitor: recompute for the summary
 
     peak_mem = torch.tensor([_peak_memory(device)], dtype=torch.float64)
-    peak_mem = int(_all_reduce(peak_mem.to(device) if device.type == "cuda" else peak_mem, dist.ReduceOp.MAX if dist.is_initialized() else None).cpu()[0])
+    if dist.is_initialized():
+        peak_mem = peak_mem.to(device)
+        dist.all_reduce(peak_mem, op=dist.ReduceOp.MAX)
+    peak_bytes = int(peak_mem.cpu()[0])
+    local_counts: list[Any] = [n_local] * world
+    if dist.is_initialized():
+        dist.all_gather_object(local_counts, n_local)
     if spec.get("export_dir"):
         export(model, spec, Path(spec["export_dir"]))
     trained_tokens = (step - start_step) * tokens_per_step
@@ -592,11 +613,11 @@ def train_loop(spec: dict[str, Any]) -> dict[str, Any]:
         "mfu": mfu(tps or 0.0, f_token, peak, world),
         "flops_per_token": f_token,
         "peak_flops_per_device": peak,
-        "peak_memory_bytes": peak_mem,
+        "peak_memory_bytes": peak_bytes,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "num_workers": world,
         "params_total": n_total,
-        "params_local_rank0": n_local,
+        "params_local_per_rank": local_counts,
         "early_stopped": early_stopped,
         "base_monitor": trainer_state.get("base"),
         "final_monitor": last_monitor,
@@ -664,12 +685,3 @@ def export(model: torch.nn.Module, spec: dict[str, Any], out: Path) -> None:
     del sd
     if dist.is_initialized():
         dist.barrier()
-
-
-def run_spec_check(spec: dict[str, Any]) -> None:
-    """Cheap sanity checks of a spec before anything starts (driver side)."""
-    for key in ("data_path", "steps", "micro_batch_size", "grad_accum", "seq_len", "sharding", "precision"):
-        if key not in spec:
-            raise KeyError(f"train spec lacks {key!r}")
-    if not math.isfinite(float(spec["lr"])):
-        raise ValueError("lr must be finite")

@@ -1,0 +1,304 @@
+"""The plan of a configured run, and the train preflight that refuses a run predicted not to fit.
+
+``dapt train`` calls :func:`preflight` before it starts workers: a run whose predicted peak memory per
+GPU exceeds the device's usable memory stops at once with the plan and the changes that would fit,
+instead of failing with ``CUDA out of memory`` hours in. ``--no-preflight`` skips it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import ConfigError, PreflightError
+from pipeline.plan import compute, gpus
+from pipeline.plan.plan import format_plan, make_plan
+
+_ALIASES = {
+    "vocab": ("vocab_size", "n_vocab", "padded_vocab_size"),
+    "hidden": ("hidden_size", "n_embd", "d_model", "dim"),
+    "layers": ("num_hidden_layers", "n_layer", "num_layers", "n_layers"),
+    "heads": ("num_attention_heads", "n_head", "num_heads", "n_heads"),
+    "kv_heads": ("num_key_value_heads", "n_kv_heads", "num_kv_heads"),
+    "intermediate": ("intermediate_size", "n_inner", "ffn_dim", "d_ff"),
+    "tied": ("tie_word_embeddings",),
+}
+
+
+def arch_from_model_config(model_config: Any) -> dict[str, Any]:
+    """Architecture numbers from a transformers ``PretrainedConfig``, a dict (config.json) or the run
+    config's ``model.from_config`` section; missing ones are None (the estimate fills Llama defaults)."""
+    if hasattr(model_config, "to_dict"):
+        d = model_config.to_dict()
+    elif hasattr(model_config, "model_dump"):
+        d = model_config.model_dump()
+        d.update(d.pop("extra", {}) or {})
+    else:
+        d = dict(model_config)
+    if isinstance(d.get("text_config"), dict):  # multimodal wrappers keep the LM here
+        d = {**d, **d["text_config"]}
+    arch: dict[str, Any] = {}
+    for key, names in _ALIASES.items():
+        arch[key] = next((d[n] for n in names if d.get(n) is not None), None)
+    arch["tied"] = bool(arch["tied"]) if arch["tied"] is not None else False
+    arch["model_type"] = d.get("model_type")
+    return arch
+
+
+def exact_param_shapes(model_config: Any) -> list[tuple[int, ...]] | None:
+    """The real parameter shapes, by building the model on the meta device (no memory, ~0.1-2 s).
+
+    Returns None when transformers/torch are missing or the config cannot be built; the plan then
+    uses the Llama closed form.
+    """
+    try:
+        import torch
+        from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
+    except ImportError:
+        return None
+    try:
+        cfg = model_config
+        if not isinstance(cfg, PretrainedConfig):
+            d = arch_dict = dict(cfg)
+            if "model_type" not in arch_dict:
+                return None
+            cfg = AutoConfig.for_model(**d)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(cfg)
+        return [tuple(p.shape) for p in model.parameters()]
+    except Exception:  # an exotic architecture: the closed form is still a useful estimate
+        return None
+
+
+def model_config_from_run(cfg: Any) -> Any:
+    """The run's model config: ``model.from_config`` as a dict, or the local folder's config.json, or
+    the hub config via ``transformers.AutoConfig`` (an offline hub id gives a ConfigError)."""
+    m = cfg.model
+    if m.from_config is not None:
+        d = m.from_config.model_dump()
+        extra = d.pop("extra", {}) or {}
+        d.pop("seed", None)
+        d.update(extra)
+        return d
+    return load_model_config(
+        m.name_or_path, getattr(m, "revision", None), getattr(m, "trust_remote_code", False)
+    )
+
+
+def load_model_config(name_or_path: str, revision: str | None = None, trust_remote_code: bool = False) -> Any:
+    """config.json of a local model folder (read directly), or a hub id through AutoConfig."""
+    p = Path(name_or_path).expanduser()
+    if p.is_dir():
+        f = p / "config.json"
+        if not f.is_file():
+            raise ConfigError(f"model.name_or_path: {p} has no config.json")
+        try:
+            return json.loads(f.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{f}: line {e.lineno}: invalid JSON: {e.msg}") from None
+    try:
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(
+            name_or_path, revision=revision, trust_remote_code=trust_remote_code
+        )
+    except Exception as e:
+        raise ConfigError(
+            f"model.name_or_path: cannot load the config of {name_or_path!r} ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}); offline, point it at a local model folder or "
+            "give --params/--layers/--hidden"
+        ) from None
+
+
+def _train(cfg: Any, name: str, default: Any) -> Any:
+    """A train-section field, with a default: that section evolves, the planner must not break."""
+    v = getattr(getattr(cfg, "train", None), name, default)
+    return default if v is None else v
+
+
+def _upstream_manifest(cfg: Any, stage: str) -> dict[str, Any] | None:
+    try:
+        path = Path(cfg.run_path) / stage / "manifest.json"
+        if (Path(cfg.run_path) / stage / "_DONE").exists():
+            return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, AttributeError):
+        return None
+    return None
+
+
+def run_knobs(cfg: Any) -> dict[str, Any]:
+    """The training knobs the plan needs, read from ``cfg.train`` (with defaults) and ``cfg.plan``."""
+    pc = cfg.plan
+    world = int(_train(cfg, "num_workers", 1))
+    seq_len = int(_train(cfg, "seq_len", 2048))
+    micro = int(_train(cfg, "micro_batch_size", 1))
+    gbt = _train(cfg, "global_batch_tokens", None)
+    accum = getattr(cfg.train, "grad_accum", None)
+    if not isinstance(accum, int):
+        accum = max(1, math.ceil(gbt / (micro * seq_len * world))) if gbt else 2
+    sharding = str(_train(cfg, "sharding", "zero3"))
+    shard_group = _train(cfg, "hybrid_shard_size", None) or pc.gpus_per_node
+    return {
+        "seq_len": seq_len,
+        "micro_batch": micro,
+        "precision": str(_train(cfg, "precision", "bf16")),
+        "sharding": sharding,
+        "world_size": world,
+        "optimizer": str(_train(cfg, "optimizer", pc.optimizer)).lower(),
+        "activation_checkpointing": bool(_train(cfg, "activation_checkpointing", False)),
+        "cpu_offload": bool(_train(cfg, "cpu_offload", False)),
+        "flash_attention": pc.flash_attention,
+        "layout": pc.layout,
+        "gpus_per_node": int(shard_group),
+        "grad_accumulation": accum > 1,
+        "headroom_fraction": pc.headroom_fraction,
+    }
+
+
+def run_tokens(cfg: Any) -> tuple[float | None, str]:
+    """Training tokens and where the number came from."""
+    steps = _train(cfg, "max_steps", None)
+    gbt = _train(cfg, "global_batch_tokens", None)
+    if steps and gbt:
+        return float(steps) * float(gbt), "train.max_steps x train.global_batch_tokens"
+    t = _train(cfg, "tokens", None)
+    if t:
+        return float(t), "train.tokens"
+    if cfg.plan.tokens:
+        return float(cfg.plan.tokens), "plan.tokens"
+    mix = _upstream_manifest(cfg, "mix")
+    if mix:
+        total = mix.get("total_tokens") or (mix.get("counts") or {}).get("tokens")
+        if total:
+            return float(total), "the mix stage's packed tokens (one pass)"
+    return None, "unknown (set train.tokens or plan.tokens)"
+
+
+def measured_mfu(cfg: Any) -> float | None:
+    """MFU recorded by this run's finished train stage (manifest key ``mfu``), if any."""
+    man = _upstream_manifest(cfg, "train")
+    v = man.get("mfu") if man else None
+    return float(v) if isinstance(v, int | float) and 0 < v <= 1 else None
+
+
+def plan_for_run(
+    cfg: Any,
+    model_config: Any | None = None,
+    *,
+    gpu: gpus.GPU | None = None,
+    device_mem_bytes: int | None = None,
+    knob_overrides: dict[str, Any] | None = None,
+    tokens: float | None = None,
+) -> dict[str, Any]:
+    """The plan of a configured run (``dapt plan --config`` and the preflight share it).
+
+    ``knob_overrides`` replace run knobs read from the config (``run_knobs`` keys); ``tokens``
+    replaces the token budget the config implies."""
+    pc = cfg.plan
+    if model_config is None:
+        model_config = model_config_from_run(cfg)
+    arch = arch_from_model_config(model_config)
+    shapes = exact_param_shapes(model_config)
+    if shapes is not None:
+        arch["param_shapes"] = shapes
+    if not (arch["layers"] and arch["hidden"] and arch["heads"] and arch["vocab"]):
+        raise ConfigError(
+            "model: cannot tell the model's size from its config (need vocab_size, hidden_size, "
+            "num_hidden_layers, num_attention_heads)"
+        )
+    knobs = run_knobs(cfg)
+    knobs.update(knob_overrides or {})
+    if gpu is None:
+        try:
+            gpu = gpus.lookup(pc.gpu)
+        except KeyError as e:
+            raise ConfigError(f"plan.gpu: {e.args[0]}") from None
+    if pc.gpu_mem_gib:
+        device_mem_bytes = int(pc.gpu_mem_gib * 2**30)
+    if pc.peak_tflops:
+        gpu = gpus.GPU(gpu.name, gpu.memory_bytes, pc.peak_tflops * 1e12, pc.peak_tflops * 1e12)
+    tokens_source = "--tokens"
+    if not tokens:
+        tokens, tokens_source = run_tokens(cfg)
+    mfu, mfu_source = pc.mfu, "plan.mfu"
+    if mfu is None:
+        mfu = measured_mfu(cfg)
+        mfu_source = "measured by this run's train stage" if mfu else "assumed"
+    if mfu is None:
+        mfu = compute.DEFAULT_MFU
+    try:
+        plan = make_plan(
+            arch,
+            gpu=gpu,
+            device_mem_bytes=device_mem_bytes,
+            tokens=tokens,
+            mfu=mfu,
+            mfu_source=mfu_source,
+            price_per_gpu_hour=pc.price_per_gpu_hour,
+            pretraining_tokens=getattr(cfg.model, "pretraining_tokens", None),
+            **knobs,
+        )
+    except ValueError as e:
+        raise ConfigError(f"plan: {e}") from None
+    plan["tokens_source"] = tokens_source
+    man = _upstream_manifest(cfg, "train")
+    if man and man.get("peak_memory_bytes"):
+        plan["measured_peak_memory_bytes"] = man["peak_memory_bytes"]
+    return plan
+
+
+def preflight(
+    cfg: Any, model_config: Any, device_kind: str, device_mem_bytes: int | None, **kwargs: Any
+) -> dict[str, Any]:
+    """Plan the configured run on this device; raise PreflightError when it cannot fit.
+
+    ``model_config``: a transformers ``PretrainedConfig`` or a config dict. ``device_kind``: "cpu",
+    "cuda" or a CUDA device name (``torch.cuda.get_device_name()``, used to find the peak FLOP/s).
+    ``device_mem_bytes``: the device's total memory (``torch.cuda.get_device_properties(0).total_memory``).
+    On CPU nothing is refused (the plan is returned with the judgement against host memory for
+    information); on a GPU the run is refused when the predicted peak per GPU exceeds the usable memory
+    (``plan.headroom_fraction`` kept free). Returns the plan as a JSON-able dict, with the text under
+    ``"table"`` and ``"refused": False``.
+    """
+    kind = (device_kind or "cpu").strip()
+    on_cpu = kind.lower() == "cpu"
+    gpu = None
+    if not on_cpu:
+        gpu = gpus.match_device_name(kind, device_mem_bytes)
+        if gpu is None:
+            try:
+                gpu = gpus.lookup(cfg.plan.gpu)
+            except KeyError:
+                gpu = None
+        if gpu is not None and device_mem_bytes:
+            gpu = gpus.GPU(
+                gpu.name if kind.lower() == "cuda" else kind,
+                int(device_mem_bytes),
+                gpu.bf16_flops,
+                gpu.fp32_flops,
+            )
+    mem = device_mem_bytes
+    if on_cpu and device_mem_bytes:
+        # Judge against host memory shared by the workers on this machine, for information only; the
+        # compute lines still use plan.gpu, the hardware the run is being planned for.
+        mem = int(device_mem_bytes // int(_train(cfg, "num_workers", 1)))
+    plan = plan_for_run(cfg, model_config, gpu=gpu, device_mem_bytes=mem, **kwargs)
+    plan["device_kind"] = kind
+    if on_cpu:
+        plan["device_label"] = "host RAM per worker"
+    table = format_plan(plan)
+    plan["table"] = table
+    est = plan["memory"]
+    plan["refused"] = False
+    if not on_cpu and est.get("fits") is False:
+        plan["refused"] = True
+        usable = est["usable"] / 2**30
+        raise PreflightError(
+            f"preflight: predicted peak {est['total'] / 2**30:.2f} GiB per GPU exceeds the usable "
+            f"{usable:.2f} GiB of {kind} ({est['device_mem'] / 2**30:.2f} GiB less "
+            f"{cfg.plan.headroom_fraction:.0%} headroom); not starting.\n{table}\n"
+            "(rerun with --no-preflight to start anyway)"
+        )
+    return plan

@@ -1,0 +1,161 @@
+"""The train stage end to end through the runner and real Ray Train (2 gloo workers, one fit).
+
+Upstream ``tokenizer`` and ``mix`` outputs are written here exactly as the runner leaves them
+(files, ``manifest.json`` with a fingerprint, ``_DONE``), from real tokenised text.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from conftest import make_docs
+
+from pipeline.config import load_config
+from pipeline.errors import ConfigError
+from pipeline.stages import run_stage
+
+SEQ = 32
+
+
+def _done(stage: Path, manifest: dict[str, Any]) -> None:
+    (stage / "manifest.json").write_text(json.dumps({"fingerprint": f"fp-{stage.name}", **manifest}))
+    (stage / "_DONE").write_text(f"fp-{stage.name}\n")
+
+
+def make_run(tmp_path: Path, model_dir: Path, train: dict[str, Any]) -> Path:
+    """A run folder with finished tokenizer and mix stages, and its config file."""
+    from transformers import AutoTokenizer
+
+    run = tmp_path / "run"
+    tok_stage = run / "tokenizer"
+    tok_stage.mkdir(parents=True)
+    shutil.copytree(model_dir, tok_stage / "model")
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    tok.save_pretrained(tok_stage / "tokenizer")
+    _done(tok_stage, {"outputs": {"model": "model", "tokenizer": "tokenizer"}})
+
+    mix = run / "mix"
+    (mix / "train").mkdir(parents=True)
+    eos = 2
+    stream: list[int] = []
+    for d in make_docs("domain", 40, seed=5) + make_docs("general", 40, seed=5):
+        stream += tok(d, add_special_tokens=False)["input_ids"] + [eos]
+    n = len(stream) // (SEQ + 1)
+    blocks = np.asarray(stream[: n * (SEQ + 1)], dtype=np.uint32).reshape(n, SEQ + 1)
+    np.save(mix / "train" / "tokens.npy", blocks[np.random.default_rng(0).permutation(n)])
+    for name, kind in (("fin", "domain"), ("gen", "general")):
+        (mix / "heldout" / name).mkdir(parents=True)
+        for split, seed in (("validation", 7), ("test", 8)):
+            lines = [
+                json.dumps({"id": f"{name}-{i}", "source": name, "kind": kind, "text": t})
+                for i, t in enumerate(make_docs(kind, 4, seed=seed))
+            ]
+            (mix / "heldout" / name / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+    _done(
+        mix,
+        {
+            "outputs": {"train_tokens": "train/tokens.npy", "heldout": "heldout"},
+            "seq_len": SEQ,
+            "n_blocks": n,
+            "vocab_size": len(tok),
+            "eos_id": eos,
+        },
+    )
+    cfg = {
+        "name": "t",
+        "run_dir": str(run),
+        "sources": [
+            {"name": "fin", "kind": "domain", "paths": [str(tmp_path / "fin.jsonl")]},
+            {"name": "gen", "kind": "general", "paths": [str(tmp_path / "gen.jsonl")]},
+        ],
+        "model": {"name_or_path": str(model_dir)},
+        "ray": {"num_cpus": 2, "object_store_memory_gb": 1.0},
+        "train": {"seq_len": SEQ, **train},
+    }
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_seq_len_mismatch_is_a_config_error(tmp_path: Path, tiny_model_dir: Path) -> None:
+    path = make_run(tmp_path, tiny_model_dir, {"micro_batch_size": 2, "global_batch_tokens": 64})
+    cfg = load_config(path, ["train.seq_len=64"])
+    with pytest.raises(ConfigError, match="train.seq_len"):
+        run_stage(cfg, "train", echo=None, extra={"preflight": False})
+    assert not (cfg.run_path / "train").exists()
+
+
+def test_two_worker_fit_survives_a_worker_crash_and_exports(
+    tmp_path: Path, tiny_model_dir: Path, ray_local: dict
+) -> None:
+    from transformers import AutoModelForCausalLM
+
+    path = make_run(
+        tmp_path,
+        tiny_model_dir,
+        {
+            "num_workers": 2,
+            "cpus_per_worker": 1,
+            "sharding": "zero3",
+            "precision": "fp32",
+            "micro_batch_size": 2,
+            "global_batch_tokens": 2 * 2 * SEQ,
+            "max_steps": 4,
+            "lr": 3e-3,
+            "checkpoint_every": 2,
+            "monitor_every": 2,
+            "monitor_max_tokens": 2000,
+            "log_every": 1,
+            "max_failures": 1,
+        },
+    )
+    cfg = load_config(path)
+    marker = tmp_path / "failed-once"
+    extra = {"preflight": True, "fail_at_step": 3, "fail_marker": str(marker), "progress": False}
+    man = run_stage(cfg, "train", echo=None, extra=extra)
+
+    assert marker.exists()  # the last rank did crash at step 3 ...
+    assert man["resumed_from_step"] == 2  # ... and Ray Train's retry resumed from the step-2 checkpoint
+    assert man["steps"] == 4 and man["tokens"] == 4 * 4 * SEQ and not man["early_stopped"]
+    assert man["num_workers"] == 2 and man["sharding"] == "zero3" and man["device"] == "cpu"
+    assert man["mfu"] is None and man["peak_memory_bytes"] > 0 and man["tokens_per_s"] > 0
+    assert man["outputs"] == {
+        "model": "model",
+        "metrics": "metrics.jsonl",
+        "monitor": "monitor.jsonl",
+        "tensorboard": "tb",
+    }
+    assert man["plan"] is None or isinstance(man["plan"], dict)
+    out = cfg.run_path / "train"
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]  # the crashed attempt's rows are not duplicated
+    mon = [json.loads(x) for x in (out / "monitor.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in mon] == [0, 2, 4]
+    assert set(mon[0]) >= {"step", "tokens", "domain_bpb", "general_bpb", "domain_loss", "general_loss"}
+    assert any(p.name.startswith("events.out.tfevents") for p in (out / "tb").rglob("*"))
+
+    # the export loads with from_pretrained and gives the sharded model's loss on the monitor windows
+    model = AutoModelForCausalLM.from_pretrained(out / "model")
+    w = np.load(cfg.run_path / ".work" / "train" / "monitor_windows.npz")
+    x, y = torch.from_numpy(w["domain_inputs"]), torch.from_numpy(w["domain_targets"])
+    with torch.no_grad():
+        logits = model(input_ids=x).logits
+    loss = (
+        torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=-100, reduction="sum"
+        )
+        / (y != -100).sum()
+    )
+    assert float(loss) == pytest.approx(mon[-1]["domain_loss"], abs=1e-5)
+    assert (out / "model" / "tokenizer_config.json").exists()
+
+    # up to date: a second call does not train again
+    again = run_stage(cfg, "train", echo=None, extra={"preflight": False})
+    assert again["fingerprint"] == man["fingerprint"] and again["started"] == man["started"]
