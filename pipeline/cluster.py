@@ -41,6 +41,14 @@ def _child_env() -> dict[str, str]:
     return env
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind((LOOPBACK, 0))
+        return sock.getsockname()[1]
+
+
 def cluster_up(
     port: int = DEFAULT_PORT,
     dashboard_port: int = DEFAULT_DASHBOARD_PORT,
@@ -59,6 +67,12 @@ def cluster_up(
         "--dashboard-host=127.0.0.1",
         f"--dashboard-port={dashboard_port}",
         f"--temp-dir={tmp}",
+        # The agents' default ports (52365, ...) are taken by any other Ray on the machine, e.g. a private
+        # `ray.init` of another process; the job server then answers "No available agent". Pick free ones.
+        f"--dashboard-agent-listen-port={_free_port()}",
+        f"--dashboard-agent-grpc-port={_free_port()}",
+        f"--metrics-export-port={_free_port()}",
+        f"--runtime-env-agent-port={_free_port()}",
         f"--object-store-memory={int(object_store_gb * (1 << 30))}",
         "--disable-usage-stats",
     ]
@@ -112,6 +126,18 @@ def _client_auth_env() -> None:
         os.environ["RAY_AUTH_MODE"] = "token"
 
 
+def _submit_with_retry(client, entrypoint: str, runtime_env: dict, wait_s: float = 90.0) -> str:
+    """Submit, retrying while a freshly started head's job agent is not up yet ("No available agent")."""
+    deadline = time.time() + wait_s
+    while True:
+        try:
+            return client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env)
+        except RuntimeError as e:
+            if "No available agent" not in str(e) or time.time() > deadline:
+                raise
+            time.sleep(2)
+
+
 def submit(
     config: str,
     stage: str,
@@ -129,14 +155,22 @@ def submit(
     address = address or os.environ.get("RAY_ADDRESS") or f"http://{LOOPBACK}:{DEFAULT_DASHBOARD_PORT}"
     if not address.startswith("http"):
         address = f"http://{address.split(':')[0]}:{DEFAULT_DASHBOARD_PORT}"
-    client = JobSubmissionClient(address)
+    deadline = time.time() + 30
+    while True:
+        try:
+            client = JobSubmissionClient(address)
+            break
+        except ConnectionError:
+            if time.time() > deadline:
+                raise DaptError(f"no Ray job server answers at {address} (is the cluster up?)") from None
+            time.sleep(1)
     entrypoint = shlex.join(["dapt", stage, "--config", config, *overrides])
     runtime_env = {
         "working_dir": working_dir,
         "excludes": [".venv", ".git", "runs", "data", "bench/out", "*.safetensors", "*.gguf"],
         "env_vars": {"PYTHONUNBUFFERED": "1"},
     }
-    job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env)
+    job_id = _submit_with_retry(client, entrypoint, runtime_env)
     print(f"submitted {job_id} to {address}: {entrypoint}", flush=True)
     if not wait:
         return 0

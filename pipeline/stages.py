@@ -47,6 +47,18 @@ def _model_files(cfg: RunConfig) -> list[Path]:
     return []
 
 
+def _task_files(cfg: RunConfig) -> list[Path]:
+    """The data of the local eval tasks: rebuilt tasks change decontamination (mix) and results (eval)."""
+    files: list[Path] = []
+    for d in getattr(cfg.eval, "task_dirs", []) or []:
+        root = Path(d)
+        if root.is_dir():
+            files.extend(
+                f for f in root.rglob("*") if f.is_file() and f.suffix in {".jsonl", ".json", ".yaml", ".yml"}
+            )
+    return sorted(files)
+
+
 @dataclass(frozen=True)
 class StageSpec:
     name: str
@@ -85,7 +97,7 @@ STAGES: dict[str, StageSpec] = {
             "corpora.mix.stage:run",
             ("clean", "tokenizer"),
             ("mix", "sources", "train.seq_len", "eval.tasks", "eval.task_dirs", "seed"),
-            None,
+            _task_files,
             "held-out splits, decontamination, token-exact domain/general mixing, packing",
         ),
         StageSpec(
@@ -101,7 +113,7 @@ STAGES: dict[str, StageSpec] = {
             "eval.stage:run",
             ("tokenizer", "mix", "train"),
             ("eval", "seed"),
-            None,
+            _task_files,
             "bits-per-byte and lm-eval benchmarks, base vs adapted, quantized variants",
         ),
         StageSpec(

@@ -168,4 +168,5 @@ def ray_local():
     info = init_ray(_Cfg())
     yield info
     shutdown_ray()
-    assert not ray.is_initialized()
+    if ray.is_initialized():  # a test re-initialised Ray after a stage shut its own down
+        ray.shutdown()

@@ -1,0 +1,1 @@
+"""Public financial benchmarks BloombergGPT reported (FinBen releases on the HF hub)."""
