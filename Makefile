@@ -7,6 +7,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export PYTHONUNBUFFERED := 1
@@ -36,12 +37,16 @@ test: lint
 
 ## Slower tests (real Chromium, bigger corpora); CI runs them after `make test`.
 test-slow: $(STAMP)
+	@command -v chromium >/dev/null 2>&1 || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium) \
+		|| echo "chromium could not be installed: the browser test of the report will skip"
 	$(VENV)/bin/pytest -m "slow and not gpu" $(PYTEST_ARGS)
 
 test-all: test test-slow
 
 ## The embedded default: real finance + general text from Debian packages, SmolLM2-135M, CPU training, report.
 demo: $(STAMP)
+	@dpkg -s dict-wn >/dev/null 2>&1 || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dict-wn)
+	$(PY) -m eval.build_tasks --out data/eval_tasks
 	$(VENV)/bin/dapt corpus demo --out data/demo
 	$(VENV)/bin/dapt corpus model --out data/models/smollm2-135m
 	$(VENV)/bin/dapt run --config configs/demo.yaml
