@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import traceback
 from collections.abc import Callable
@@ -174,8 +175,6 @@ def main(argv: list[str] | None = None) -> int:
             "(the traceback is in the stage log under <run_dir>/logs/; set DAPT_DEBUG=1 to print it)",
             file=sys.stderr,
         )
-        import os
-
         if os.environ.get("DAPT_DEBUG"):
             print(tb, file=sys.stderr)
         return 1

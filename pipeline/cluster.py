@@ -41,7 +41,8 @@ def _child_env() -> dict[str, str]:
     return env
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
     import socket
 
     with socket.socket() as sock:
@@ -69,10 +70,10 @@ def cluster_up(
         f"--temp-dir={tmp}",
         # The agents' default ports (52365, ...) are taken by any other Ray on the machine, e.g. a private
         # `ray.init` of another process; the job server then answers "No available agent". Pick free ones.
-        f"--dashboard-agent-listen-port={_free_port()}",
-        f"--dashboard-agent-grpc-port={_free_port()}",
-        f"--metrics-export-port={_free_port()}",
-        f"--runtime-env-agent-port={_free_port()}",
+        f"--dashboard-agent-listen-port={free_port()}",
+        f"--dashboard-agent-grpc-port={free_port()}",
+        f"--metrics-export-port={free_port()}",
+        f"--runtime-env-agent-port={free_port()}",
         f"--object-store-memory={int(object_store_gb * (1 << 30))}",
         "--disable-usage-stats",
     ]

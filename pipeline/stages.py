@@ -306,9 +306,8 @@ def run_stage(
     t0 = time.perf_counter()
     say(f"{name}: running (log: {log_path})")
     try:
-        result = importlib.import_module(spec.target.split(":")[0])
-        fn = getattr(result, spec.target.split(":")[1])
-        result = fn(ctx) or {}
+        module_name, fn_name = spec.target.split(":")
+        result = getattr(importlib.import_module(module_name), fn_name)(ctx) or {}
     except DaptError as e:
         logger.error("%s", e)
         raise

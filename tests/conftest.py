@@ -157,15 +157,11 @@ def ray_local():
     """One private local Ray per test session, on 127.0.0.1, 2 CPUs, 1 GB object store."""
     import ray
 
+    from pipeline.config import RayConfig
     from pipeline.ray_runtime import init_ray, shutdown_ray
 
-    class _Cfg:
-        address = None
-        num_cpus = 2
-        object_store_memory_gb = 1.0
-
     os.environ.pop("RAY_ADDRESS", None)
-    info = init_ray(_Cfg())
+    info = init_ray(RayConfig(num_cpus=2, object_store_memory_gb=1.0))
     yield info
     shutdown_ray()
     if ray.is_initialized():  # a test re-initialised Ray after a stage shut its own down

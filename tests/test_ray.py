@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import psutil
 import pytest
+
+from pipeline.cluster import free_port
 
 CFG = """\
 name: sub
@@ -32,12 +33,6 @@ def test_local_ray_binds_loopback(ray_local) -> None:
     assert ray.get(where.remote()) == "127.0.0.1"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _dapt(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "pipeline.cli", *args], capture_output=True, text=True, timeout=timeout
@@ -46,7 +41,7 @@ def _dapt(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def ray_head():
-    port, dash = _free_port(), _free_port()
+    port, dash = free_port(), free_port()
     up = _dapt("cluster", "up", "--port", str(port), "--dashboard-port", str(dash), "--num-cpus", "2")
     assert up.returncode == 0, up.stderr
     try:
