@@ -14,6 +14,13 @@ Reported: both bits-per-byte values and their relative difference, and three tim
 - ``lmeval_rolling``: ``HFLM.loglikelihood_rolling`` called directly (lm-eval's compute only);
 - ``dapt``: ``eval.bpb.bits_per_byte``; plus dapt with half-window context (BloombergGPT), for reference.
 One run each after a short warm-up; timings on a shared machine drift, so compare ratios from one run.
+
+Second part (``--part mc``): lm-eval multiple-choice tasks through ``simple_evaluate``, once with lm-eval's
+``HFLM`` and once with dapt's ``DaptLM`` (eval/lm_backend.py: each context run once for all its choices,
+requests packed into rows), same model, tasks, items, few-shot seed and batch size. Reported per few-shot
+setting: accuracy of both (must be equal), the largest per-choice log-likelihood difference, tokens
+through the model, seconds and the speed ratio. Default tasks: the local WordNet tasks built by
+``python -m eval.build_tasks --out data/eval_tasks``.
 """
 
 # ruff: noqa: E402
@@ -125,6 +132,11 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=1, help="alternating timed runs of dapt and lm-eval")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--part", choices=["all", "bpb", "mc"], default="all")
+    ap.add_argument("--mc-tasks", nargs="*", default=["dapt_wn_finance", "dapt_wn_general"])
+    ap.add_argument("--mc-task-dir", default="data/eval_tasks")
+    ap.add_argument("--mc-limit", type=int, default=50, help="items per task")
+    ap.add_argument("--mc-fewshot", type=int, nargs="*", default=[0, 3])
     ap.add_argument("--out", default="bench/out/eval.json")
     args = ap.parse_args()
 
@@ -153,6 +165,12 @@ def main() -> int:
         f"text: {len(docs)} docs, {n_bytes} bytes, {n_tokens} tokens; max_length {L}, batch {B}, "
         f"{torch.get_num_threads()} threads"
     )
+
+    out: dict = {"model": name, "threads": torch.get_num_threads()}
+    if args.part in ("all", "mc"):
+        out["mc"] = bench_mc(model, tok, args)
+    if args.part == "mc":
+        return _write(out, args.out)
 
     lm = HFLM(pretrained=model, tokenizer=tok, batch_size=B, max_length=L, add_bos_token=False)
     # warm-up: one short forward through each path
@@ -192,8 +210,7 @@ def main() -> int:
     half = bits_per_byte(model, tok, docs, max_length=L, stride=L // 2, batch_size=B)
     half_s = time.perf_counter() - t0
 
-    out = {
-        "model": name,
+    out |= {
         "docs": len(docs),
         "doc_mode": args.docs,
         "bytes": n_bytes,
@@ -240,10 +257,93 @@ def main() -> int:
         f"{out['speedup']['vs_lmeval_task']:.2f}x vs lm-eval simple_evaluate"
     )
     print(f"half-window    dapt {half['bpb']:.5f} bpb in {half_s:.2f}s (BloombergGPT context; more compute)")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {args.out}")
+    return _write(out, args.out)
+
+
+def _write(out: dict, path: str) -> int:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {path}")
     return 0
+
+
+def bench_mc(model, tok, args) -> dict:
+    """simple_evaluate on the same multiple-choice tasks with HFLM and with DaptLM; see the docstring."""
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+
+    from eval.lm_backend import DaptLM
+    from eval.tasks_registry import prepare_include_dir, task_manager
+
+    if not Path(args.mc_task_dir).is_dir():
+        raise SystemExit(
+            f"{args.mc_task_dir}: no task folder (python -m eval.build_tasks --out {args.mc_task_dir})"
+        )
+    tmp = tempfile.TemporaryDirectory()
+    tm = task_manager(
+        prepare_include_dir([args.mc_task_dir], Path(tmp.name) / "tasks"), include_defaults=False
+    )
+    seen = {"tokens": 0}
+
+    def count(_module, a, kw):
+        ids = kw.get("input_ids", a[0] if a else None)
+        seen["tokens"] += int(ids.numel())
+
+    hook = model.register_forward_pre_hook(count, with_kwargs=True)
+    results = {}
+    try:
+        for shots in args.mc_fewshot:
+            runs = {}
+            for label, cls in (("hflm", HFLM), ("dapt", DaptLM)):
+                lm = cls(
+                    pretrained=model, tokenizer=tok, batch_size=args.batch_size, max_length=args.max_length
+                )
+                seen["tokens"] = 0
+                t0 = time.perf_counter()
+                res = simple_evaluate(
+                    model=lm,
+                    tasks=list(args.mc_tasks),
+                    task_manager=tm,
+                    num_fewshot=shots,
+                    limit=args.mc_limit,
+                    bootstrap_iters=0,
+                    log_samples=True,
+                    random_seed=0,
+                    numpy_random_seed=0,
+                    torch_random_seed=0,
+                    fewshot_random_seed=0,
+                )
+                runs[label] = (time.perf_counter() - t0, seen["tokens"], res)
+            max_diff, acc, items, differ = 0.0, {}, 0, 0
+            for task in args.mc_tasks:
+                acc[task] = {k: runs[k][2]["results"][task]["acc,none"] for k in runs}
+                a = {x["doc_id"]: x for x in runs["hflm"][2]["samples"][task]}
+                b = {x["doc_id"]: x for x in runs["dapt"][2]["samples"][task]}
+                for doc_id, x in a.items():
+                    items += 1
+                    differ += x["acc"] != b[doc_id]["acc"]
+                    for ra, rb in zip(x["filtered_resps"], b[doc_id]["filtered_resps"], strict=True):
+                        la, lb = float(ra[0]), float(rb[0])
+                        max_diff = max(max_diff, abs(la - lb) / max(1.0, abs(la)))
+            (hs, ht, _), (ds, dt, _) = runs["hflm"], runs["dapt"]
+            results[f"{shots}-shot"] = {
+                "items": items,
+                "acc": acc,
+                "items_with_different_acc": differ,
+                "max_rel_loglik_diff": max_diff,
+                "seconds": {"hflm": hs, "dapt": ds},
+                "tokens_through_model": {"hflm": ht, "dapt": dt},
+                "speedup": hs / ds,
+            }
+            print(
+                f"mc {shots}-shot: {items} items, acc {acc}, {differ} items differ, max rel loglik diff "
+                f"{max_diff:.1e}; tokens hflm {ht} vs dapt {dt}; seconds hflm {hs:.1f} vs dapt {ds:.1f} "
+                f"-> {hs / ds:.2f}x"
+            )
+    finally:
+        hook.remove()
+        tmp.cleanup()
+    return {"tasks": list(args.mc_tasks), "limit": args.mc_limit, "batch_size": args.batch_size, **results}
 
 
 if __name__ == "__main__":

@@ -37,7 +37,14 @@ class EvalConfig(BaseModel):
     """New tokens scored per sliding window after the first. None: half the window, i.e. every token
     after the first window sees at least ``max_length / 2`` tokens of context (BloombergGPT)."""
     batch_size: int = Field(default=8, ge=1, le=4096)
-    """Windows (bits-per-byte) and requests (lm-eval) per forward pass."""
+    """Windows (bits-per-byte) and lm-eval requests (``hf`` backend) or packed rows (``dapt`` backend)
+    per forward pass."""
+    lm_backend: Literal["dapt", "hf"] = "dapt"
+    """How lm-eval tasks are scored. ``dapt`` (eval/lm_backend.py): lm-eval's ``HFLM`` with each context
+    run once for all its continuations and requests packed into rows, same log-likelihoods, less
+    compute. ``hf``: lm-eval's stock ``HFLM``, for a run that must use exactly lm-eval's code path."""
+    pack_tokens: int = Field(default=512, ge=16, le=1 << 16)
+    """Row length the ``dapt`` backend packs requests into (its attention mask is pack_tokens² per row)."""
     device: str = "auto"
     """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda``, ``cuda:1``..."""
     dtype: Literal["fp32", "bf16", "fp16"] = "fp32"

@@ -11,11 +11,14 @@ Every metric here is a ratio of sums over items, ``scale * sum(num) / sum(den)``
 The p-value is two-sided, from the bootstrap distribution of the delta: twice the smaller share of
 resampled deltas on either side of zero, with the +1 correction so it is never exactly 0
 (Efron & Tibshirani's percentile test; Koehn 2004 / Berg-Kirkpatrick et al. 2012 use the same resampling).
+Metrics that are not ratios of sums (weighted F1 and the like) go through ``paired_bootstrap_corpus``,
+which calls the metric's own aggregation function on each resample.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -82,6 +85,51 @@ def paired_bootstrap(
         "base_stderr": float(np.std(b, ddof=1)) if iters > 1 else float("nan"),
         "adapted_stderr": float(np.std(a, ddof=1)) if iters > 1 else float("nan"),
         "delta_stderr": float(np.std(deltas, ddof=1)) if iters > 1 else float("nan"),
+        "ci_low": float(np.percentile(deltas, 2.5)),
+        "ci_high": float(np.percentile(deltas, 97.5)),
+        "p_value": float(p),
+    }
+
+
+def paired_bootstrap_corpus(
+    base_items: Sequence[Any],
+    adapted_items: Sequence[Any],
+    aggregate: Callable[[list[Any]], float],
+    iters: int = 1000,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Paired bootstrap for a corpus-level metric that is not a ratio of sums (weighted F1, entity F1,
+    Matthews correlation): each resample draws item indices once and calls ``aggregate`` (lm-eval's own
+    aggregation function of the metric) on both models' resampled items. Same return keys as
+    :func:`paired_bootstrap`. Costs ``2 * iters`` aggregation calls, pure Python, so it is slower."""
+    n = len(base_items)
+    if len(adapted_items) != n:
+        raise ValueError(
+            f"paired bootstrap needs the same items for both models ({n} vs {len(adapted_items)})"
+        )
+    if n == 0:
+        raise ValueError("paired bootstrap needs at least one item")
+    if iters < 1:
+        raise ValueError("iters must be >= 1")
+    rng = np.random.default_rng(seed)
+    b_list, a_list = list(base_items), list(adapted_items)
+    b_stats, a_stats = np.empty(iters), np.empty(iters)
+    for k in range(iters):
+        idx = rng.integers(0, n, size=n)
+        b_stats[k] = float(aggregate([b_list[i] for i in idx]))
+        a_stats[k] = float(aggregate([a_list[i] for i in idx]))
+    deltas = a_stats - b_stats
+    base, adapted = float(aggregate(b_list)), float(aggregate(a_list))
+    le, ge = int(np.sum(deltas <= 0)), int(np.sum(deltas >= 0))
+    p = 1.0 if np.all(deltas == 0) else min(1.0, 2.0 * (min(le, ge) + 1) / (iters + 1))
+    sd = (lambda x: float(np.std(x, ddof=1))) if iters > 1 else (lambda x: float("nan"))
+    return {
+        "base": base,
+        "adapted": adapted,
+        "delta": adapted - base,
+        "base_stderr": sd(b_stats),
+        "adapted_stderr": sd(a_stats),
+        "delta_stderr": sd(deltas),
         "ci_low": float(np.percentile(deltas, 2.5)),
         "ci_high": float(np.percentile(deltas, 97.5)),
         "p_value": float(p),

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from eval.bpb import LN2, bits_per_byte
-from eval.significance import paired_bootstrap
+from eval.significance import paired_bootstrap, paired_bootstrap_corpus
 from eval.tasks_registry import LoadedTasks, load_tasks, prepare_include_dir, write_rolling_task
 from pipeline.errors import ConfigError, InputError
 from pipeline.stages import StageContext
@@ -186,13 +186,27 @@ def run_lm_eval(
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
 
+    from eval.lm_backend import DaptLM
+
     e = ctx.cfg.eval
     leaves: dict[str, Any] = {}
     for group in loaded.tasks.values():
         leaves.update(group)
     if not leaves:
         return {}
-    lm = HFLM(pretrained=model, tokenizer=tok, batch_size=e.batch_size, max_length=max_length, device=device)
+    if e.lm_backend == "dapt":
+        lm = DaptLM(
+            pretrained=model,
+            tokenizer=tok,
+            batch_size=e.batch_size,
+            max_length=max_length,
+            device=device,
+            pack_tokens=e.pack_tokens,
+        )
+    else:
+        lm = HFLM(
+            pretrained=model, tokenizer=tok, batch_size=e.batch_size, max_length=max_length, device=device
+        )
     seed = ctx.cfg.seed
     res = simple_evaluate(
         model=lm,
@@ -206,12 +220,28 @@ def run_lm_eval(
         torch_random_seed=seed,
         fewshot_random_seed=seed,
     )
+    return task_results(res, leaves)
+
+
+def task_results(res: dict[str, Any], leaves: dict[str, Any]) -> dict[str, Any]:
+    """Per leaf task of a ``simple_evaluate`` result (run with ``log_samples``): metrics (value, stderr,
+    aggregation, higher_is_better), per-item values by doc id for mean-aggregated metrics, and for
+    corpus-level metrics (weighted F1, MCC...) the raw per-item values with lm-eval's aggregation
+    function under ``corpus`` (in memory only), so both can get a paired bootstrap."""
+    from lm_eval.api.metrics import mean as lm_mean
+
     out: dict[str, Any] = {}
     for name in leaves:
         r = res["results"].get(name, {})
         conf = res.get("configs", {}).get(name, {})
+        try:
+            agg_fns = dict(leaves[name].aggregation())
+        except Exception:  # noqa: BLE001 - a task object without aggregation(): no corpus bootstrap
+            agg_fns = {}
         metrics = {}
         items: dict[str, dict[int, float]] = {}
+        corpus: dict[str, dict[str, Any]] = {}
+        samples = res.get("samples", {}).get(name, [])
         for m in conf.get("metric_list", []):
             mname = m["metric"] if isinstance(m["metric"], str) else str(m["metric"])
             value, stderr = _metric_value(r, mname)
@@ -222,16 +252,15 @@ def run_lm_eval(
                 "aggregation": agg if isinstance(agg, str) else "custom",
                 "higher_is_better": bool(m.get("higher_is_better", True)),
             }
-            if agg == "mean":
-                vals = {}
-                for s in res["samples"].get(name, []):
-                    v = s.get(mname)
-                    if isinstance(v, int | float | bool):
-                        vals[int(s["doc_id"])] = float(v)
-                items[mname] = vals
+            raw = {int(s["doc_id"]): s[mname] for s in samples if mname in s}
+            if agg == "mean" or agg_fns.get(mname) is lm_mean or (agg is None and mname not in agg_fns):
+                items[mname] = {i: float(v) for i, v in raw.items() if isinstance(v, int | float | bool)}
+            elif callable(agg_fns.get(mname)) and raw:
+                corpus[mname] = {"fn": agg_fns[mname], "items": raw}
         out[name] = {
             "metrics": metrics,
             "items": items,
+            "corpus": corpus,
             "version": res.get("versions", {}).get(name),
             "n_samples": res.get("n-samples", {}).get(name),
             "num_fewshot": res.get("n-shot", {}).get(name),
@@ -379,9 +408,22 @@ def task_rows(tasks: dict[str, dict], iters: int, alpha: float, seed: int) -> li
             }
             ai = a["items"].get(metric)
             bi = b["items"].get(metric) if b else None
+            ac = a.get("corpus", {}).get(metric)
+            bc = b.get("corpus", {}).get(metric) if b else None
+            st = None
             if ai and bi:  # paired test over the items both models scored
                 ids = sorted(set(ai) & set(bi))
                 st = paired_bootstrap([bi[i] for i in ids], [ai[i] for i in ids], iters=iters, seed=seed)
+            elif ac and bc:  # corpus-level metric: its own aggregation on each resample
+                ids = sorted(set(ac["items"]) & set(bc["items"]))
+                st = paired_bootstrap_corpus(
+                    [bc["items"][i] for i in ids],
+                    [ac["items"][i] for i in ids],
+                    ac["fn"],
+                    iters=iters,
+                    seed=seed,
+                )
+            if st is not None:
                 row.update(
                     ci_low=st["ci_low"],
                     ci_high=st["ci_high"],
@@ -512,6 +554,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
             "max_length": max_length,
             "stride": stride,
             "batch_size": e.batch_size,
+            "lm_backend": e.lm_backend,
+            "pack_tokens": e.pack_tokens,
             "dtype": e.dtype,
             "device": device,
             "bootstrap_iters": e.bootstrap_iters,

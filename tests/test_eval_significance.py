@@ -7,7 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from eval.significance import paired_bootstrap
+from eval.significance import paired_bootstrap, paired_bootstrap_corpus
+from eval.tasks.finance.utils import weighted_f1
 
 
 def test_point_estimates_are_ratio_of_sums():
@@ -65,3 +66,21 @@ def test_bad_input():
         paired_bootstrap([1, 2], [1])
     with pytest.raises(ValueError):
         paired_bootstrap([], [])
+
+
+def test_corpus_metric_bootstrap_weighted_f1():
+    """Weighted F1 is not a mean over items: the bootstrap recomputes it on each resample."""
+    rng = np.random.default_rng(0)
+    gold = rng.integers(0, 3, size=300)
+    noisy = np.where(rng.random(300) < 0.5, gold, rng.integers(0, 3, size=300))  # ~67% right
+    better = np.where(rng.random(300) < 0.85, gold, rng.integers(0, 3, size=300))  # ~90% right
+    base = [(int(g), int(p)) for g, p in zip(gold, noisy, strict=True)]
+    adapted = [(int(g), int(p)) for g, p in zip(gold, better, strict=True)]
+    r = paired_bootstrap_corpus(base, adapted, weighted_f1, iters=300, seed=1)
+    assert r["base"] == pytest.approx(weighted_f1(base))
+    assert r["adapted"] == pytest.approx(weighted_f1(adapted))
+    assert r["delta"] > 0.1 and r["p_value"] < 0.01 and r["ci_low"] > 0
+    same = paired_bootstrap_corpus(base, base, weighted_f1, iters=100)
+    assert same["p_value"] == 1.0 and same["delta"] == 0.0
+    with pytest.raises(ValueError, match="same items"):
+        paired_bootstrap_corpus(base, adapted[:-1], weighted_f1)
