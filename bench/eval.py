@@ -273,7 +273,7 @@ def bench_mc(model, tok, args) -> dict:
     from lm_eval.models.huggingface import HFLM
 
     from eval.lm_backend import DaptLM
-    from eval.tasks_registry import prepare_include_dir, task_manager
+    from eval.tasks_registry import prepare_include_dir, seeds, task_manager
 
     if not Path(args.mc_task_dir).is_dir():
         raise SystemExit(
@@ -308,10 +308,7 @@ def bench_mc(model, tok, args) -> dict:
                     limit=args.mc_limit,
                     bootstrap_iters=0,
                     log_samples=True,
-                    random_seed=0,
-                    numpy_random_seed=0,
-                    torch_random_seed=0,
-                    fewshot_random_seed=0,
+                    **seeds(0),
                 )
                 runs[label] = (time.perf_counter() - t0, seen["tokens"], res)
             max_diff, acc, items, differ = 0.0, {}, 0, 0

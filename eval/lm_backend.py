@@ -142,8 +142,8 @@ class DaptLM(HFLM):
         seg_id = torch.full((n_rows, t_max), -1, dtype=torch.long)
         branch = torch.zeros((n_rows, t_max), dtype=torch.long)  # 0: context, b>0: branch b
         keep = torch.zeros((n_rows, t_max), dtype=torch.bool)
-        # (request id, [(row, column) of the logit predicting each continuation token], continuation)
-        wanted: list[tuple[list[int], int, list[tuple[int, int]], list[int]]] = []
+        # (request ids, [(row, column) of the logit predicting each continuation token], continuation)
+        wanted: list[tuple[list[int], list[tuple[int, int]], list[int]]] = []
         for r, row in enumerate(rows):
             col = 0
             for s, seg in enumerate(row.segments):
@@ -164,15 +164,12 @@ class DaptLM(HFLM):
                         branch[r, col : col + n] = b
                         keep[r, col : col + n] = True
                     where = [(r, last_ctx)] + [(r, col + j) for j in range(n)]
-                    wanted.append((rids, r, where, cont))
+                    wanted.append((rids, where, cont))
                     col += n
-        chains = all(len(row.segments) == 1 and row.segments[0].is_chain() for row in rows)
         kwargs: dict[str, Any] = {"input_ids": ids.to(self.device), "use_cache": False}
-        if chains:
-            # One plain causal sequence per row, right-padded: the model's own causal mask is exact and
-            # lets the attention kernel take its fast path.
-            pass
-        else:
+        # Rows that each hold one plain sequence (one context, one continuation) need no explicit mask:
+        # right-padded, the model's own causal mask is exact and the attention kernel keeps its fast path.
+        if not all(len(row.segments) == 1 and row.segments[0].is_chain() for row in rows):
             q = torch.arange(t_max)
             same = seg_id[:, :, None] == seg_id[:, None, :]
             visible = (branch[:, None, :] == 0) | (branch[:, None, :] == branch[:, :, None])
@@ -201,7 +198,7 @@ class DaptLM(HFLM):
         # row-major order of the kept positions -> index into logp
         flat = torch.cumsum(keep.flatten(), 0) - 1
         greedy = logp.argmax(dim=-1).cpu()
-        for rids, _, where, cont in wanted:
+        for rids, where, cont in wanted:
             idx = torch.tensor([int(flat[r * t_max + c]) for r, c in where])
             tgt = torch.tensor(cont)
             ll = float(logp[idx.to(logp.device), tgt.to(logp.device)].double().sum())

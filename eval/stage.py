@@ -18,7 +18,7 @@ from typing import Any
 
 from eval.bpb import LN2, bits_per_byte
 from eval.significance import paired_bootstrap, paired_bootstrap_corpus
-from eval.tasks_registry import LoadedTasks, load_tasks, prepare_include_dir, write_rolling_task
+from eval.tasks_registry import LoadedTasks, load_tasks, prepare_include_dir, seeds, write_rolling_task
 from pipeline.errors import ConfigError, InputError
 from pipeline.stages import StageContext
 
@@ -215,10 +215,7 @@ def run_lm_eval(
         limit=e.limit,
         bootstrap_iters=e.bootstrap_iters,
         log_samples=True,
-        random_seed=seed,
-        numpy_random_seed=seed,
-        torch_random_seed=seed,
-        fewshot_random_seed=seed,
+        **seeds(seed),
     )
     return task_results(res, leaves)
 

@@ -149,6 +149,17 @@ def _leaves(task_dict: dict) -> dict[str, Any]:
     return out
 
 
+def seeds(seed: int) -> dict[str, int]:
+    """``simple_evaluate`` keyword arguments fixing every random seed lm-eval uses (Python, NumPy, torch and
+    the few-shot sampler), so a rerun draws the same few-shot examples."""
+    return {
+        "random_seed": seed,
+        "numpy_random_seed": seed,
+        "torch_random_seed": seed,
+        "fewshot_random_seed": seed,
+    }
+
+
 def task_manager(include_dir: Path | None, include_defaults: bool = True):
     """An lm-eval TaskManager over our include folder. Indexing lm-eval's thousands of built-in task
     YAMLs costs tens of seconds on a small machine, so callers skip it when only local tasks are named."""

@@ -105,7 +105,7 @@ def test_public_finance_tasks_run_with_flare_schema(local_finance_tasks, sp_toke
 
     from eval.lm_backend import DaptLM
     from eval.stage import task_results, task_rows
-    from eval.tasks_registry import task_manager
+    from eval.tasks_registry import seeds, task_manager
 
     tok = AutoTokenizer.from_pretrained(sp_tokenizer_dir)
     model = make_tiny_llama(len(tok), seed=11).eval()
@@ -120,10 +120,7 @@ def test_public_finance_tasks_run_with_flare_schema(local_finance_tasks, sp_toke
         limit=4,
         bootstrap_iters=0,
         log_samples=True,
-        random_seed=0,
-        numpy_random_seed=0,
-        torch_random_seed=0,
-        fewshot_random_seed=0,
+        **seeds(0),
         gen_kwargs="max_gen_toks=8",
     )
     r = res["results"]

@@ -117,7 +117,7 @@ def test_simple_evaluate_same_accuracy(model_and_tok, tmp_path):
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
 
-    from eval.tasks_registry import task_manager
+    from eval.tasks_registry import seeds, task_manager
 
     model, tok = model_and_tok
     rng = random.Random(0)
@@ -147,10 +147,7 @@ def test_simple_evaluate_same_accuracy(model_and_tok, tmp_path):
             num_fewshot=2,
             bootstrap_iters=0,
             log_samples=True,
-            random_seed=0,
-            numpy_random_seed=0,
-            torch_random_seed=0,
-            fewshot_random_seed=0,
+            **seeds(0),
         )
         out[name] = res
     samples = {k: {s["doc_id"]: s for s in v["samples"]["tiny_mc_backend"]} for k, v in out.items()}
