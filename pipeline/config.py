@@ -20,7 +20,7 @@ from corpora.clean.config import CleanConfig, StepSpec
 from corpora.mix.config import MixConfig
 from eval.config import EvalConfig
 from eval.report.config import ReportConfig
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, InputError
 from pipeline.plan.config import PlanConfig
 from pipeline.train.config import TrainConfig
 from tokenizer.config import TokenizerConfig
@@ -75,12 +75,22 @@ class SourceConfig(StrictModel):
             self.format = fmts.pop()
         return self
 
-    def files(self) -> list[Path]:
-        """The files the globs match, sorted (deterministic order matters for ids and resumption)."""
-        out: list[Path] = []
+    def files(self) -> list[str]:
+        """The files the globs match, sorted (deterministic order matters for ids and resumption).
+        Local paths, or URIs (``s3://``, ``gs://``, ``file://``...) read through ``pipeline.remote``."""
+        out: set[str] = set()
         for pattern in self.paths:
-            out.extend(Path(p) for p in glob.glob(os.path.expanduser(pattern), recursive=True))
-        return sorted({p for p in out if p.is_file()})
+            out.update(expand_pattern(pattern))
+        return sorted(out)
+
+
+def expand_pattern(pattern: str) -> list[str]:
+    """Files matching one local glob (``~`` expanded, ``**`` recursive) or one object-storage URI glob."""
+    from pipeline import remote
+
+    if remote.is_remote(pattern):
+        return remote.expand(pattern)
+    return [p for p in glob.glob(os.path.expanduser(pattern), recursive=True) if os.path.isfile(p)]
 
 
 class FromConfigModel(StrictModel):
@@ -276,7 +286,11 @@ def check_input_files(cfg: RunConfig) -> None:
     where = cfg.config_path or "config"
     for i, src in enumerate(cfg.sources):
         for j, pattern in enumerate(src.paths):
-            if not glob.glob(os.path.expanduser(pattern), recursive=True):
+            try:
+                found = expand_pattern(pattern)
+            except InputError as e:
+                raise ConfigError(f"{where}: sources.{i}.paths.{j}: {e}") from None
+            if not found:
                 raise ConfigError(f"{where}: sources.{i}.paths.{j}: no file matches {pattern!r}")
     m = cfg.model
     if m.name_or_path and _looks_local(m.name_or_path) and not Path(m.name_or_path).exists():

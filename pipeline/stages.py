@@ -35,7 +35,7 @@ DONE_MARKER = "_DONE"
 MANIFEST = "manifest.json"
 
 
-def _source_files(cfg: RunConfig) -> list[Path]:
+def _source_files(cfg: RunConfig) -> list[str]:
     return [f for s in cfg.sources for f in s.files()]
 
 
@@ -66,7 +66,7 @@ class StageSpec:
     """``module:function`` imported lazily, so ``dapt --help`` does not import torch."""
     needs: tuple[str, ...]
     config_keys: tuple[str, ...]
-    inputs: Callable[[RunConfig], list[Path]] | None = None
+    inputs: Callable[[RunConfig], list[Path] | list[str]] | None = None
     help: str = ""
     ignore: tuple[str, ...] = ()
     """Keys of list items under a config key that do not affect this stage (``sources.*.weight``)."""

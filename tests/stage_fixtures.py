@@ -14,7 +14,7 @@ CALLS: list[str] = []
 def count_lines(ctx: StageContext) -> dict:
     """A 'clean'-like stage: counts lines of the source files, writes one output file."""
     CALLS.append(ctx.name)
-    n = sum(len(f.read_text().splitlines()) for s in ctx.cfg.sources for f in s.files())
+    n = sum(len(Path(f).read_text().splitlines()) for s in ctx.cfg.sources for f in s.files())
     (ctx.out_dir / "lines.txt").write_text(f"{n}\n")
     return {"outputs": {"lines": "lines.txt"}, "counts": {"lines": n}}
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import xxhash
 
+from pipeline import remote
 from pipeline.errors import InputError
 
 _ZSTD_WINDOW = 1 << 31
@@ -75,21 +76,58 @@ def compression(path: str) -> str | None:
     return None
 
 
+def open_raw(path: str) -> Any:
+    """A seekable binary file: local, or an object-storage / ``file://`` URI (``pipeline.remote``)."""
+    if remote.is_remote(path):  # buffered: pyarrow's NativeFile has no readline
+        return io.BufferedReader(remote.open_input(path), buffer_size=1 << 20)
+    try:
+        return open(path, "rb", buffering=1 << 20)  # noqa: SIM115 - the caller closes it
+    except OSError as e:
+        raise InputError(f"{path}: cannot open: {e}") from None
+
+
+def file_size(path: str) -> int:
+    if remote.is_remote(path):
+        return remote.stat(path)[0]
+    try:
+        return os.path.getsize(path)
+    except OSError as e:
+        raise InputError(f"{path}: cannot stat: {e}") from None
+
+
 def open_binary(path: str) -> io.BufferedIOBase:
     """A buffered binary stream over the decompressed bytes of ``path`` (streaming, O(1) memory)."""
     comp = compression(path)
+    raw = open_raw(path)
     try:
         if comp == "gz":
-            return gzip.open(path, "rb")  # type: ignore[return-value]
+            gz = gzip.GzipFile(fileobj=raw, mode="rb")
+            gz.myfileobj = raw  # closed with the GzipFile, as gzip.open(path) does for its own file
+            return gz  # type: ignore[return-value]
         if comp == "zst":
             import zstandard
 
-            raw = open(path, "rb")  # noqa: SIM115 - closed with the returned reader
             dctx = zstandard.ZstdDecompressor(max_window_size=_ZSTD_WINDOW)
             return io.BufferedReader(dctx.stream_reader(raw, closefd=True), buffer_size=1 << 20)  # type: ignore[arg-type]
-        return open(path, "rb", buffering=1 << 20)  # noqa: SIM115
+        return raw
     except OSError as e:
+        raw.close()
         raise InputError(f"{path}: cannot open: {e}") from None
+
+
+def parquet_file(path: str) -> Any:
+    """``pyarrow.parquet.ParquetFile`` of a local file or a URI; any failure is one clear input error."""
+    import pyarrow.parquet as pq
+
+    try:
+        if remote.is_remote(path):
+            fs, inner = remote.resolve(path)
+            return pq.ParquetFile(inner, filesystem=fs)
+        return pq.ParquetFile(path)
+    except InputError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise InputError(f"{path}: cannot read Parquet: {e}") from None
 
 
 def doc_id(source: str, path: str, line: int) -> str:
@@ -100,7 +138,7 @@ def doc_id(source: str, path: str, line: int) -> str:
 def count_newlines(path: str, start: int, end: int) -> int:
     """Newlines in ``[start, end)`` of an uncompressed file (used to number lines of later ranges)."""
     n = 0
-    with open(path, "rb") as f:
+    with open_raw(path) as f:
         f.seek(start)
         left = end - start
         while left > 0:
@@ -224,12 +262,8 @@ def _block(first: int, lines: list[bytes]) -> Record:
 
 
 def read_parquet(spec: ShardSpec, batch_rows: int = 4096) -> Iterator[Record]:
-    import pyarrow.parquet as pq
 
-    try:
-        pf = pq.ParquetFile(spec.path)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is one clear input error
-        raise InputError(f"{spec.path}: cannot read Parquet: {e}") from None
+    pf = parquet_file(spec.path)
     names = set(pf.schema_arrow.names)
     cols = [c for c in (spec.text_field, spec.id_field, spec.date_field) if c and c in names]
     groups = list(range(pf.num_row_groups))
@@ -274,19 +308,11 @@ def read_shard(spec: ShardSpec) -> Iterator[Record]:
 
 def plan_file(path: str, fmt: str, shard_bytes: int) -> list[tuple[int, int]]:
     """How to split one file into shards: byte ranges (JSONL), row-group runs (Parquet) or whole."""
-    try:
-        size = os.path.getsize(path)
-    except OSError as e:
-        raise InputError(f"{path}: cannot stat: {e}") from None
+    size = file_size(path)
     if fmt == "jsonl" and compression(path) is None:
         return range_starts(path, size, shard_bytes)
     if fmt == "parquet":
-        import pyarrow.parquet as pq
-
-        try:
-            md = pq.ParquetFile(path).metadata
-        except Exception as e:  # noqa: BLE001
-            raise InputError(f"{path}: cannot read Parquet: {e}") from None
+        md = parquet_file(path).metadata
         out: list[tuple[int, int]] = []
         start, acc = 0, 0
         for g in range(md.num_row_groups):
@@ -302,8 +328,6 @@ def plan_file(path: str, fmt: str, shard_bytes: int) -> list[tuple[int, int]]:
 
 def parquet_row_offsets(path: str, ranges: list[tuple[int, int]]) -> list[int]:
     """First row number (1-based) of each row-group run."""
-    import pyarrow.parquet as pq
-
-    md = pq.ParquetFile(path).metadata
+    md = parquet_file(path).metadata
     rows = [md.row_group(g).num_rows for g in range(md.num_row_groups)]
     return [1 + sum(rows[:s]) for s, _ in ranges]
