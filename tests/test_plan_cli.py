@@ -276,3 +276,23 @@ def test_plan_section_is_validated(tmp_path, capsys):
     cfg = _write_config(tmp_path, _from_config(TINY), plan={"gpu": "Z9000"})
     assert dapt(["plan", "--config", str(cfg)]) == 2
     assert "plan.gpu" in capsys.readouterr().err
+
+
+def test_uncached_hub_id_offline_fails_fast_with_clear_error(monkeypatch):
+    """A hub id that is not in the local cache while the hub cannot be reached: one connection probe,
+    then a ConfigError naming the key, instead of transformers' retry loop (~25 s). The endpoint is a
+    closed local port, so the test means the same on a machine with network."""
+    from huggingface_hub import constants
+
+    from pipeline.errors import ConfigError
+    from pipeline.plan.preflight import hub_unreachable, load_model_config
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+    for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(k, raising=False)
+    assert hub_unreachable(timeout=1.0) == "http://127.0.0.1:9"
+    with pytest.raises(
+        ConfigError, match=r"model.name_or_path: 'dapt-test/not-a-model' is not in the local cache"
+    ):
+        load_model_config("dapt-test/not-a-model")

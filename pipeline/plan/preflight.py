@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,32 @@ def model_config_from_run(cfg: Any) -> Any:
     )
 
 
+def hub_unreachable(timeout: float = 3.0) -> str | None:
+    """The hub endpoint if a TCP connection to it fails (or ``HF_HUB_OFFLINE`` is set), else None.
+
+    Why: on a machine without network, transformers retries the hub with back-off for ~25 s before
+    failing; one connect attempt answers in milliseconds. Behind a proxy the probe is skipped (the
+    direct connection may be blocked while the proxy works)."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    endpoint = constants.ENDPOINT
+    if constants.HF_HUB_OFFLINE:
+        return endpoint
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    u = urlparse(endpoint)
+    try:
+        socket.create_connection(
+            (u.hostname, u.port or (443 if u.scheme == "https" else 80)), timeout
+        ).close()
+    except OSError:
+        return endpoint
+    return None
+
+
 def load_model_config(name_or_path: str, revision: str | None = None, trust_remote_code: bool = False) -> Any:
     """config.json of a local model folder (read directly), or a hub id through AutoConfig."""
     p = Path(name_or_path).expanduser()
@@ -98,17 +125,31 @@ def load_model_config(name_or_path: str, revision: str | None = None, trust_remo
             return json.loads(f.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
             raise ConfigError(f"{f}: line {e.lineno}: invalid JSON: {e.msg}") from None
+    hint = "offline, point it at a local model folder or give --params/--layers/--hidden"
     try:
         from transformers import AutoConfig
 
+        try:  # the local hub cache first: instant, and all an offline machine has
+            return AutoConfig.from_pretrained(
+                name_or_path, revision=revision, trust_remote_code=trust_remote_code, local_files_only=True
+            )
+        except Exception:  # noqa: BLE001 - not cached: ask the hub, if it can be reached at all
+            pass
+        endpoint = hub_unreachable()
+        if endpoint:
+            raise ConfigError(
+                f"model.name_or_path: {name_or_path!r} is not in the local cache and the hub ({endpoint}) "
+                f"cannot be reached; {hint}"
+            )
         return AutoConfig.from_pretrained(
             name_or_path, revision=revision, trust_remote_code=trust_remote_code
         )
+    except ConfigError:
+        raise
     except Exception as e:
         raise ConfigError(
             f"model.name_or_path: cannot load the config of {name_or_path!r} ({type(e).__name__}: "
-            f"{str(e).splitlines()[0] if str(e) else ''}); offline, point it at a local model folder or "
-            "give --params/--layers/--hidden"
+            f"{str(e).splitlines()[0] if str(e) else ''}); {hint}"
         ) from None
 
 
