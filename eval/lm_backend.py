@@ -16,8 +16,8 @@ boolean mask), not at every context token.
 
 The log-likelihoods equal ``HFLM``'s up to floating-point summation order (tested to 1e-4 relative);
 ``is_greedy`` is computed the same way. Requests that ``HFLM`` would truncate from the left (context +
-continuation longer than ``max_length + 1``) go through ``HFLM``'s own code unchanged, so truncation
-semantics are lm-eval's. Everything else in ``HFLM`` (generation, rolling windows' bookkeeping, chat
+continuation longer than ``max_length + 1``), and on a sliding-window model requests longer than its
+window, go through ``HFLM``'s own code unchanged, so truncation and windowing are lm-eval's. Everything else in ``HFLM`` (generation, rolling windows' bookkeeping, chat
 templates, the request cache) is inherited.
 """
 
@@ -107,16 +107,19 @@ class DaptLM(HFLM):
         if self.backend != "causal" or not requests:
             return super()._loglikelihood_tokens(requests, disable_tqdm, override_bs)
         results: list[tuple[float, bool] | None] = [None] * len(requests)
-        packable, truncated = [], []
+        # The explicit mask replaces the model's own, so a sliding-window model (Mistral, Gemma) may only
+        # get trees that fit in its window; longer requests take HFLM's path, as truncated ones do.
+        window = getattr(getattr(self.model, "config", None), "sliding_window", None)
+        limit = min(self.max_length, window) if isinstance(window, int) and window > 0 else self.max_length
+        packable, own_path = [], []
         for i, (_, ctx, cont) in enumerate(requests):
             if not ctx or not cont:
                 raise ValueError(f"request {i}: empty context or continuation")
-            (packable if len(ctx) + len(cont) <= self.max_length + 1 else truncated).append(i)
-        if truncated:  # lm-eval's own left truncation, unchanged
-            done = super()._loglikelihood_tokens([requests[i] for i in truncated], True)
-            for i, r in zip(truncated, done, strict=True):
+            (packable if len(ctx) + len(cont) - 1 <= limit else own_path).append(i)
+        if own_path:  # lm-eval's own code, unchanged (left truncation included)
+            done = super()._loglikelihood_tokens([requests[i] for i in own_path], True)
+            for i, r in zip(own_path, done, strict=True):
                 results[i] = r
-        limit = self.max_length
         rows = _pack_rows(_build_segments(requests, packable, limit), min(self.pack_tokens, limit))
         rows.sort(key=lambda r: -r.length)
         bs = self.batch_size if isinstance(self.batch_size, int) else (override_bs or 1)

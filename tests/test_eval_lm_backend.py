@@ -179,3 +179,35 @@ def test_simple_evaluate_same_accuracy(model_and_tok, tmp_path):
     assert set(rows) == {"acc", "acc_norm", "mcc"}
     for r in rows.values():
         assert r["p_value"] == 1.0 and r["significant"] is False and r["n_items"] == 30
+
+
+def test_sliding_window_model_matches_hflm(sp_tokenizer_dir):
+    """A sliding-window model (tiny Mistral, window 12): requests longer than the window keep the model's
+    own windowed mask (HFLM's path), shorter ones are packed; all answers equal HFLM's."""
+    import torch
+    from lm_eval.models.huggingface import HFLM
+    from transformers import AutoTokenizer, MistralConfig, MistralForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(sp_tokenizer_dir)
+    torch.manual_seed(0)
+    cfg = MistralConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        sliding_window=12,
+        max_position_embeddings=256,
+    )
+    model = MistralForCausalLM(cfg).eval()
+    pairs = _requests(tok, 8, seed=3)
+    lengths = [len(tok(c + x)["input_ids"]) for c, x in pairs]
+    assert min(lengths) < 12 < max(lengths)  # both kinds of request are present
+    ref = HFLM(pretrained=model, tokenizer=tok, batch_size=4, max_length=128)
+    ours = DaptLM(pretrained=model, tokenizer=tok, batch_size=4, max_length=128)
+    a = ref.loglikelihood(_instances(pairs), disable_tqdm=True)
+    b = ours.loglikelihood(_instances(pairs), disable_tqdm=True)
+    for (la, ga), (lb, gb) in zip(a, b, strict=True):
+        assert lb == pytest.approx(la, rel=1e-4, abs=1e-4)
+        assert ga == gb
