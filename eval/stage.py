@@ -432,6 +432,13 @@ def task_rows(tasks: dict[str, dict], iters: int, alpha: float, seed: int) -> li
     return rows
 
 
+def _jsonable(x: Any) -> Any:
+    """Raw corpus-metric items (tuples, sets of entities) as JSON: sets sorted, anything else as text."""
+    if isinstance(x, set | frozenset):
+        return sorted(x, key=str)
+    return str(x)
+
+
 def _finite(x: Any) -> Any:
     """JSON without NaN/Infinity (the report reads results.json with strict parsers)."""
     if isinstance(x, float):
@@ -583,6 +590,16 @@ def run(ctx: StageContext) -> dict[str, Any]:
             for s, r in per.items():
                 for i, (nll, nb) in enumerate(r["per_doc"]):
                     f.write(json.dumps({"source": s, "doc": i, "nll": nll, "bytes": nb}) + "\n")
+    for role, per_task in tasks.items():  # per-item task values behind each paired test
+        with open(items / f"tasks_{role}.jsonl", "w", encoding="utf-8") as f:
+            for name, t in per_task.items():
+                for metric, vals in t["items"].items():
+                    for doc, v in sorted(vals.items()):
+                        f.write(json.dumps({"task": name, "metric": metric, "doc": doc, "value": v}) + "\n")
+                for metric, c in t.get("corpus", {}).items():
+                    for doc, v in sorted(c["items"].items()):
+                        row = {"task": name, "metric": metric, "doc": doc, "value": v}
+                        f.write(json.dumps(row, default=_jsonable) + "\n")
 
     summary = {}
     for r in rows:

@@ -48,6 +48,17 @@ def test_tiny_config_runs_end_to_end(tmp_path: Path) -> None:
     card = (model_dir / "README.md").read_text()
     assert "## Evaluation" in card or "## Evaluation results" in card
 
+    # The per-item task values behind the paired tests are kept, for both models.
+    for role in ("base", "adapted"):
+        rows = [
+            json.loads(x)
+            for x in (run_dir / "eval" / "items" / f"tasks_{role}.jsonl").read_text().splitlines()
+        ]
+        assert {r["task"] for r in rows} == {"tiny_fin_terms", "tiny_gen_terms"}
+        assert {r["metric"] for r in rows} == {"acc", "acc_norm"} and all(
+            r["value"] in (0.0, 1.0) for r in rows
+        )
+
     # A rerun with nothing changed does nothing.
     again = _dapt("run", "--config", "configs/tiny.yaml", f"run_dir={run_dir}")
     assert again.returncode == 0, again.stderr[-2000:]
