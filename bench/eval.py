@@ -137,6 +137,14 @@ def main() -> int:
     ap.add_argument("--mc-task-dir", default="data/eval_tasks")
     ap.add_argument("--mc-limit", type=int, default=50, help="items per task")
     ap.add_argument("--mc-fewshot", type=int, nargs="*", default=[0, 3])
+    ap.add_argument(
+        "--mc-fpb-shaped",
+        type=int,
+        default=0,
+        metavar="N",
+        help="instead of the WordNet tasks, run the shipped fin_fpb YAML (5-shot, one-token labels) on N "
+        "sentences of --text in its FLARE schema (labels arbitrary: this measures speed, not skill)",
+    )
     ap.add_argument("--out", default="bench/out/eval.json")
     args = ap.parse_args()
 
@@ -267,6 +275,49 @@ def _write(out: dict, path: str) -> int:
     return 0
 
 
+def fpb_shaped_task(dest: Path, patterns: list[str], n: int) -> Path:
+    """The shipped ``fin_fpb`` task (renamed ``fin_fpb_shaped``) over local FLARE-schema files: each item's
+    text is a sentence of the ``--text`` files, its three choices are one-token labels."""
+    import re
+    import shutil
+
+    from eval.tasks_registry import SHIPPED_TASKS
+
+    text = " ".join(
+        Path(p).read_text(encoding="utf-8", errors="replace") for pat in patterns for p in glob.glob(pat)
+    )
+    sents = [
+        s.strip() for s in re.split(r"(?<=[.;])\s+", " ".join(text.split())) if 40 <= len(s.strip()) <= 300
+    ]
+    labels = ["negative", "neutral", "positive"]
+    rows = [
+        {
+            "id": str(i),
+            "query": "Analyze the sentiment of this statement extracted from a financial news article. Provide "
+            f"your answer as either negative, positive or neutral.\nText: {s}\nAnswer:",
+            "answer": labels[i % 3],
+            "text": s,
+            "choices": labels,
+            "gold": i % 3,
+        }
+        for i, s in enumerate(sents[: n + 20])
+    ]
+    root = dest / "fpb_shaped"
+    root.mkdir(parents=True, exist_ok=True)
+    for name, part in (("train", rows[:20]), ("test", rows[20:])):
+        (root / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part), encoding="utf-8")
+    for f in ("_mc_common.yaml", "utils.py"):
+        shutil.copyfile(SHIPPED_TASKS / "finance" / f, root / f)
+    yaml_text = (SHIPPED_TASKS / "finance" / "fin_fpb.yaml").read_text(encoding="utf-8")
+    yaml_text = yaml_text.replace("task: fin_fpb\n", "task: fin_fpb_shaped\n").replace(
+        "dataset_path: TheFinAI/flare-fpb\n",
+        f"dataset_path: json\ndataset_kwargs:\n  data_files:\n    train: {root / 'train.jsonl'}\n"
+        f"    test: {root / 'test.jsonl'}\n",
+    )
+    (root / "fin_fpb_shaped.yaml").write_text(yaml_text, encoding="utf-8")
+    return dest
+
+
 def bench_mc(model, tok, args) -> dict:
     """simple_evaluate on the same multiple-choice tasks with HFLM and with DaptLM; see the docstring."""
     from lm_eval import simple_evaluate
@@ -275,6 +326,9 @@ def bench_mc(model, tok, args) -> dict:
     from eval.lm_backend import DaptLM
     from eval.tasks_registry import prepare_include_dir, seeds, task_manager
 
+    if args.mc_fpb_shaped:
+        args.mc_task_dir = str(fpb_shaped_task(Path(tempfile.mkdtemp()), args.text, args.mc_fpb_shaped))
+        args.mc_tasks, args.mc_limit = ["fin_fpb_shaped"], args.mc_fpb_shaped
     if not Path(args.mc_task_dir).is_dir():
         raise SystemExit(
             f"{args.mc_task_dir}: no task folder (python -m eval.build_tasks --out {args.mc_task_dir})"
