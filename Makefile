@@ -55,5 +55,14 @@ demo: $(STAMP)
 tiny: $(STAMP)
 	$(VENV)/bin/dapt run --config configs/tiny.yaml
 
+## Benchmarks that need no extra packages (bench/eval.py needs the demo's model: run `make demo` first).
+## bench/clean.py compares against datatrove: `.venv/bin/pip install '.[bench]' torch==2.13.0` first.
+bench: $(STAMP)
+	$(PY) bench/train.py --steps 60 --threads 1
+	$(PY) bench/tokenize_speed.py
+	@test -d data/models/smollm2-135m || (echo "bench/eval.py needs data/models/smollm2-135m: run make demo first"; exit 1)
+	$(PY) bench/eval.py --model data/models/smollm2-135m --part all --batch-size 8 --repeats 3 --max-bytes 20000 \
+		--out bench/out/eval.json
+
 clean-runs:
 	rm -rf runs
