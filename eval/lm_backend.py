@@ -17,8 +17,9 @@ boolean mask), not at every context token.
 The log-likelihoods equal ``HFLM``'s up to floating-point summation order (tested to 1e-4 relative);
 ``is_greedy`` is computed the same way. Requests that ``HFLM`` would truncate from the left (context +
 continuation longer than ``max_length + 1``), and on a sliding-window model requests longer than its
-window, go through ``HFLM``'s own code unchanged, so truncation and windowing are lm-eval's. Everything else in ``HFLM`` (generation, rolling windows' bookkeeping, chat
-templates, the request cache) is inherited.
+window, go through ``HFLM``'s own code unchanged, so truncation and windowing are lm-eval's. Everything
+else in ``HFLM`` (generation, rolling windows' bookkeeping, chat templates, the request cache) is
+inherited.
 """
 
 from __future__ import annotations
@@ -71,17 +72,25 @@ def _build_segments(requests: list[Request], ids: list[int], limit: int) -> list
 
 
 def _pack_rows(segments: list[_Segment], pack_tokens: int) -> list[_Row]:
-    """First-fit decreasing: few rows, each about ``pack_tokens`` long (a longer segment gets its own)."""
+    """Best-fit decreasing: few rows, each at most ``pack_tokens`` long (a longer segment gets its own).
+    Rows with room are kept sorted by free space, so each placement is a binary search."""
+    import bisect
+
     rows: list[_Row] = []
+    free: list[tuple[int, int]] = []  # (free tokens, row index), ascending
     for seg in sorted(segments, key=lambda s: -s.length()):
         n = seg.length()
-        for row in rows:
-            if row.length + n <= pack_tokens:
-                row.segments.append(seg)
-                row.length += n
-                break
+        k = bisect.bisect_left(free, (n, -1))
+        if k < len(free):
+            room, r = free.pop(k)
+            rows[r].segments.append(seg)
+            rows[r].length += n
+            room -= n
         else:
             rows.append(_Row([seg], n))
+            room, r = pack_tokens - n, len(rows) - 1
+        if room > 0:
+            bisect.insort(free, (room, r))
     return rows
 
 
