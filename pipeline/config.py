@@ -90,6 +90,8 @@ def expand_pattern(pattern: str) -> list[str]:
 
     if remote.is_remote(pattern):
         return remote.expand(pattern)
+    if remote.scheme(pattern):
+        raise InputError(f"{pattern}: URI scheme not supported (supported: {', '.join(remote.SCHEMES)})")
     return [p for p in glob.glob(os.path.expanduser(pattern), recursive=True) if os.path.isfile(p)]
 
 

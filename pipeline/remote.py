@@ -1,7 +1,7 @@
-"""Source files on object storage (``s3://``, ``gs://``, ``hdfs://``, ``abfs://``) or as ``file://`` URIs.
+"""Source files on object storage (``s3://``, ``gs://``) or as ``file://`` URIs.
 
 Why: on a cluster the corpora live in buckets, and requiring every node to mount them (mountpoint-s3,
-gcsfuse) is a set-up step users trip over. ``pyarrow.fs`` already ships S3, GCS, HDFS and Azure clients
+gcsfuse) is a set-up step users trip over. ``pyarrow.fs`` already ships S3 and GCS clients
 (the Parquet reader uses them anyway), so dapt reads such URIs through it, with the usual credentials
 of each store (``AWS_*`` variables or instance roles, ``GOOGLE_APPLICATION_CREDENTIALS``, ...).
 
@@ -18,7 +18,9 @@ from typing import Any
 
 from pipeline.errors import InputError
 
-SCHEMES = ("s3", "gs", "gcs", "hdfs", "abfs", "abfss", "file")
+# S3 and GCS put the bucket first in the path pyarrow uses, which is what resolve() relies on; HDFS and
+# Azure URIs carry a host or account instead and would need their own parsing (not supported yet).
+SCHEMES = ("s3", "gs", "gcs", "file")
 _URI = re.compile(r"^([a-z][a-z0-9+.-]*)://", re.I)
 _WILD = re.compile(r"[*?\[]")
 

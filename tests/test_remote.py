@@ -60,6 +60,8 @@ def test_expand_and_stat(tmp_path):
         remote.stat(f"{base}/a/missing.jsonl")
     src = SourceConfig(name="s", kind="domain", paths=[f"{base}/a/*.jsonl", f"{base}/a/1.jsonl"])
     assert src.files() == [f"{base}/a/1.jsonl", f"{base}/a/2.jsonl"]  # sorted, no duplicates
+    with pytest.raises(InputError, match="hdfs://nn:8020/x/a.jsonl: URI scheme not supported"):
+        SourceConfig(name="h", kind="domain", paths=["hdfs://nn:8020/x/a.jsonl"]).files()
 
 
 def _records(path: str, fmt: str, shard_bytes: int) -> list[tuple[int, str | None, str | None]]:
