@@ -281,7 +281,7 @@ def fpb_shaped_task(dest: Path, patterns: list[str], n: int) -> Path:
     import re
     import shutil
 
-    from eval.tasks_registry import SHIPPED_TASKS
+    from eval.tasks_registry import SHIPPED_TASKS, with_local_data
 
     text = " ".join(
         Path(p).read_text(encoding="utf-8", errors="replace") for pat in patterns for p in glob.glob(pat)
@@ -309,12 +309,9 @@ def fpb_shaped_task(dest: Path, patterns: list[str], n: int) -> Path:
     for f in ("_mc_common.yaml", "utils.py"):
         shutil.copyfile(SHIPPED_TASKS / "finance" / f, root / f)
     yaml_text = (SHIPPED_TASKS / "finance" / "fin_fpb.yaml").read_text(encoding="utf-8")
-    yaml_text = yaml_text.replace("task: fin_fpb\n", "task: fin_fpb_shaped\n").replace(
-        "dataset_path: TheFinAI/flare-fpb\n",
-        f"dataset_path: json\ndataset_kwargs:\n  data_files:\n    train: {root / 'train.jsonl'}\n"
-        f"    test: {root / 'test.jsonl'}\n",
-    )
-    (root / "fin_fpb_shaped.yaml").write_text(yaml_text, encoding="utf-8")
+    yaml_text = yaml_text.replace("task: fin_fpb\n", "task: fin_fpb_shaped\n")
+    files = {split: root / f"{split}.jsonl" for split in ("train", "test")}
+    (root / "fin_fpb_shaped.yaml").write_text(with_local_data(yaml_text, files), encoding="utf-8")
     return dest
 
 

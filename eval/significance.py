@@ -68,11 +68,16 @@ def paired_bootstrap(
         with np.errstate(invalid="ignore", divide="ignore"):
             b_stats.append(scale * (counts @ bn) / (counts @ bd))
             a_stats.append(scale * (counts @ an) / (counts @ ad))
-    b = np.concatenate(b_stats)
-    a = np.concatenate(a_stats)
+    return _summary(
+        ratio_stat(bn, bd, scale), ratio_stat(an, ad, scale), np.concatenate(b_stats), np.concatenate(a_stats)
+    )
+
+
+def _summary(base: float, adapted: float, b: np.ndarray, a: np.ndarray) -> dict[str, float]:
+    """Point estimates on all items plus what the resampled statistics ``b`` and ``a`` (one per
+    resample, paired) say: standard errors, the 95% percentile interval of the delta and the p-value."""
+    iters = len(b)
     deltas = a - b
-    base = ratio_stat(bn, bd, scale)
-    adapted = ratio_stat(an, ad, scale)
     le = int(np.sum(deltas <= 0))
     ge = int(np.sum(deltas >= 0))
     p = min(1.0, 2.0 * (min(le, ge) + 1) / (iters + 1))
@@ -118,19 +123,4 @@ def paired_bootstrap_corpus(
         idx = rng.integers(0, n, size=n)
         b_stats[k] = float(aggregate([b_list[i] for i in idx]))
         a_stats[k] = float(aggregate([a_list[i] for i in idx]))
-    deltas = a_stats - b_stats
-    base, adapted = float(aggregate(b_list)), float(aggregate(a_list))
-    le, ge = int(np.sum(deltas <= 0)), int(np.sum(deltas >= 0))
-    p = 1.0 if np.all(deltas == 0) else min(1.0, 2.0 * (min(le, ge) + 1) / (iters + 1))
-    sd = (lambda x: float(np.std(x, ddof=1))) if iters > 1 else (lambda x: float("nan"))
-    return {
-        "base": base,
-        "adapted": adapted,
-        "delta": adapted - base,
-        "base_stderr": sd(b_stats),
-        "adapted_stderr": sd(a_stats),
-        "delta_stderr": sd(deltas),
-        "ci_low": float(np.percentile(deltas, 2.5)),
-        "ci_high": float(np.percentile(deltas, 97.5)),
-        "p_value": float(p),
-    }
+    return _summary(float(aggregate(b_list)), float(aggregate(a_list)), b_stats, a_stats)

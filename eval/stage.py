@@ -194,19 +194,10 @@ def run_lm_eval(
         leaves.update(group)
     if not leaves:
         return {}
-    if e.lm_backend == "dapt":
-        lm = DaptLM(
-            pretrained=model,
-            tokenizer=tok,
-            batch_size=e.batch_size,
-            max_length=max_length,
-            device=device,
-            pack_tokens=e.pack_tokens,
-        )
-    else:
-        lm = HFLM(
-            pretrained=model, tokenizer=tok, batch_size=e.batch_size, max_length=max_length, device=device
-        )
+    common = dict(
+        pretrained=model, tokenizer=tok, batch_size=e.batch_size, max_length=max_length, device=device
+    )
+    lm = DaptLM(**common, pack_tokens=e.pack_tokens) if e.lm_backend == "dapt" else HFLM(**common)
     seed = ctx.cfg.seed
     res = simple_evaluate(
         model=lm,

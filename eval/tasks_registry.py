@@ -99,6 +99,20 @@ def prepare_include_dir(task_dirs: list[str | Path], dest: Path) -> Path:
     return dest
 
 
+def with_local_data(yaml_text: str, data_files: dict[str, Path]) -> str:
+    """A task YAML's text with its one ``dataset_path:`` line (a hub dataset) replaced by local JSON files
+    per split, everything else unchanged: how a hub task is run on data that has been copied locally."""
+    import re
+
+    local = "dataset_path: json\ndataset_kwargs:\n  data_files:\n" + "".join(
+        f"    {split}: {Path(f).resolve()}\n" for split, f in data_files.items()
+    )
+    out, n = re.subn(r"^dataset_path: .*\n", lambda _: local, yaml_text, flags=re.M)
+    if n != 1:
+        raise ValueError(f"expected one dataset_path line, found {n}")
+    return out
+
+
 def write_rolling_task(dest: Path, name: str, data_file: Path, text_field: str = "text") -> Path:
     """A ``loglikelihood_rolling`` task over a jsonl file (one document per line): lm-eval's own
     word_perplexity / byte_perplexity / bits_per_byte of that text, used to cross-check ``eval.bpb``."""

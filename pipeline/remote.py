@@ -112,8 +112,6 @@ def expand(pattern: str) -> list[str]:
         base = path[: m.start()].rsplit("/", 1)[0] if "/" in path[: m.start()] else ""
         rx = glob_regex(path)
         infos = fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
-    except InputError:
-        raise
     except Exception as e:  # noqa: BLE001
         raise InputError(f"{pattern}: cannot list: {e}") from None
     return sorted(_uri(s, i.path) for i in infos if i.type == pafs.FileType.File and rx.match(i.path))

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import make_tiny_llama
 
-from eval.tasks_registry import SHIPPED_TASKS
+from eval.tasks_registry import SHIPPED_TASKS, with_local_data
 
 SENTIMENT = ["negative", "neutral", "positive"]
 SENTENCES = [
@@ -88,13 +88,8 @@ def local_finance_tasks(tmp_path_factory) -> Path:
             f.write_text("".join(json.dumps(r) + "\n" for r in _rows(task, n)), encoding="utf-8")
             files[split] = f
         text = yaml.read_text(encoding="utf-8")
-        local = (
-            "dataset_path: json\ndataset_kwargs:\n  data_files:\n"
-            f"    train: {files['train']}\n    test: {files['test']}\n"
-        )
-        text, n_sub = re.subn(r"^dataset_path: TheFinAI/flare-[a-z]+\n", local, text, flags=re.M)
-        assert n_sub == 1, yaml
-        yaml.write_text(text, encoding="utf-8")
+        assert len(re.findall(r"^dataset_path: TheFinAI/flare-[a-z]+\n", text, flags=re.M)) == 1, yaml
+        yaml.write_text(with_local_data(text, files), encoding="utf-8")
     return root
 
 

@@ -262,7 +262,6 @@ def _block(first: int, lines: list[bytes]) -> Record:
 
 
 def read_parquet(spec: ShardSpec, batch_rows: int = 4096) -> Iterator[Record]:
-
     pf = parquet_file(spec.path)
     names = set(pf.schema_arrow.names)
     cols = [c for c in (spec.text_field, spec.id_field, spec.date_field) if c and c in names]
