@@ -46,7 +46,7 @@ test-all: test test-slow
 ## The embedded default: real finance + general text from Debian packages, SmolLM2-135M, CPU training, report.
 demo: $(STAMP)
 	@dpkg -s dict-wn >/dev/null 2>&1 || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dict-wn)
-	$(PY) -m eval.build_tasks --out data/eval_tasks
+	$(PY) -m dapt.eval.build_tasks --out data/eval_tasks
 	$(VENV)/bin/dapt corpus demo --out data/demo
 	$(VENV)/bin/dapt corpus model --out data/models/smollm2-135m
 	$(VENV)/bin/dapt run --config configs/demo.yaml

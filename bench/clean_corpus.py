@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from corpora.clean.minhash import MinHasher, band_keys, jaccard
+from dapt.corpora.clean.minhash import MinHasher, band_keys, jaccard
 
 DICTD = Path("/usr/share/dictd")
 FORTUNES = Path("/usr/share/games/fortunes")

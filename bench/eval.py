@@ -20,7 +20,7 @@ Second part (``--part mc``): lm-eval multiple-choice tasks through ``simple_eval
 requests packed into rows), same model, tasks, items, few-shot seed and batch size. Reported per few-shot
 setting: accuracy of both (must be equal), the largest per-choice log-likelihood difference, tokens
 through the model, seconds and the speed ratio. Default tasks: the local WordNet tasks built by
-``python -m eval.build_tasks --out data/eval_tasks``.
+``python -m dapt.eval.build_tasks --out data/eval_tasks``.
 """
 
 # ruff: noqa: E402
@@ -153,8 +153,8 @@ def main() -> int:
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
 
-    from eval.bpb import bits_per_byte
-    from eval.tasks_registry import task_manager, write_rolling_task
+    from dapt.eval.bpb import bits_per_byte
+    from dapt.eval.tasks_registry import task_manager, write_rolling_task
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -281,7 +281,7 @@ def fpb_shaped_task(dest: Path, patterns: list[str], n: int) -> Path:
     import re
     import shutil
 
-    from eval.tasks_registry import SHIPPED_TASKS, with_local_data
+    from dapt.eval.tasks_registry import SHIPPED_TASKS, with_local_data
 
     text = " ".join(
         Path(p).read_text(encoding="utf-8", errors="replace") for pat in patterns for p in glob.glob(pat)
@@ -320,15 +320,15 @@ def bench_mc(model, tok, args) -> dict:
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
 
-    from eval.lm_backend import DaptLM
-    from eval.tasks_registry import prepare_include_dir, seeds, task_manager
+    from dapt.eval.lm_backend import DaptLM
+    from dapt.eval.tasks_registry import prepare_include_dir, seeds, task_manager
 
     if args.mc_fpb_shaped:
         args.mc_task_dir = str(fpb_shaped_task(Path(tempfile.mkdtemp()), args.text, args.mc_fpb_shaped))
         args.mc_tasks, args.mc_limit = ["fin_fpb_shaped"], args.mc_fpb_shaped
     if not Path(args.mc_task_dir).is_dir():
         raise SystemExit(
-            f"{args.mc_task_dir}: no task folder (python -m eval.build_tasks --out {args.mc_task_dir})"
+            f"{args.mc_task_dir}: no task folder (python -m dapt.eval.build_tasks --out {args.mc_task_dir})"
         )
     tmp = tempfile.TemporaryDirectory()
     tm = task_manager(

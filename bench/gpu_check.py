@@ -1,8 +1,8 @@
 """One-GPU check of sharded bf16 training: a ~1B-parameter Llama, FSDP2, ~100 steps, synthetic data.
 
 Needs only this repository, torch and transformers (no pydantic, ray, numpy-only project code): from
-the project it imports nothing but the standard-library-only modules ``pipeline.train.flops`` (MFU)
-and ``pipeline.plan.memory`` (the planner's memory prediction), each inside try/except.
+the project it imports nothing but the standard-library-only modules ``train.flops`` (MFU)
+and ``train.plan.memory`` (the planner's memory prediction), each inside try/except.
 
 What it does, in a world of one process (``torch.distributed`` initialised from env vars):
 1. builds a TinyLlama-shaped 1.1B model from a config (random init) on the GPU,
@@ -37,7 +37,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-# Fallback if pipeline.train.flops cannot be imported (it is stdlib-only, so it should).
+# Fallback if train.flops cannot be imported (it is stdlib-only, so it should).
 _PEAK_BF16_TFLOPS = {"A100": 312.0, "H100 PCIe": 756.0, "H100": 989.0, "H200": 989.0}
 
 CONFIGS = {
@@ -67,7 +67,7 @@ def say(msg: str) -> None:
 
 def peak_flops(device_name: str | None, precision: str = "bf16") -> float | None:
     try:
-        from pipeline.train.flops import peak_flops as pf
+        from dapt.train.flops import peak_flops as pf
 
         return pf(device_name, precision)
     except Exception:
@@ -81,7 +81,7 @@ def peak_flops(device_name: str | None, precision: str = "bf16") -> float | None
 
 def flops_per_token(n_params: int, n_emb: int, layers: int, hidden: int, seq_len: int) -> float:
     try:
-        from pipeline.train.flops import flops_per_token as fpt
+        from dapt.train.flops import flops_per_token as fpt
 
         return fpt(n_params, layers, hidden, seq_len, n_embedding=n_emb)
     except Exception:
@@ -89,9 +89,9 @@ def flops_per_token(n_params: int, n_emb: int, layers: int, hidden: int, seq_len
 
 
 def planner_prediction(arch: dict, seq_len: int, micro: int, ac: bool, mem: int | None) -> dict | None:
-    """The planner's predicted peak memory for this exact run, if ``pipeline.plan.memory`` imports."""
+    """The planner's predicted peak memory for this exact run, if ``train.plan.memory`` imports."""
     try:
-        from pipeline.plan import memory
+        from dapt.train.plan import memory
     except Exception as e:  # the planner module is optional here
         say(f"planner not importable ({type(e).__name__}: {e}); no prediction")
         return None
@@ -250,7 +250,7 @@ def train(args, arch: dict, micro: int) -> dict:
 
 
 def pipeline_loop_phase(args, arch: dict, micro: int, steps: int) -> dict | None:
-    """Run dapt's own worker loop (``pipeline.train.loop.train_loop``) on the same model and data shape.
+    """Run dapt's own worker loop (``train.loop.train_loop``) on the same model and data shape.
 
     In a world of one it trains the unsharded model under bf16 autocast (sharding needs >1 rank), so
     this checks that the product's loop runs on CUDA and how its tokens/s compare with the bare loop.
@@ -262,7 +262,7 @@ def pipeline_loop_phase(args, arch: dict, micro: int, steps: int) -> dict | None
     try:
         import numpy as np
 
-        from pipeline.train.loop import train_loop
+        from dapt.train.loop import train_loop
     except Exception as e:
         say(f"pipeline loop not importable ({type(e).__name__}: {e}); skipped")
         return {"skipped": f"{type(e).__name__}: {e}"}

@@ -87,9 +87,9 @@ def main() -> None:
     import sentencepiece as spm
     from transformers import AutoTokenizer
 
-    from tokenizer.config import TokenizerConfig
-    from tokenizer.encode import load_encoder
-    from tokenizer.train import sp_to_hf, train_sentencepiece, write_lines
+    from dapt.tokenizer.config import TokenizerConfig
+    from dapt.tokenizer.encode import load_encoder
+    from dapt.tokenizer.train import sp_to_hf, train_sentencepiece, write_lines
 
     docs = load_text(args.mb * 2)
     train, texts = docs[::2], docs[1::2]

@@ -125,7 +125,7 @@ def bare_loop(run: Path, args: argparse.Namespace) -> dict:
     blocks = np.load(run / "mix" / "train" / "tokens.npy", mmap_mode="r")
     amp = args.precision != "fp32"
     dtype = torch.bfloat16 if args.precision == "bf16" else torch.float16
-    from pipeline.train.schedule import lr_factor, warmup_steps
+    from dapt.train.schedule import lr_factor, warmup_steps
 
     warm = warmup_steps(args.steps, 0.01)  # TrainConfig's default warmup_fraction, cosine to 10%
     setup = time.perf_counter() - t0
@@ -158,8 +158,8 @@ def bare_loop(run: Path, args: argparse.Namespace) -> dict:
 
 
 def dapt_run(cfg_path: Path, args: argparse.Namespace) -> dict:
-    from pipeline.config import load_config
-    from pipeline.stages import run_stage
+    from dapt.pipeline.config import load_config
+    from dapt.pipeline.stages import run_stage
 
     cfg = load_config(cfg_path)
     t0 = time.perf_counter()

@@ -181,7 +181,7 @@ GEN_TERMS = {
 
 def write_tasks(out: Path, seed: int = 0) -> dict[str, Path]:
     """Two tiny lm-eval multiple-choice tasks (definition -> term, 4 choices) in eval/build_tasks' layout."""
-    from eval.build_tasks import write_task
+    from dapt.eval.build_tasks import write_task
 
     built = {}
     for name, kind, terms in (

@@ -1,4 +1,4 @@
-"""Build the project's local lm-eval tasks from installed Debian data: ``python -m eval.build_tasks --out DIR``.
+"""Build the project's local lm-eval tasks from installed Debian data: ``python -m dapt.eval.build_tasks --out DIR``.
 
 Why local tasks: the public financial benchmarks live on the Hugging Face hub and cannot be reached on an
 offline machine, yet a run must still answer "did the domain get better, did general ability drop?". WordNet
@@ -178,7 +178,7 @@ def make_items(senses: list[Sense], n: int, n_choices: int, rng: random.Random) 
 
 
 TASK_YAML = """\
-# Built by `python -m eval.build_tasks` (builder v{version}); see provenance.json next to this file.
+# Built by `python -m dapt.eval.build_tasks` (builder v{version}); see provenance.json next to this file.
 task: {name}
 tag: [dapt_local]
 dataset_path: json
@@ -265,7 +265,7 @@ def build(
         )
     pools = collect(read_dictd(index, data))
     provenance = {
-        "builder": "eval.build_tasks",
+        "builder": "dapt.eval.build_tasks",
         "builder_version": BUILDER_VERSION,
         "source": {
             "name": "WordNet 3.0 (Debian package dict-wn)",
@@ -294,7 +294,7 @@ def build(
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m eval.build_tasks", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m dapt.eval.build_tasks", description=__doc__.split("\n\n")[0])
     ap.add_argument(
         "--out", default="data/eval_tasks", help="folder for the built tasks (default %(default)s)"
     )

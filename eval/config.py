@@ -14,7 +14,7 @@ class EvalConfig(BaseModel):
     """lm-eval task names (built-in, or the project's own YAML tasks under eval/tasks/)."""
     task_dirs: list[str] = Field(default_factory=lambda: ["data/eval_tasks"])
     """Extra folders of lm-eval task YAMLs (include paths), relative to the working directory. The
-    default is where ``python -m eval.build_tasks`` writes the local WordNet tasks. ``eval/tasks/`` (the
+    default is where ``python -m dapt.eval.build_tasks`` writes the local WordNet tasks. ``eval/tasks/`` (the
     public financial benchmarks) is always included. Missing folders are skipped with a warning."""
     num_fewshot: int | None = Field(default=None, ge=0, le=64)
     """Few-shot examples for every task; None keeps each task's own default (BloombergGPT's settings in

@@ -16,11 +16,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from eval.bpb import LN2, bits_per_byte
-from eval.significance import paired_bootstrap, paired_bootstrap_corpus
-from eval.tasks_registry import LoadedTasks, load_tasks, prepare_include_dir, seeds, write_rolling_task
-from pipeline.errors import ConfigError, InputError
-from pipeline.stages import StageContext
+from dapt.eval.bpb import LN2, bits_per_byte
+from dapt.eval.significance import paired_bootstrap, paired_bootstrap_corpus
+from dapt.eval.tasks_registry import LoadedTasks, load_tasks, prepare_include_dir, seeds, write_rolling_task
+from dapt.pipeline.errors import ConfigError, InputError
+from dapt.pipeline.stages import StageContext
 
 RESULTS = "results.json"
 SCHEMA_VERSION = 1
@@ -186,7 +186,7 @@ def run_lm_eval(
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
 
-    from eval.lm_backend import DaptLM
+    from dapt.eval.lm_backend import DaptLM
 
     e = ctx.cfg.eval
     leaves: dict[str, Any] = {}
@@ -262,7 +262,7 @@ def crosscheck(model: Any, tok: Any, heldout: dict, ctx: StageContext, max_lengt
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
 
-    from eval.tasks_registry import task_manager
+    from dapt.eval.tasks_registry import task_manager
 
     e = ctx.cfg.eval
     inc = ctx.work_dir / "crosscheck"
@@ -445,7 +445,7 @@ def _finite(x: Any) -> Any:
 def run(ctx: StageContext) -> dict[str, Any]:
     import torch
 
-    from eval.quantize import memory_bytes, save_variant, variant
+    from dapt.eval.quantize import memory_bytes, save_variant, variant
 
     cfg, e = ctx.cfg, ctx.cfg.eval
     device = _device(e.device)

@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from eval.tasks_registry import load_tasks, prepare_include_dir
+from dapt.eval.tasks_registry import load_tasks, prepare_include_dir
 
 log = logging.getLogger("dapt.eval")
 DEFAULT_TASK_DIRS = ["data/eval_tasks"]

@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from pipeline.errors import ConfigError
+from dapt.pipeline.errors import ConfigError
 
 SHIPPED_TASKS = Path(__file__).resolve().parent / "tasks"
 log = logging.getLogger("dapt.eval")
@@ -84,7 +84,7 @@ def prepare_include_dir(task_dirs: list[str | Path], dest: Path) -> Path:
     for i, root in enumerate(roots):
         if not root.is_dir():
             log.warning(
-                "eval task folder %s does not exist (build it with `python -m eval.build_tasks`)", root
+                "eval task folder %s does not exist (build it with `python -m dapt.eval.build_tasks`)", root
             )
             continue
         for src in sorted(root.rglob("*")):
@@ -202,7 +202,7 @@ def load_tasks(names: list[str], include_dir: Path | None, where: str = "eval.ta
             f"{n!r}" + (f" (did you mean {', '.join(h)}?)" if h else "") for n, h in hints.items()
         )
         raise ConfigError(
-            f"{where}: unknown lm-eval task(s) {msg}; local WordNet tasks need `python -m eval.build_tasks` "
+            f"{where}: unknown lm-eval task(s) {msg}; local WordNet tasks need `python -m dapt.eval.build_tasks` "
             "and their folder in eval.task_dirs"
         )
     out = LoadedTasks()

@@ -13,18 +13,18 @@ import sys
 import traceback
 from collections.abc import Callable
 
-from pipeline.errors import DaptError
+from dapt.pipeline.errors import DaptError
 
 STAGE_NAMES = ["clean", "tokenizer", "mix", "train", "eval", "report"]
 
 # Subcommands implemented by a component: (module exposing add_arguments(parser) and main(args) -> int, help).
 EXTERNAL_COMMANDS = {
     "plan": (
-        "pipeline.plan.cli",
+        "dapt.train.plan.cli",
         "memory, compute, cost and Chinchilla arithmetic for a run, before it starts",
     ),
-    "import-gguf": ("pipeline.gguf", "import a GGUF model file into a Hugging Face model folder"),
-    "corpus": ("corpora.recipes.cli", "build the demo corpora from installed Debian packages"),
+    "import-gguf": ("dapt.corpora.recipes.gguf", "import a GGUF model file into a Hugging Face model folder"),
+    "corpus": ("dapt.corpora.recipes.cli", "build the demo corpora from installed Debian packages"),
 }
 
 
@@ -35,7 +35,7 @@ def _add_config(p: argparse.ArgumentParser, overrides: bool = True) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from pipeline.stages import STAGES
+    from dapt.pipeline.stages import STAGES
 
     parser = argparse.ArgumentParser(
         prog="dapt", description="Domain-adaptive continued pretraining pipeline (clean -> report)."
@@ -88,8 +88,8 @@ def _version() -> str:
 
 
 def _cmd_stage(args: argparse.Namespace) -> int:
-    from pipeline.config import load_config
-    from pipeline.stages import run_stage
+    from dapt.pipeline.config import load_config
+    from dapt.pipeline.stages import run_stage
 
     cfg = load_config(args.config, args.overrides, check_inputs=args.command == "clean")
     extra = {"preflight": not getattr(args, "no_preflight", False)}
@@ -98,8 +98,8 @@ def _cmd_stage(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from pipeline.config import load_config
-    from pipeline.stages import STAGE_ORDER, run_stage
+    from dapt.pipeline.config import load_config
+    from dapt.pipeline.stages import STAGE_ORDER, run_stage
 
     cfg = load_config(args.config, args.overrides, check_inputs=True)
     lo = STAGE_ORDER.index(args.from_stage) if args.from_stage else 0
@@ -113,8 +113,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from pipeline.config import load_config
-    from pipeline.stages import STAGE_ORDER, stage_dir, stage_status
+    from dapt.pipeline.config import load_config
+    from dapt.pipeline.stages import STAGE_ORDER, stage_dir, stage_status
 
     cfg = load_config(args.config, args.overrides)
     print(f"run {cfg.name}: {cfg.run_path}")
@@ -124,15 +124,15 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_submit(args: argparse.Namespace) -> int:
-    from pipeline.cluster import submit
-    from pipeline.config import load_config
+    from dapt.pipeline.cluster import submit
+    from dapt.pipeline.config import load_config
 
     load_config(args.config, args.overrides)  # fail fast here rather than on the cluster
     return submit(args.config, args.stage, args.overrides, address=args.address, wait=not args.no_wait)
 
 
 def _cmd_cluster(args: argparse.Namespace) -> int:
-    from pipeline.cluster import cluster_down, cluster_up
+    from dapt.pipeline.cluster import cluster_down, cluster_up
 
     if args.action == "up":
         addr = cluster_up(args.port, args.dashboard_port, args.num_cpus)
@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         if "ray" in sys.modules:
-            from pipeline.ray_runtime import shutdown_ray
+            from dapt.pipeline.ray_runtime import shutdown_ray
 
             shutdown_ray()
 

@@ -16,8 +16,8 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline.errors import DaptError
-from pipeline.ray_runtime import LOOPBACK, ray_env
+from dapt.pipeline.errors import DaptError
+from dapt.pipeline.ray_runtime import LOOPBACK, ray_env
 
 DEFAULT_PORT = 6379
 DEFAULT_DASHBOARD_PORT = 8265

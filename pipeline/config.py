@@ -16,14 +16,14 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from corpora.clean.config import CleanConfig, StepSpec
-from corpora.mix.config import MixConfig
-from eval.config import EvalConfig
-from eval.report.config import ReportConfig
-from pipeline.errors import ConfigError, InputError
-from pipeline.plan.config import PlanConfig
-from pipeline.train.config import TrainConfig
-from tokenizer.config import TokenizerConfig
+from dapt.corpora.clean.config import CleanConfig, StepSpec
+from dapt.corpora.mix.config import MixConfig
+from dapt.eval.config import EvalConfig
+from dapt.eval.report.config import ReportConfig
+from dapt.pipeline.errors import ConfigError, InputError
+from dapt.tokenizer.config import TokenizerConfig
+from dapt.train.config import TrainConfig
+from dapt.train.plan.config import PlanConfig
 
 
 class StrictModel(BaseModel):
@@ -86,7 +86,7 @@ class SourceConfig(StrictModel):
 
 def expand_pattern(pattern: str) -> list[str]:
     """Files matching one local glob (``~`` expanded, ``**`` recursive) or one object-storage URI glob."""
-    from pipeline import remote
+    from dapt.pipeline import remote
 
     if remote.is_remote(pattern):
         return remote.expand(pattern)

@@ -48,7 +48,7 @@ def file_fingerprint(path: str | os.PathLike, content_limit: int = 1 << 20) -> d
     Large corpora are fingerprinted by size+mtime only: hashing terabytes on every `dapt status` is
     not acceptable, and a changed file almost always changes one of the two.
     """
-    from pipeline import remote
+    from dapt.pipeline import remote
 
     if remote.is_remote(str(path)):  # object storage: size and mtime, never a download
         size, mtime_ns = remote.stat(str(path))

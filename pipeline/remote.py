@@ -16,7 +16,7 @@ import re
 from functools import lru_cache
 from typing import Any
 
-from pipeline.errors import InputError
+from dapt.pipeline.errors import InputError
 
 # S3 and GCS put the bucket first in the path pyarrow uses, which is what resolve() relies on; HDFS and
 # Azure URIs carry a host or account instead and would need their own parsing (not supported yet).

@@ -27,9 +27,15 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import RunConfig, dump_config
-from pipeline.errors import DaptError, StageMissingError
-from pipeline.fsutil import atomic_write_json, atomic_write_text, files_fingerprint, read_json, stable_hash
+from dapt.pipeline.config import RunConfig, dump_config
+from dapt.pipeline.errors import DaptError, StageMissingError
+from dapt.pipeline.fsutil import (
+    atomic_write_json,
+    atomic_write_text,
+    files_fingerprint,
+    read_json,
+    stable_hash,
+)
 
 DONE_MARKER = "_DONE"
 MANIFEST = "manifest.json"
@@ -77,7 +83,7 @@ STAGES: dict[str, StageSpec] = {
     for s in [
         StageSpec(
             "clean",
-            "corpora.clean.stage:run",
+            "dapt.corpora.clean.stage:run",
             (),
             ("sources", "clean"),
             _source_files,
@@ -86,7 +92,7 @@ STAGES: dict[str, StageSpec] = {
         ),
         StageSpec(
             "tokenizer",
-            "tokenizer.stage:run",
+            "dapt.tokenizer.stage:run",
             ("clean",),
             ("model", "tokenizer", "seed"),
             _model_files,
@@ -94,7 +100,7 @@ STAGES: dict[str, StageSpec] = {
         ),
         StageSpec(
             "mix",
-            "corpora.mix.stage:run",
+            "dapt.corpora.mix.stage:run",
             ("clean", "tokenizer"),
             ("mix", "sources", "train.seq_len", "eval.tasks", "eval.task_dirs", "seed"),
             _task_files,
@@ -102,7 +108,7 @@ STAGES: dict[str, StageSpec] = {
         ),
         StageSpec(
             "train",
-            "pipeline.train.stage:run",
+            "dapt.train.stage:run",
             ("tokenizer", "mix"),
             ("train", "seed"),
             None,
@@ -110,7 +116,7 @@ STAGES: dict[str, StageSpec] = {
         ),
         StageSpec(
             "eval",
-            "eval.stage:run",
+            "dapt.eval.stage:run",
             ("tokenizer", "mix", "train"),
             ("eval", "seed"),
             _task_files,
@@ -118,7 +124,7 @@ STAGES: dict[str, StageSpec] = {
         ),
         StageSpec(
             "report",
-            "eval.report.stage:run",
+            "dapt.eval.report.stage:run",
             ("clean", "tokenizer", "mix", "train", "eval"),
             ("report", "plan"),
             None,

@@ -17,7 +17,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-from pipeline.ray_runtime import ray_env  # noqa: E402
+from dapt.pipeline.ray_runtime import ray_env  # noqa: E402
 
 ray_env()
 
@@ -157,8 +157,8 @@ def ray_local():
     """One private local Ray per test session, on 127.0.0.1, 2 CPUs, 1 GB object store."""
     import ray
 
-    from pipeline.config import RayConfig
-    from pipeline.ray_runtime import init_ray, shutdown_ray
+    from dapt.pipeline.config import RayConfig
+    from dapt.pipeline.ray_runtime import init_ray, shutdown_ray
 
     os.environ.pop("RAY_ADDRESS", None)
     info = init_ray(RayConfig(num_cpus=2, object_store_memory_gb=1.0))

@@ -6,7 +6,7 @@ import os
 import time
 from pathlib import Path
 
-from pipeline.stages import StageContext
+from dapt.pipeline.stages import StageContext
 
 CALLS: list[str] = []
 

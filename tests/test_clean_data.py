@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 
-from corpora.clean.minhash import jaccard
+from dapt.corpora.clean.minhash import jaccard
 
 CONTENT = (
     "asset liability equity revenue expense accrual amortization depreciation dividend coupon yield "

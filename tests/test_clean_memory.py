@@ -12,8 +12,8 @@ import psutil
 import pytest
 from test_clean_data import near_duplicate, prose
 
-from pipeline.config import load_config
-from pipeline.stages import run_stage
+from dapt.pipeline.config import load_config
+from dapt.pipeline.stages import run_stage
 
 
 def _corpus(path: Path, mb: float, seed: int) -> None:

@@ -18,11 +18,11 @@ import pyarrow.parquet as pq
 import pytest
 from test_clean_data import finance_table, near_duplicate, prose
 
-from corpora.clean.minhash import jaccard
-from corpora.clean.steps import find_pii
-from pipeline.config import load_config
-from pipeline.errors import ConfigError
-from pipeline.stages import run_stage
+from dapt.corpora.clean.minhash import jaccard
+from dapt.corpora.clean.steps import find_pii
+from dapt.pipeline.config import load_config
+from dapt.pipeline.errors import ConfigError
+from dapt.pipeline.stages import run_stage
 
 PII = {
     "email": "jane.roe@example.org",
@@ -299,7 +299,7 @@ def test_near_duplicate_precision_recall_on_kept(cleaned):
         for t, b in zip(kept.column("text").to_pylist(), kept.column("bytes").to_pylist(), strict=True)
         if b < 100_000
     ]
-    from corpora.clean.minhash import MinHasher, band_keys
+    from dapt.corpora.clean.minhash import MinHasher, band_keys
 
     sig = MinHasher(112, 5).signatures(texts)
     keys = band_keys(sig, 28, 4)

@@ -14,10 +14,10 @@ import pyarrow.parquet as pq
 import pytest
 from test_clean_data import finance_table, near_duplicate, prose
 
-from corpora.clean import config as C
-from corpora.clean import steps as S
-from corpora.clean.minhash import MinHasher, band_keys, jaccard, shingle_array, shingles
-from corpora.clean.readers import ShardSpec, count_newlines, plan_file, read_shard
+from dapt.corpora.clean import config as C
+from dapt.corpora.clean import steps as S
+from dapt.corpora.clean.minhash import MinHasher, band_keys, jaccard, shingle_array, shingles
+from dapt.corpora.clean.readers import ShardSpec, count_newlines, plan_file, read_shard
 
 
 def run(fn, text):
@@ -88,7 +88,7 @@ def test_gopher_repetition_rules_single_and_batch_agree():
 
 
 def test_repetition_char_fractions_by_hand():
-    from corpora.clean.minhash import word_hashes
+    from dapt.corpora.clean.minhash import word_hashes
 
     wh, _, wl = word_hashes(["aa bb aa bb aa bb cc"])
     # most frequent bigram "aa bb" x3, 4 chars each, over 14 word chars
@@ -349,7 +349,7 @@ def test_parquet_rows_and_row_group_shards(tmp_path):
     pq.write_table(pa.table({"text": texts, "id": [f"i{i}" for i in range(50)]}), p, row_group_size=10)
     ranges = plan_file(str(p), "parquet", 1)
     assert len(ranges) == 5
-    from corpora.clean.readers import parquet_row_offsets
+    from dapt.corpora.clean.readers import parquet_row_offsets
 
     recs = []
     for (s, e), row0 in zip(ranges, parquet_row_offsets(str(p), ranges), strict=True):
@@ -364,7 +364,7 @@ def test_parquet_rows_and_row_group_shards(tmp_path):
 
 def _components_by_stars(u: np.ndarray, v: np.ndarray, buckets: int = 3) -> dict[int, int]:
     """Run the stage's large-star / small-star kernels with an in-process 'shuffle' (group by bucket)."""
-    from corpora.clean.stage import _both_directions, _star_group
+    from dapt.corpora.clean.stage import _both_directions, _star_group
 
     edges = {"u": u, "v": v}
     prev = None
@@ -412,7 +412,7 @@ def test_star_rounds_label_every_node_with_its_component_minimum():
 
 
 def test_exact_and_band_group_kernels():
-    from corpora.clean.stage import _band_group, _exact_group
+    from dapt.corpora.clean.stage import _band_group, _exact_group
 
     rank = np.array([5, 3, 9, 4, 7], np.int64)
     xhi = np.array([1, 1, 2, 1, 2], np.uint64)

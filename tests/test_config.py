@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import load_config, parse_overrides
-from pipeline.errors import ConfigError
+from dapt.pipeline.config import load_config, parse_overrides
+from dapt.pipeline.errors import ConfigError
 
 BASE = """\
 name: t
@@ -100,7 +100,7 @@ def test_overrides_parse_yaml_values(cfg_file: Path) -> None:
 
 def test_cli_unknown_key_exits_2_and_writes_nothing(cfg_file: Path, tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "clean", "--config", str(cfg_file), "bogus.key=1"],
+        [sys.executable, "-m", "dapt.pipeline.cli", "clean", "--config", str(cfg_file), "bogus.key=1"],
         capture_output=True,
         text=True,
     )
@@ -111,7 +111,7 @@ def test_cli_unknown_key_exits_2_and_writes_nothing(cfg_file: Path, tmp_path: Pa
 
 def test_help_lists_every_stage() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "--help"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "dapt.pipeline.cli", "--help"], capture_output=True, text=True, check=True
     ).stdout
     for cmd in ["clean", "tokenizer", "mix", "train", "eval", "report", "run", "status", "submit", "plan"]:
         assert cmd in out

@@ -7,15 +7,19 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipeline.config import load_config
-from pipeline.stages import STAGE_ORDER, stage_status
+from dapt.pipeline.config import load_config
+from dapt.pipeline.stages import STAGE_ORDER, stage_status
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def _dapt(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=900
+        [sys.executable, "-m", "dapt.pipeline.cli", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
 
 

@@ -7,7 +7,7 @@ import math
 import pytest
 from conftest import make_docs, make_tiny_llama
 
-from eval.bpb import bits_per_byte, rolling_windows
+from dapt.eval.bpb import bits_per_byte, rolling_windows
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import make_tiny_llama
 
-from eval.tasks_registry import SHIPPED_TASKS, with_local_data
+from dapt.eval.tasks_registry import SHIPPED_TASKS, with_local_data
 
 SENTIMENT = ["negative", "neutral", "positive"]
 SENTENCES = [
@@ -98,9 +98,9 @@ def test_public_finance_tasks_run_with_flare_schema(local_finance_tasks, sp_toke
     from lm_eval.tasks import get_task_dict
     from transformers import AutoTokenizer
 
-    from eval.lm_backend import DaptLM
-    from eval.stage import task_results, task_rows
-    from eval.tasks_registry import seeds, task_manager
+    from dapt.eval.lm_backend import DaptLM
+    from dapt.eval.stage import task_results, task_rows
+    from dapt.eval.tasks_registry import seeds, task_manager
 
     tok = AutoTokenizer.from_pretrained(sp_tokenizer_dir)
     model = make_tiny_llama(len(tok), seed=11).eval()

@@ -8,7 +8,7 @@ import random
 import pytest
 from conftest import make_docs, make_tiny_llama
 
-from eval.lm_backend import DaptLM, _build_segments, _pack_rows
+from dapt.eval.lm_backend import DaptLM, _build_segments, _pack_rows
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +117,7 @@ def test_simple_evaluate_same_accuracy(model_and_tok, tmp_path):
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
 
-    from eval.tasks_registry import seeds, task_manager
+    from dapt.eval.tasks_registry import seeds, task_manager
 
     model, tok = model_and_tok
     rng = random.Random(0)
@@ -165,7 +165,7 @@ def test_simple_evaluate_same_accuracy(model_and_tok, tmp_path):
     # and a paired bootstrap for both (the same model twice: no difference).
     from lm_eval.tasks import get_task_dict
 
-    from eval.stage import task_results, task_rows
+    from dapt.eval.stage import task_results, task_rows
 
     leaves = get_task_dict(["tiny_mc_backend"], task_manager(tmp_path / "tasks", include_defaults=False))
     per = {role: task_results(out[k], leaves) for role, k in (("base", "hf"), ("adapted", "dapt"))}

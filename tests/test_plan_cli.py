@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.cli import main as dapt
-from pipeline.config import load_config
-from pipeline.errors import PreflightError
-from pipeline.plan import memory
-from pipeline.plan.preflight import arch_from_model_config, preflight
+from dapt.pipeline.cli import main as dapt
+from dapt.pipeline.config import load_config
+from dapt.pipeline.errors import PreflightError
+from dapt.train.plan import memory
+from dapt.train.plan.preflight import arch_from_model_config, preflight
 
 H100 = "NVIDIA H100 80GB HBM3"
 H100_MEM = 81559 * 2**20
@@ -192,7 +192,7 @@ def test_preflight_refuses_impossible_run_with_alternatives(tmp_path):
 
 
 def test_preflight_alternatives_really_fit(tmp_path):
-    from pipeline.plan.plan import make_plan
+    from dapt.train.plan.plan import make_plan
 
     arch = arch_from_model_config(BIG)
     plan = make_plan(
@@ -284,8 +284,8 @@ def test_uncached_hub_id_offline_fails_fast_with_clear_error(monkeypatch):
     closed local port, so the test means the same on a machine with network."""
     from huggingface_hub import constants
 
-    from pipeline.errors import ConfigError
-    from pipeline.plan.preflight import hub_unreachable, load_model_config
+    from dapt.pipeline.errors import ConfigError
+    from dapt.train.plan.preflight import hub_unreachable, load_model_config
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from pipeline.plan import compute, gpus
+from dapt.train.plan import compute, gpus
 
 
 def test_gpt3_compute_in_petaflop_days():

@@ -21,8 +21,8 @@ torch = pytest.importorskip("torch")
 
 from conftest import make_tiny_llama  # noqa: E402
 
-from pipeline.plan import memory  # noqa: E402
-from pipeline.plan.measure import llama_config, local_state_bytes, saved_tensor_bytes  # noqa: E402
+from dapt.train.plan import memory  # noqa: E402
+from dapt.train.plan.measure import llama_config, local_state_bytes, saved_tensor_bytes  # noqa: E402
 
 VOCAB = 301  # odd: dim 0 of the embedding and the LM head do not split evenly over 2 ranks
 CASES = [

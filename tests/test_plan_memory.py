@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.plan import memory
-from pipeline.plan.memory import GB
+from dapt.train.plan import memory
+from dapt.train.plan.memory import GB
 
 PLAN_DIR = Path(__file__).resolve().parents[1] / "pipeline" / "plan"
 
@@ -191,7 +191,7 @@ def test_arithmetic_modules_import_only_stdlib(name):
             mods = [node.module]
         for m in mods:
             top = m.split(".")[0]
-            assert top in sys.stdlib_module_names or m.startswith("pipeline.plan") or top == "__future__", (
+            assert top in sys.stdlib_module_names or m.startswith("dapt.train.plan") or top == "__future__", (
                 name,
                 m,
             )
@@ -199,7 +199,7 @@ def test_arithmetic_modules_import_only_stdlib(name):
 
 
 # Peaks (torch.cuda.max_memory_allocated, bytes) measured on an NVIDIA H100 80GB HBM3, torch 2.11 +
-# transformers 5.17, by `python -m pipeline.plan.measure` (one GPU, two AdamW steps, the second measured)
+# transformers 5.17, by `python -m dapt.train.plan.measure` (one GPU, two AdamW steps, the second measured)
 # for a 0.5B Llama (16 layers, hidden 1536, 12 heads / 4 kv, ffn 4096, vocab 32000). Recorded data: the
 # estimate must stay within 8% (the default headroom) of what the hardware did.
 H100_MEASURED = [

@@ -9,7 +9,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from pipeline.cluster import free_port
+from dapt.pipeline.cluster import free_port
 
 CFG = """\
 name: sub
@@ -35,7 +35,7 @@ def test_local_ray_binds_loopback(ray_local) -> None:
 
 def _dapt(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", *args], capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "dapt.pipeline.cli", *args], capture_output=True, text=True, timeout=timeout
     )
 
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from corpora.recipes import parsers as P
-from corpora.recipes.debian import installed_version
-from corpora.recipes.demo import SOURCES, Doc, build_demo, eval_glosses, select_budget
-from pipeline.errors import ConfigError, InputError
+from dapt.corpora.recipes import parsers as P
+from dapt.corpora.recipes.debian import installed_version
+from dapt.corpora.recipes.demo import SOURCES, Doc, build_demo, eval_glosses, select_budget
+from dapt.pipeline.errors import ConfigError, InputError
 
 # ------------------------------------------------------------------------------------------------ dictd
 
@@ -353,7 +353,7 @@ def test_real_build_small(tmp_path):
 
 
 def test_missing_packages_without_root_say_how_to_install(monkeypatch):
-    import corpora.recipes.debian as deb
+    import dapt.corpora.recipes.debian as deb
 
     monkeypatch.setattr(deb.os, "geteuid", lambda: 1000)
     with pytest.raises(
@@ -364,7 +364,7 @@ def test_missing_packages_without_root_say_how_to_install(monkeypatch):
 
 
 def test_build_demo_without_install_skips_sources_with_missing_packages(tmp_path, monkeypatch):
-    import corpora.recipes.demo as demo
+    import dapt.corpora.recipes.demo as demo
 
     monkeypatch.setattr(demo, "missing_packages", lambda pkgs: [p for p in pkgs if p == "fortunes"])
     logs: list[str] = []

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from corpora.recipes.demo import SOURCES
-from pipeline.config import load_config
+from dapt.corpora.recipes.demo import SOURCES
+from dapt.pipeline.config import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -51,7 +51,7 @@ def test_demo_config_matches_the_recipe():
 
 
 def test_finance_cluster_config_validates_and_plans(tmp_path):
-    from pipeline.plan.preflight import plan_for_run
+    from dapt.train.plan.preflight import plan_for_run
 
     cfg = load_config(ROOT / "configs" / "finance-cluster.yaml")
     assert cfg.train.num_workers == 64 and cfg.train.sharding == "zero3" and cfg.train.precision == "bf16"
@@ -68,7 +68,7 @@ def test_finance_cluster_config_validates_and_plans(tmp_path):
 
 def test_finance_cluster_plan_cli(tmp_path, capsys):
     """``dapt plan --config configs/finance-cluster.yaml --model DIR`` (the offline form)."""
-    from pipeline.cli import main
+    from dapt.pipeline.cli import main
 
     (tmp_path / "config.json").write_text(json.dumps(LLAMA2_7B))
     rc = main(["plan", "--config", str(ROOT / "configs" / "finance-cluster.yaml"), "--model", str(tmp_path)])

@@ -11,11 +11,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from corpora.clean.readers import ShardSpec, count_newlines, file_size, plan_file, read_shard
-from pipeline import remote
-from pipeline.config import SourceConfig
-from pipeline.errors import InputError
-from pipeline.fsutil import file_fingerprint
+from dapt.corpora.clean.readers import ShardSpec, count_newlines, file_size, plan_file, read_shard
+from dapt.pipeline import remote
+from dapt.pipeline.config import SourceConfig
+from dapt.pipeline.errors import InputError
+from dapt.pipeline.fsutil import file_fingerprint
 
 
 def test_glob_regex_segments():

@@ -23,9 +23,9 @@ from typing import Any
 import pytest
 import yaml
 
-from pipeline.config import load_config
-from pipeline.fsutil import atomic_write_json
-from pipeline.stages import run_stage
+from dapt.pipeline.config import load_config
+from dapt.pipeline.fsutil import atomic_write_json
+from dapt.pipeline.stages import run_stage
 
 SECTION_IDS = [
     "summary",
@@ -259,7 +259,7 @@ def build_upstream(run_dir: Path) -> dict[str, Any]:
             "sharding": "zero3",
             "precision": "bf16",
             "hyperparameters": HYPER,
-            # The shape of pipeline.plan: memory.estimate() and compute_plan() outputs.
+            # The shape of train.plan: memory.estimate() and compute_plan() outputs.
             "plan": {
                 "memory": {
                     "inputs": {"params": facts["n_params"], "world_size": 2},
@@ -773,9 +773,9 @@ def test_html_in_headless_chromium(report_run: dict[str, Any], tmp_path: Path) -
 def test_conclusions_report_forgetting_and_never_invent(tmp_path: Path) -> None:
     """Conclusions follow the data: a significant general regression is called a loss of general
     ability (and lands in the model card's risks); rows without a base give no comparison sentence."""
-    from eval.report import model_card, sections
-    from eval.report.collect import RunData
-    from eval.report.config import ReportConfig
+    from dapt.eval.report import model_card, sections
+    from dapt.eval.report.collect import RunData
+    from dapt.eval.report.config import ReportConfig
 
     cfg = load_config(write_config(tmp_path, tmp_path / "run"))
     data = RunData(run_name="r", cfg=cfg)
@@ -807,8 +807,8 @@ def test_conclusions_report_forgetting_and_never_invent(tmp_path: Path) -> None:
 def test_plan_vs_measured_on_cpu_is_not_compared(tmp_path: Path) -> None:
     """On CPU the trainer measures process RSS and the plan predicts GPU tensor memory and GPU time:
     the rows are shown with a note, never as a ratio or a conclusion."""
-    from eval.report import sections
-    from eval.report.collect import RunData
+    from dapt.eval.report import sections
+    from dapt.eval.report.collect import RunData
 
     cfg = load_config(write_config(tmp_path, tmp_path / "run"))
     data = RunData(run_name="r", cfg=cfg, n_params=1000)
@@ -839,7 +839,7 @@ def test_plan_vs_measured_on_cpu_is_not_compared(tmp_path: Path) -> None:
 
 
 def test_number_formatting_never_hides_or_invents() -> None:
-    from eval.report import doc, sections
+    from dapt.eval.report import doc, sections
 
     assert sections._small_pct(2.3e-7) == "2.3e-05%" and sections._small_pct(0.00456) == "0.46%"
     assert doc.fmt_bytes(734_003_200) == "700.00 MiB" and doc.fmt_count(245_760) == "246k"

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import stage_fixtures
 
-from pipeline import stages
-from pipeline.config import load_config
-from pipeline.errors import StageMissingError
+from dapt.pipeline import stages
+from dapt.pipeline.config import load_config
+from dapt.pipeline.errors import StageMissingError
 
 CFG = """\
 name: t
@@ -104,7 +104,7 @@ def test_missing_upstream_names_the_stage(setup) -> None:
 def test_status_command(setup) -> None:
     _, cfg_path = setup
     out = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "status", "--config", str(cfg_path)],
+        [sys.executable, "-m", "dapt.pipeline.cli", "status", "--config", str(cfg_path)],
         capture_output=True,
         text=True,
         check=True,
@@ -115,8 +115,8 @@ def test_status_command(setup) -> None:
 KILL_SCRIPT = """
 import dataclasses, sys
 sys.path.insert(0, {tests!r})
-from pipeline import stages
-from pipeline.config import load_config
+from dapt.pipeline import stages
+from dapt.pipeline.config import load_config
 stages.STAGES["clean"] = dataclasses.replace(stages.STAGES["clean"], target="stage_fixtures:{fn}")
 stages.run_stage(load_config({cfg!r}), "clean", force=True, echo=None)
 """

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from test_tokenizer_helpers import corpus, make_bytelevel_bpe
 
-from pipeline.errors import InputError
-from tokenizer.config import TokenizerConfig
-from tokenizer.encode import DEFAULT_PROBES, load_encoder
-from tokenizer.train import sp_to_hf, train_sentencepiece, train_with_sweep, write_lines
+from dapt.pipeline.errors import InputError
+from dapt.tokenizer.config import TokenizerConfig
+from dapt.tokenizer.encode import DEFAULT_PROBES, load_encoder
+from dapt.tokenizer.train import sp_to_hf, train_sentencepiece, train_with_sweep, write_lines
 
 HARD = [
     "Net income:   $1,234,567.89  (€1.2bn; ¥130; £5; ₹99)",

@@ -11,10 +11,10 @@ import torch
 from conftest import make_tiny_llama
 from test_tokenizer_helpers import corpus, make_bytelevel_bpe, make_clean_stage, write_config
 
-from pipeline.config import load_config
-from pipeline.errors import ConfigError
-from pipeline.stages import run_stage
-from tokenizer.encode import load_encoder
+from dapt.pipeline.config import load_config
+from dapt.pipeline.errors import ConfigError
+from dapt.pipeline.stages import run_stage
+from dapt.tokenizer.encode import load_encoder
 
 TOK = {"new_tokens": 40, "heldout_fraction": 0.25, "sweep_sizes": [400, 600], "sample_bytes": 1_000_000}
 

@@ -1,6 +1,6 @@
 """Numerics of the train loop on CPU with real torch.distributed (gloo) processes.
 
-These run ``pipeline.train.loop.train_loop`` (the function Ray Train runs on each worker) in 2
+These run ``train.loop.train_loop`` (the function Ray Train runs on each worker) in 2
 ``torch.multiprocessing`` processes, several specs per process group so the suite pays the process
 start-up once. The real Ray Train path is covered by tests/test_train_ray.py.
 """
@@ -19,11 +19,11 @@ import pytest
 import torch
 from conftest import make_docs
 
-from pipeline.train.checkpoint import discard_foreign, list_checkpoints
-from pipeline.train.flops import flops_per_token, mfu, peak_flops
-from pipeline.train.loop import BlockStream, micro_batch_start, train_loop
-from pipeline.train.monitor import bits_per_byte, make_windows
-from pipeline.train.schedule import lr_factor, warmup_steps
+from dapt.train.checkpoint import discard_foreign, list_checkpoints
+from dapt.train.flops import flops_per_token, mfu, peak_flops
+from dapt.train.loop import BlockStream, micro_batch_start, train_loop
+from dapt.train.monitor import bits_per_byte, make_windows
+from dapt.train.schedule import lr_factor, warmup_steps
 
 SEQ = 32
 
@@ -155,7 +155,7 @@ def run_world(world: int, specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "torch.distributed.checkpoint.state_dict",
             "torch.utils.tensorboard",
             "transformers.models.llama.modeling_llama",
-            "pipeline.train.loop",
+            "dapt.train.loop",
             "test_train",
         ]
     )
@@ -375,8 +375,8 @@ def test_two_workers_fp16_activation_checkpointing_and_tied_embeddings(train_dat
 def test_train_config_validation_and_accumulation() -> None:
     from pydantic import ValidationError
 
-    from pipeline.train.config import TrainConfig
-    from pipeline.train.stage import plan_steps
+    from dapt.train.config import TrainConfig
+    from dapt.train.stage import plan_steps
 
     tc = TrainConfig(seq_len=128, micro_batch_size=2, num_workers=2, global_batch_tokens=1024)
     assert tc.grad_accum == 2

@@ -17,9 +17,9 @@ import torch
 import yaml
 from conftest import make_docs
 
-from pipeline.config import load_config
-from pipeline.errors import ConfigError
-from pipeline.stages import run_stage
+from dapt.pipeline.config import load_config
+from dapt.pipeline.errors import ConfigError
+from dapt.pipeline.stages import run_stage
 
 SEQ = 32
 

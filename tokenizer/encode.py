@@ -26,7 +26,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import InputError
+from dapt.pipeline.errors import InputError
 
 SP_FILE = "tokenizer.model"
 """Name of the sentencepiece model inside an HF tokenizer folder (the HF convention)."""

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import InputError
+from dapt.pipeline.errors import InputError
 
 log = logging.getLogger("dapt.tokenizer")
 

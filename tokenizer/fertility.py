@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tokenizer.encode import Encoder
+from dapt.tokenizer.encode import Encoder
 
 
 def fertility(

@@ -15,12 +15,12 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import ConfigError, InputError
-from pipeline.stages import StageContext
-from tokenizer.encode import SP_FILE, Encoder, load_encoder
-from tokenizer.extend import extend_bpe, extend_sp_proto, extend_unigram, pretoken_counts, save_extended
-from tokenizer.fertility import fertility, token_reduction
-from tokenizer.train import (
+from dapt.pipeline.errors import ConfigError, InputError
+from dapt.pipeline.stages import StageContext
+from dapt.tokenizer.encode import SP_FILE, Encoder, load_encoder
+from dapt.tokenizer.extend import extend_bpe, extend_sp_proto, extend_unigram, pretoken_counts, save_extended
+from dapt.tokenizer.fertility import fertility, token_reduction
+from dapt.tokenizer.train import (
     Sample,
     sample_corpus,
     sp_to_hf,
@@ -311,7 +311,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
     # The model: resize before any sharding, initialise new rows from sub-token means.
     if t.mode != "base":
-        from tokenizer.embeddings import plan_rows, resize_and_init
+        from dapt.tokenizer.embeddings import plan_rows, resize_and_init
 
         old_len = len(base_tok) if base_tok is not None else None
         loss_texts: list[list[int]] = []

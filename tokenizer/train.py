@@ -16,9 +16,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.errors import ConfigError, InputError
-from tokenizer.config import TokenizerConfig
-from tokenizer.encode import SP_FILE
+from dapt.pipeline.errors import ConfigError, InputError
+from dapt.tokenizer.config import TokenizerConfig
+from dapt.tokenizer.encode import SP_FILE
 
 log = logging.getLogger("dapt.tokenizer")
 

@@ -22,8 +22,8 @@ from typing import Any
 
 import xxhash
 
-from pipeline import remote
-from pipeline.errors import InputError
+from dapt.pipeline import remote
+from dapt.pipeline.errors import InputError
 
 _ZSTD_WINDOW = 1 << 31
 

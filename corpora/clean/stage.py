@@ -34,16 +34,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from corpora.clean.config import CleanConfig, StepSpec, default_profile, validate_steps
-from corpora.clean.readers import (
+from dapt.corpora.clean.config import CleanConfig, StepSpec, default_profile, validate_steps
+from dapt.corpora.clean.readers import (
     ShardSpec,
     count_newlines,
     parquet_row_offsets,
     plan_file,
     read_shard,
 )
-from pipeline.errors import ConfigError, InputError
-from pipeline.ray_runtime import init_ray  # sets Ray's environment before anything imports ray
+from dapt.pipeline.errors import ConfigError, InputError
+from dapt.pipeline.ray_runtime import init_ray  # sets Ray's environment before anything imports ray
 
 KEPT_SCHEMA = pa.schema(
     [
@@ -183,7 +183,7 @@ def plan_shards(cfg: Any) -> list[ShardSpec]:
 def _rejected_row(
     spec: ShardSpec, rid: str | None, text: str | None, line: int, step: str, reason: str, max_chars: int
 ) -> dict:
-    from corpora.clean.readers import doc_id
+    from dapt.corpora.clean.readers import doc_id
 
     return {
         "id": rid or doc_id(spec.source, spec.path, line),
@@ -202,9 +202,9 @@ def process_shard(spec: ShardSpec, steps_json: list[dict], cc: dict, shard_dir: 
     """Read, clean and hash one shard; write it atomically to ``shard_dir``. Returns its summary."""
     import xxhash
 
-    from corpora.clean.minhash import MinHasher, band_keys
-    from corpora.clean.readers import doc_id
-    from corpora.clean.steps import apply_batch, build_steps
+    from dapt.corpora.clean.minhash import MinHasher, band_keys
+    from dapt.corpora.clean.readers import doc_id
+    from dapt.corpora.clean.steps import apply_batch, build_steps
 
     steps = build_steps(_steps_from_json(steps_json))
     nd = cc["near_dedup"]
@@ -331,7 +331,7 @@ def _phase_a_batch(batch: dict[str, np.ndarray], steps: dict, cc: dict, work: st
 
 
 def _mix(x: np.ndarray) -> np.ndarray:
-    from corpora.clean.minhash import _mix64
+    from dapt.corpora.clean.minhash import _mix64
 
     return _mix64(x.astype(np.uint64))
 
@@ -427,7 +427,7 @@ def _shard_texts(work: str, shard: int, ranks: np.ndarray) -> dict[int, str]:
 
 def _verify_a(batch: dict[str, np.ndarray], work: str, ngram: int) -> dict[str, np.ndarray]:
     """Group = one shard of the pairs' first side: attach the shingle array of ``a``."""
-    from corpora.clean.minhash import shingle_array
+    from dapt.corpora.clean.minhash import shingle_array
 
     u, v = batch["u"], batch["v"]
     if u.size == 0:
@@ -442,7 +442,7 @@ def _verify_a(batch: dict[str, np.ndarray], work: str, ngram: int) -> dict[str, 
 
 def _verify_b(batch: dict[str, np.ndarray], work: str, ngram: int, threshold: float) -> dict[str, np.ndarray]:
     """Group = one shard of the pairs' second side: true Jaccard against ``b``; keep >= threshold."""
-    from corpora.clean.minhash import jaccard_arrays, shingle_array
+    from dapt.corpora.clean.minhash import jaccard_arrays, shingle_array
 
     u, v, sh = batch["u"], batch["v"], batch["sh"]
     if u.size == 0:
@@ -774,7 +774,7 @@ def _phase_d_batch(
 
 def _prepare_work(ctx: Any) -> Path:
     """Reuse ``work_dir`` only if it was made for this exact fingerprint (config + inputs)."""
-    from pipeline.stages import compute_fingerprint
+    from dapt.pipeline.stages import compute_fingerprint
 
     fp, _ = compute_fingerprint(ctx.cfg, ctx.spec)
     work = Path(ctx.work_dir)

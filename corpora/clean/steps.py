@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from corpora.clean import config as C
-from corpora.clean.minhash import ngram_hashes, word_hashes
+from dapt.corpora.clean import config as C
+from dapt.corpora.clean.minhash import ngram_hashes, word_hashes
 
 StepFn = Callable[[str, Counter], tuple[str, str | None]]
 
@@ -199,7 +199,7 @@ def _ngram_reasons_batch(texts: list[str], top: dict[int, float], dup: dict[int,
     hash with the document number, sort once, and read off per document (a) the characters covered
     by repeated occurrences and (b) the count x characters of its most frequent n-gram.
     """
-    from corpora.clean.minhash import _mix64
+    from dapt.corpora.clean.minhash import _mix64
 
     reasons: list[str | None] = [None] * len(texts)
     wh, counts, wlen = word_hashes(texts)

@@ -1,6 +1,6 @@
 """Throughput of the mix stage on real text, against the bare minimum work (one sentencepiece encode).
 
-    .venv/bin/python -m corpora.mix.bench [--mb 20] [--out /tmp/mixbench]
+    .venv/bin/python -m dapt.corpora.mix.bench [--mb 20] [--out /tmp/mixbench]
 
 Builds a clean-stage output from the dictd files of Debian's ``dict-gcide`` (general) and ``dict-wn``
 (stand-in for the domain side), trains an 8k BPE sentencepiece tokenizer on a sample, then times:
@@ -73,14 +73,14 @@ def main() -> None:
     ap.add_argument("--out", default="/tmp/mixbench")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from pipeline.ray_runtime import ray_env
+    from dapt.pipeline.ray_runtime import ray_env
 
     ray_env()  # before anything imports ray (transformers may): keeps the local Ray on loopback
     import sentencepiece as spm
     from transformers import AutoTokenizer
 
-    from pipeline.config import load_config
-    from pipeline.stages import run_stage
+    from dapt.pipeline.config import load_config
+    from dapt.pipeline.stages import run_stage
 
     out = Path(args.out)
     if out.exists():

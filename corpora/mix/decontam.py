@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from corpora.clean.minhash import ngram_hashes, word_hashes
+from dapt.corpora.clean.minhash import ngram_hashes, word_hashes
 
 
 @dataclass

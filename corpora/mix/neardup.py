@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from corpora.clean.minhash import ngram_hashes, shingle_array, word_hashes
+from dapt.corpora.clean.minhash import ngram_hashes, shingle_array, word_hashes
 
 
 @dataclass

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from pipeline.errors import ConfigError
+from dapt.pipeline.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -29,15 +29,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from corpora.mix.config import MixConfig
-from corpora.mix.decontam import NgramIndex, build_index, match_documents
-from corpora.mix.neardup import HeldoutShingles, best_matches
-from corpora.mix.pack import BlockWriter, source_stream
-from corpora.mix.solver import MixPlan, SourceSupply, solve_mix
-from corpora.mix.split import HeldoutSet, is_after, select_heldout, split_key
-from pipeline.errors import ConfigError, InputError
-from pipeline.fsutil import atomic_write_json, read_json, stable_hash
-from pipeline.ray_runtime import init_ray  # also sets Ray's loopback environment before ray is imported
+from dapt.corpora.mix.config import MixConfig
+from dapt.corpora.mix.decontam import NgramIndex, build_index, match_documents
+from dapt.corpora.mix.neardup import HeldoutShingles, best_matches
+from dapt.corpora.mix.pack import BlockWriter, source_stream
+from dapt.corpora.mix.solver import MixPlan, SourceSupply, solve_mix
+from dapt.corpora.mix.split import HeldoutSet, is_after, select_heldout, split_key
+from dapt.pipeline.errors import ConfigError, InputError
+from dapt.pipeline.fsutil import atomic_write_json, read_json, stable_hash
+from dapt.pipeline.ray_runtime import init_ray  # also sets Ray's loopback environment before ray is imported
 
 PREP_VERSION = 1
 """Bump when the prep pass's output changes meaning, so stale caches are not reused."""
@@ -116,9 +116,9 @@ def eval_texts(ctx: Any) -> tuple[dict[str, list[str]], str | None]:
     tasks = list(ctx.cfg.eval.tasks)
     if tasks:
         try:
-            from eval.tasks_data import task_texts
+            from dapt.eval.tasks_data import task_texts
         except ImportError as e:
-            problem = f"eval.tasks_data is not available ({e}); tasks {tasks} were NOT checked"
+            problem = f"dapt.eval.tasks_data is not available ({e}); tasks {tasks} were NOT checked"
             ctx.log.warning("decontamination: %s", problem)
         else:
             task_dirs = getattr(ctx.cfg.eval, "task_dirs", None)
@@ -302,7 +302,7 @@ def build_prep(
     """Run steps 1a and 1b into ``prep`` (a fresh folder); marks it done last."""
     import ray
 
-    from tokenizer.encode import load_encoder
+    from dapt.tokenizer.encode import load_encoder
 
     mcfg: MixConfig = ctx.cfg.mix
     tmp = prep.with_name(prep.name + ".tmp")

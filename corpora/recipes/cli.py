@@ -10,12 +10,12 @@ from __future__ import annotations
 import argparse
 import os
 
-from pipeline.errors import ConfigError
+from dapt.pipeline.errors import ConfigError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``dapt corpus`` (the CLI builds the subparser and calls this)."""
-    from corpora.recipes.model import DEFAULT_OUT
+    from dapt.corpora.recipes.model import DEFAULT_OUT
 
     parser.add_argument("recipe", choices=["demo", "model", "list"], help="what to build")
     parser.add_argument("--out", help=f"output folder (demo: data/demo; model: {DEFAULT_OUT})")
@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--exclude-eval",
         default="data/eval_tasks",
         metavar="DIR",
-        help="evaluation tasks (python -m eval.build_tasks) whose WordNet definitions are kept out of the "
+        help="evaluation tasks (python -m dapt.eval.build_tasks) whose WordNet definitions are kept out of the "
         "corpora; a missing folder only warns ('' disables)",
     )
 
@@ -44,8 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.recipe == "list":
-        from corpora.recipes.debian import installed_version
-        from corpora.recipes.demo import SOURCES
+        from dapt.corpora.recipes.debian import installed_version
+        from dapt.corpora.recipes.demo import SOURCES
 
         for s in SOURCES.values():
             have = all(installed_version(p) for p in s.packages)
@@ -56,12 +56,12 @@ def main(args: argparse.Namespace) -> int:
             )
         return 0
     if args.recipe == "model":
-        from corpora.recipes.model import DEFAULT_OUT, build_model
+        from dapt.corpora.recipes.model import DEFAULT_OUT, build_model
 
         out = build_model(args.out or DEFAULT_OUT, force=args.force)
         print(f"model folder: {out}  (model.name_or_path)")
         return 0
-    from corpora.recipes.demo import build_demo
+    from dapt.corpora.recipes.demo import build_demo
 
     sources = [s.strip() for s in args.sources.split(",") if s.strip()] if args.sources else None
     if args.sources is not None and not sources:

@@ -11,7 +11,7 @@ import shutil
 import subprocess
 from collections.abc import Callable, Iterable
 
-from pipeline.errors import InputError
+from dapt.pipeline.errors import InputError
 
 
 def installed_version(package: str) -> str | None:

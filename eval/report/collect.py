@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from eval.report.doc import get, num
-from pipeline.errors import DaptError
+from dapt.eval.report.doc import get, num
+from dapt.pipeline.errors import DaptError
 
 UPSTREAM = ("clean", "tokenizer", "mix", "train", "eval")
 

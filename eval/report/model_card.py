@@ -13,9 +13,9 @@ from typing import Any
 
 import yaml
 
-from eval.report import sections as S
-from eval.report.collect import RunData
-from eval.report.doc import (
+from dapt.eval.report import sections as S
+from dapt.eval.report.collect import RunData
+from dapt.eval.report.doc import (
     NR,
     Table,
     flatten,
@@ -32,7 +32,7 @@ from eval.report.doc import (
     get,
     num,
 )
-from eval.report.render import md_escape, md_table
+from dapt.eval.report.render import md_escape, md_table
 
 CARD_SECTIONS = [
     "Model Details",

@@ -10,7 +10,7 @@ import base64
 import html
 from pathlib import Path
 
-from eval.report.doc import Bullets, Figure, Para, Pre, Section, Table
+from dapt.eval.report.doc import Bullets, Figure, Para, Pre, Section, Table
 
 _CSS = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:0;color:#1b1f23;background:#fafbfc}

@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from eval.report import plots
-from eval.report.collect import UPSTREAM, RunData
-from eval.report.doc import (
+from dapt.eval.report import plots
+from dapt.eval.report.collect import UPSTREAM, RunData
+from dapt.eval.report.doc import (
     NR,
     Bullets,
     Figure,
@@ -432,7 +432,7 @@ def plan_rows(data: RunData) -> list[dict[str, Any]]:
 
     Each row: ``label``, ``planned``/``measured`` as (value, text), ``comparable`` and a ``note``. The
     planner's keys are looked up by their known names first (``memory.total`` is
-    ``pipeline.plan.memory.estimate``'s predicted peak per GPU; ``compute.*`` comes from
+    ``train.plan.memory.estimate``'s predicted peak per GPU; ``compute.*`` comes from
     ``compute_plan``), then by meaning, so the comparison survives renames. A ratio is only called
     comparable when both sides measure the same thing: on CPU the trainer's peak memory is the process's
     peak RSS (runtime included) and the plan's time assumes a GPU, so those rows are shown with a note

@@ -15,10 +15,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from eval.report import model_card, render, sections
-from eval.report.collect import collect
-from pipeline.fsutil import atomic_write_text
-from pipeline.stages import StageContext
+from dapt.eval.report import model_card, render, sections
+from dapt.eval.report.collect import collect
+from dapt.pipeline.fsutil import atomic_write_text
+from dapt.pipeline.stages import StageContext
 
 HTML = "report.html"
 MARKDOWN = "report.md"

@@ -13,9 +13,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import ConfigError, PreflightError
-from pipeline.plan import compute, gpus
-from pipeline.plan.plan import format_plan, make_plan
+from dapt.pipeline.errors import ConfigError, PreflightError
+from dapt.train.plan import compute, gpus
+from dapt.train.plan.plan import format_plan, make_plan
 
 _ALIASES = {
     "vocab": ("vocab_size", "n_vocab", "padded_vocab_size"),

@@ -1,6 +1,6 @@
 """The per-worker training loop: the function Ray Train runs on every worker (``train_loop``).
 
-It takes one plain dict (``spec``, built by ``pipeline.train.stage``) so the same function runs under
+It takes one plain dict (``spec``, built by ``train.stage``) so the same function runs under
 Ray Train's ``TorchTrainer``, under ``torchrun``/``torch.multiprocessing`` (tests), or in one process
 with no process group at all. Nothing here imports pydantic or the run config.
 
@@ -27,10 +27,10 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from pipeline.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
-from pipeline.train.flops import flops_per_token, mfu, peak_flops
-from pipeline.train.monitor import IGNORE, bits_per_byte
-from pipeline.train.schedule import lr_factor
+from dapt.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from dapt.train.flops import flops_per_token, mfu, peak_flops
+from dapt.train.monitor import IGNORE, bits_per_byte
+from dapt.train.schedule import lr_factor
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 FSDP_MODES = ("zero2", "zero3", "hybrid")

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.plan import compute, memory
-from pipeline.plan.gpus import GPU
+from dapt.train.plan import compute, memory
+from dapt.train.plan.gpus import GPU
 
 # Strategies the train stage implements, cheapest (least communication, least recomputation) first.
 TRAIN_SHARDINGS = ("ddp", "zero2", "zero3", "hybrid")

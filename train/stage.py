@@ -1,7 +1,7 @@
 """The ``train`` stage: continued pretraining on Ray Train, resumable, with a forgetting monitor.
 
 The driver (this module) resolves inputs, runs the preflight, builds the monitor windows, turns the
-config into a plain ``spec`` dict and launches ``pipeline.train.loop.train_loop`` on
+config into a plain ``spec`` dict and launches ``train.loop.train_loop`` on
 ``train.num_workers`` Ray Train workers. Workers write checkpoints and logs under ``ctx.work_dir`` (so
 they survive a killed run and a Ray restart after a worker failure) and the export into
 ``ctx.out_dir/model``; the driver copies the logs into the stage folder at the end.
@@ -15,10 +15,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import ConfigError, InputError
-from pipeline.stages import StageContext, compute_fingerprint
-from pipeline.train.config import TrainConfig
-from pipeline.train.schedule import warmup_steps
+from dapt.pipeline.errors import ConfigError, InputError
+from dapt.pipeline.stages import StageContext, compute_fingerprint
+from dapt.train.config import TrainConfig
+from dapt.train.schedule import warmup_steps
 
 
 def _resolve(stage_dir: Path, p: str | None) -> str | None:
@@ -136,7 +136,7 @@ def build_spec(ctx: StageContext) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def _model_config_for_plan(spec: dict[str, Any]) -> Any:
-    from pipeline.train.loop import load_model_config
+    from dapt.train.loop import load_model_config
 
     return load_model_config(spec)
 
@@ -145,9 +145,9 @@ def _preflight(ctx: StageContext, spec: dict[str, Any], use_gpu: bool) -> dict[s
     if not ctx.extra.get("preflight", True):
         return None
     try:
-        from pipeline.plan.preflight import preflight
+        from dapt.train.plan.preflight import preflight
     except ImportError:
-        ctx.log.info("preflight: pipeline.plan.preflight not available; skipped")
+        ctx.log.info("preflight: train.plan.preflight not available; skipped")
         return None
     mem = None
     kind = "cpu"
@@ -182,7 +182,7 @@ def launch(spec: dict[str, Any], storage: Path, max_failures: int, cpus_per_work
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from pipeline.train.loop import train_loop
+    from dapt.train.loop import train_loop
 
     use_gpu = bool(spec["use_gpu"])
     resources = {"CPU": cpus_per_worker}
@@ -205,9 +205,9 @@ def launch(spec: dict[str, Any], storage: Path, max_failures: int, cpus_per_work
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
-    from pipeline.ray_runtime import init_ray
-    from pipeline.train.checkpoint import discard_foreign, list_checkpoints
-    from pipeline.train.monitor import build_monitor_file
+    from dapt.pipeline.ray_runtime import init_ray
+    from dapt.train.checkpoint import discard_foreign, list_checkpoints
+    from dapt.train.monitor import build_monitor_file
 
     t0 = time.perf_counter()
     tc = ctx.cfg.train

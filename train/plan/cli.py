@@ -13,9 +13,9 @@ import json
 import sys
 from typing import Any
 
-from pipeline.errors import ConfigError
-from pipeline.plan import compute, gpus, memory
-from pipeline.plan.plan import format_plan, make_plan
+from dapt.pipeline.errors import ConfigError
+from dapt.train.plan import compute, gpus, memory
+from dapt.train.plan.plan import format_plan, make_plan
 
 
 def _num(text: str) -> float:
@@ -132,8 +132,8 @@ def plan_from_args(args: argparse.Namespace) -> dict[str, Any]:
     _check_free_form(args)
     knobs = _knob_overrides(args)
     if args.config:
-        from pipeline.config import load_config
-        from pipeline.plan.preflight import load_model_config, plan_for_run
+        from dapt.pipeline.config import load_config
+        from dapt.train.plan.preflight import load_model_config, plan_for_run
 
         cfg = load_config(args.config, list(args.overrides or []) + _plan_overrides(args))
         model_config = load_model_config(args.model) if args.model else None
@@ -144,7 +144,7 @@ def plan_from_args(args: argparse.Namespace) -> dict[str, Any]:
         raise ConfigError(f"key=value overrides ({args.overrides[0]}) need --config")
     arch: dict[str, Any] = {}
     if args.model:
-        from pipeline.plan.preflight import arch_from_model_config, exact_param_shapes, load_model_config
+        from dapt.train.plan.preflight import arch_from_model_config, exact_param_shapes, load_model_config
 
         mc = load_model_config(args.model)
         arch = arch_from_model_config(mc)

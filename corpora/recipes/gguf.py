@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import ConfigError, InputError
+from dapt.pipeline.errors import ConfigError, InputError
 
 # Text the verification runs through both models: prose, numbers and code so that the byte-level BPE, the
 # digits and the embeddings of rare pieces all take part.

@@ -1,7 +1,7 @@
 """Measure what the planner predicts: a rank's model-state bytes, saved activations, GPU peak memory.
 
 This module imports torch (the arithmetic in ``memory.py`` does not). The tests use it to hold the
-prediction to measurement on 2 gloo ranks; ``python -m pipeline.plan.measure`` on a CUDA machine
+prediction to measurement on 2 gloo ranks; ``python -m dapt.train.plan.measure`` on a CUDA machine
 prints the prediction next to ``torch.cuda.max_memory_allocated`` for a few configurations
 (``bench/gpu_check`` can call :func:`gpu_check` directly). It needs only torch and transformers.
 """
@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from pipeline.plan import memory
+from dapt.train.plan import memory
 
 
 def _local(t: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import InputError
+from dapt.pipeline.errors import InputError
 
 IGNORE = -100
 
