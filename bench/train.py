@@ -83,8 +83,8 @@ def make_inputs(d: Path, args: argparse.Namespace) -> Path:
         "sources": [{"name": "x", "kind": "domain", "paths": [str(d / "none.jsonl")]}],
         "model": {"name_or_path": str(run / "tokenizer" / "model")},
         "ray": {"num_cpus": args.threads, "object_store_memory_gb": 0.5},
+        "mix": {"seq_len": args.seq_len},
         "train": {
-            "seq_len": args.seq_len,
             "num_workers": 1,
             "cpus_per_worker": args.threads,
             "precision": args.precision,

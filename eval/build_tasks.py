@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import hashlib
 import json
 import random
 import re
@@ -33,6 +32,8 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+from dapt.pipeline.fsutil import sha256_file
 
 DICTD_DIR = Path("/usr/share/dictd")
 BUILDER_VERSION = 1
@@ -213,14 +214,6 @@ DESCRIPTIONS = {
 }
 
 
-def _sha256(p: Path) -> str:
-    h = hashlib.sha256()
-    with open(p, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _pkg_version(pkg: str) -> str | None:
     try:
         r = subprocess.run(
@@ -270,7 +263,7 @@ def build(
         "source": {
             "name": "WordNet 3.0 (Debian package dict-wn)",
             "package_version": _pkg_version("dict-wn"),
-            "files": {str(p): _sha256(p) for p in (index, data)},
+            "files": {str(p): sha256_file(p) for p in (index, data)},
             "license": "WordNet 3.0 license (see /usr/share/doc/dict-wn/copyright)",
         },
         "selection": {

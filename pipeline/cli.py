@@ -14,8 +14,7 @@ import traceback
 from collections.abc import Callable
 
 from dapt.pipeline.errors import DaptError
-
-STAGE_NAMES = ["clean", "tokenizer", "mix", "train", "eval", "report"]
+from dapt.pipeline.stages import STAGE_ORDER as STAGE_NAMES  # noqa: E402  (pydantic only: --help stays fast)
 
 # Subcommands implemented by a component: (module exposing add_arguments(parser) and main(args) -> int, help).
 EXTERNAL_COMMANDS = {
@@ -109,6 +108,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     report = cfg.run_path / "report" / "report.html"
     if report.exists():
         print(f"report: {report.resolve()}")
+    published = cfg.run_path / "publish" / "model"
+    if published.exists():
+        print(f"model: {published.resolve()}")
     return 0
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,12 +19,47 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from dapt.corpora.clean.config import CleanConfig, StepSpec
 from dapt.corpora.mix.config import MixConfig
+from dapt.corpora.split.config import SplitConfig
 from dapt.eval.config import EvalConfig
 from dapt.eval.report.config import ReportConfig
 from dapt.pipeline.errors import ConfigError, InputError
+from dapt.pipeline.knobs import NOT_FINGERPRINTED
 from dapt.tokenizer.config import TokenizerConfig
 from dapt.train.config import TrainConfig
 from dapt.train.plan.config import PlanConfig
+
+CONFIG_VERSION = 2
+"""2: ``train.seq_len`` is ``mix.seq_len`` (the block length is the mix stage's fact) and ``mix.split`` is
+the top-level ``split`` section (held-out documents are chosen before the tokenizer sees any text)."""
+
+MIGRATIONS: list[tuple[str, str]] = [("train.seq_len", "mix.seq_len"), ("mix.split", "split")]
+"""Keys of config version 1 and where version 2 keeps them."""
+
+
+def migrate(data: dict[str, Any], origin: str, overwrite: bool = False) -> list[str]:
+    """Move version-1 keys to their version-2 place in ``data``; one note per key moved.
+
+    A key given in both places of one file is an error (which would win is not obvious); an override on
+    the command line (``overwrite``) replaces the value the file gave."""
+    notes = []
+    for old, new in MIGRATIONS:
+        old_top, old_leaf = old.split(".")
+        new_top, *new_leaf = new.split(".")
+        section = data.get(old_top)
+        if not isinstance(section, dict) or old_leaf not in section:
+            continue
+        value = section.pop(old_leaf)
+        if not new_leaf:
+            target, key = data, new_top
+        else:
+            if not isinstance(data.get(new_top), dict):
+                data[new_top] = {}
+            target, key = data[new_top], new_leaf[0]
+        if key in target and not overwrite:
+            raise ConfigError(f"{origin}: {old}: set {new} only ({old} is its config-version-1 name)")
+        target[key] = value
+        notes.append(f"{origin}: {old} is read as {new} (config version {CONFIG_VERSION}; rename it)")
+    return notes
 
 
 class StrictModel(BaseModel):
@@ -61,8 +97,9 @@ class SourceConfig(StrictModel):
     """Overrides the default cleaning steps of this source's kind (see docs/cleaning.md)."""
     weight: float = Field(default=1.0, gt=0)
     """Relative weight among the sources on the same side of the mix."""
-    license: str | None = None
-    provenance: str | None = None
+    license: str | None = Field(default=None, json_schema_extra=NOT_FINGERPRINTED)
+    provenance: str | None = Field(default=None, json_schema_extra=NOT_FINGERPRINTED)
+    """Licence and provenance are reported (model card, data section), never change a stage's output."""
 
     @model_validator(mode="after")
     def _infer_format(self) -> SourceConfig:
@@ -146,6 +183,8 @@ class RayConfig(StrictModel):
 class RunConfig(StrictModel):
     """The whole run. Sections default to sensible values so a config can be a dozen lines."""
 
+    config_version: int = Field(default=CONFIG_VERSION, ge=1, le=CONFIG_VERSION)
+    """Version of the config layout; older layouts are migrated on load (see ``MIGRATIONS``)."""
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     run_dir: str | None = None
     seed: int = 0
@@ -153,6 +192,7 @@ class RunConfig(StrictModel):
     model: ModelConfig
     ray: RayConfig = Field(default_factory=RayConfig)
     clean: CleanConfig = Field(default_factory=CleanConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
     mix: MixConfig = Field(default_factory=MixConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -174,6 +214,18 @@ class RunConfig(StrictModel):
         if "domain" not in kinds:
             raise ValueError("at least one source must have kind: domain")
         return v
+
+    @model_validator(mode="after")
+    def _wire_sections(self) -> RunConfig:
+        """The composition root's one cross-section default: the mix decontaminates against the tasks
+        eval scores unless told otherwise. Filled in here so the mix stage reads only its own section
+        (and its fingerprint follows the task list)."""
+        d = self.mix.decontamination
+        if d.tasks is None:
+            d.tasks = list(self.eval.tasks)
+        if d.task_dirs is None:
+            d.task_dirs = list(self.eval.task_dirs)
+        return self
 
     @property
     def run_path(self) -> Path:
@@ -271,8 +323,12 @@ def load_config(
         raise ConfigError(f"{path}:{where}: invalid YAML: {getattr(e, 'problem', e)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping of sections")
+    notes = migrate(data, path)
     for key, value in parse_overrides(overrides or []):
         _set_dotted(data, key, value, path)
+    notes += migrate(data, "command line", overwrite=True)
+    for note in notes:
+        print(f"dapt: note: {note}", file=sys.stderr)
     try:
         cfg = RunConfig.model_validate(data)
     except ValidationError as e:

@@ -69,3 +69,43 @@ def files_fingerprint(paths: Iterable[str | os.PathLike]) -> list[dict[str, Any]
 
 def dir_size(path: str | os.PathLike) -> int:
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes, read in chunks (model files are GBs)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def resolve_output(stage_folder: str | os.PathLike, p: str | None) -> Path | None:
+    """A path from a manifest's ``outputs``: relative to that stage's folder unless absolute."""
+    if not p:
+        return None
+    q = Path(p)
+    return q if q.is_absolute() else Path(stage_folder) / q
+
+
+def link_or_copy(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Hard-link ``src`` to ``dst`` (no second copy of a multi-GB weight file), copying across devices."""
+    import shutil
+
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.txt")
+
+
+def has_tokenizer_files(path: str | os.PathLike) -> bool:
+    """A local folder that carries a tokenizer, or a hub id (assumed to carry its own)."""
+    p = Path(path)
+    if not p.is_dir():
+        return not p.is_absolute() and not p.exists()
+    return any((p / f).exists() for f in TOKENIZER_FILES)

@@ -34,8 +34,10 @@ from dapt.pipeline.fsutil import (
     atomic_write_text,
     files_fingerprint,
     read_json,
+    resolve_output,
     stable_hash,
 )
+from dapt.pipeline.knobs import fingerprint_view
 
 DONE_MARKER = "_DONE"
 MANIFEST = "manifest.json"
@@ -53,10 +55,19 @@ def _model_files(cfg: RunConfig) -> list[Path]:
     return []
 
 
-def _task_files(cfg: RunConfig) -> list[Path]:
-    """The data of the local eval tasks: rebuilt tasks change decontamination (mix) and results (eval)."""
+def _decontamination_task_files(cfg: RunConfig) -> list[Path]:
+    """The data of the tasks the mix decontaminates against: rebuilt tasks change the mix."""
+    return _task_files(cfg.mix.decontamination.task_dirs or [])
+
+
+def _eval_task_files(cfg: RunConfig) -> list[Path]:
+    """The data of the tasks eval scores: rebuilt tasks change the results."""
+    return _task_files(cfg.eval.task_dirs)
+
+
+def _task_files(dirs: list[str]) -> list[Path]:
     files: list[Path] = []
-    for d in getattr(cfg.eval, "task_dirs", []) or []:
+    for d in dirs:
         root = Path(d)
         if root.is_dir():
             files.extend(
@@ -67,15 +78,23 @@ def _task_files(cfg: RunConfig) -> list[Path]:
 
 @dataclass(frozen=True)
 class StageSpec:
+    """One row of the stage table: what the stage runs, what it reads, and what makes it stale."""
+
     name: str
     target: str
     """``module:function`` imported lazily, so ``dapt --help`` does not import torch."""
     needs: tuple[str, ...]
+    """Upstream stages whose manifests the stage reads (and whose fingerprints enter its own)."""
     config_keys: tuple[str, ...]
+    """The config sections the stage reads; ``ctx.cfg`` exposes these and nothing else, and they are
+    fingerprinted minus the fields declared ``NOT_FINGERPRINTED`` (see pipeline/knobs.py)."""
     inputs: Callable[[RunConfig], list[Path] | list[str]] | None = None
     help: str = ""
     ignore: tuple[str, ...] = ()
     """Keys of list items under a config key that do not affect this stage (``sources.*.weight``)."""
+    describes_config: bool = False
+    """The stage writes the config into its output (the report, the model card): every field it reads
+    counts, including those declared ``NOT_FINGERPRINTED`` for the stages that only compute."""
 
 
 STAGES: dict[str, StageSpec] = {
@@ -91,44 +110,62 @@ STAGES: dict[str, StageSpec] = {
             ignore=("sources.*.weight",),
         ),
         StageSpec(
+            "split",
+            "dapt.corpora.split.stage:run",
+            ("clean",),
+            ("split", "sources"),
+            None,
+            "hold out validation and test documents per source, before anything is fitted on the text",
+            ignore=("sources.*.weight",),
+        ),
+        StageSpec(
             "tokenizer",
             "dapt.tokenizer.stage:run",
-            ("clean",),
-            ("model", "tokenizer", "seed"),
+            ("clean", "split"),
+            ("model", "tokenizer", "sources", "seed"),
             _model_files,
             "train, extend or keep the tokenizer; resize and initialise the model's embeddings",
         ),
         StageSpec(
             "mix",
             "dapt.corpora.mix.stage:run",
-            ("clean", "tokenizer"),
-            ("mix", "sources", "train.seq_len", "eval.tasks", "eval.task_dirs", "seed"),
-            _task_files,
-            "held-out splits, decontamination, token-exact domain/general mixing, packing",
+            ("clean", "split", "tokenizer"),
+            ("mix", "sources", "seed"),
+            _decontamination_task_files,
+            "decontamination, token-exact domain/general mixing, packing",
         ),
         StageSpec(
             "train",
             "dapt.train.stage:run",
             ("tokenizer", "mix"),
-            ("train", "seed"),
+            ("train", "seed", "plan"),
             None,
             "sharded continued pretraining on Ray Train (FSDP2 / DDP), resumable",
         ),
         StageSpec(
             "eval",
             "dapt.eval.stage:run",
-            ("tokenizer", "mix", "train"),
+            ("tokenizer", "split", "mix", "train"),
             ("eval", "seed"),
-            _task_files,
+            _eval_task_files,
             "bits-per-byte and lm-eval benchmarks, base vs adapted, quantized variants",
         ),
         StageSpec(
             "report",
             "dapt.eval.report.stage:run",
-            ("clean", "tokenizer", "mix", "train", "eval"),
-            ("report", "plan"),
+            ("clean", "split", "tokenizer", "mix", "train", "eval"),
+            ("report", "plan", "sources", "model", "seed"),
             None,
             "HTML + Markdown evaluation report and the model card",
+            describes_config=True,
+        ),
+        StageSpec(
+            "publish",
+            "dapt.train.publish:run",
+            ("train", "report"),
+            (),
+            None,
+            "the final model folder: the exported weights with the report's model card as README.md",
         ),
     ]
 }
@@ -154,15 +191,13 @@ def read_manifest(cfg: RunConfig, name: str) -> dict[str, Any]:
     return read_json(d / MANIFEST)
 
 
-def _section(cfg: RunConfig, key: str) -> Any:
-    try:
-        return cfg.section(key)
-    except (KeyError, IndexError):
-        return None
-
-
 def _config_view(cfg: RunConfig, spec: StageSpec) -> dict[str, Any]:
-    view = {k: _section(cfg, k) for k in spec.config_keys}
+    """The config sections that enter the stage's fingerprint (fields declared NOT_FINGERPRINTED left
+    out, unless the stage describes the config in its output)."""
+    view = {
+        k: cfg.section(k) if spec.describes_config else fingerprint_view(getattr(cfg, k))
+        for k in spec.config_keys
+    }
     for pattern in spec.ignore:
         top, _, leaf = pattern.split(".")
         for item in view.get(top) or []:
@@ -236,17 +271,51 @@ def git_revision() -> str | None:
         return None
 
 
+FRAME_ATTRIBUTES = frozenset({"ray", "name", "run_path", "run_dir", "config_path"})
+"""Run-level facts every stage may read: where the run lives and how to reach Ray."""
+
+
+class StageConfig:
+    """A stage's window on the run config: its declared sections and the run-level facts, nothing else.
+
+    A stage that reads a section it did not declare would not be rerun when that section changes (it is
+    not in its fingerprint), so such a read is an error at once rather than a stale result later.
+    """
+
+    def __init__(self, cfg: RunConfig, spec: StageSpec) -> None:
+        self._cfg = cfg
+        self._allowed = FRAME_ATTRIBUTES | {k.split(".")[0] for k in spec.config_keys}
+        self._stage = spec.name
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        if name == "sources_of" and "sources" in self._allowed:
+            return self._cfg.sources_of
+        if name not in self._allowed:
+            raise AttributeError(
+                f"stage {self._stage!r} reads config key {name!r} that it does not declare "
+                f"(declared: {sorted(self._allowed - FRAME_ATTRIBUTES)}); read it from an upstream "
+                "manifest or declare it in the stage table (pipeline/stages.py)"
+            )
+        return getattr(self._cfg, name)
+
+
 @dataclass
 class StageContext:
-    """What a stage function gets: the config, where to write, and how to read upstream outputs."""
+    """What a stage function gets: its config sections, its fingerprint, where to write, and how to read
+    upstream outputs."""
 
-    cfg: RunConfig
+    cfg: StageConfig
     spec: StageSpec
     out_dir: Path
     work_dir: Path
     log: logging.Logger
+    fingerprint: str = ""
+    """Computed by the runner (stages never recompute it): keys resumable state in ``work_dir``."""
     force: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    run_config: RunConfig | None = field(default=None, repr=False)
 
     @property
     def name(self) -> str:
@@ -254,14 +323,29 @@ class StageContext:
 
     @property
     def run_dir(self) -> Path:
-        return self.cfg.run_path
+        return self.run_config.run_path if self.run_config else self.cfg.run_path
 
     def upstream_dir(self, name: str) -> Path:
-        read_manifest(self.cfg, name)  # raises with the stage to run first
-        return stage_dir(self.cfg, name)
+        self._check_upstream(name)
+        read_manifest(self.run_config, name)  # raises with the stage to run first
+        return stage_dir(self.run_config, name)
 
     def upstream_manifest(self, name: str) -> dict[str, Any]:
-        return read_manifest(self.cfg, name)
+        self._check_upstream(name)
+        return read_manifest(self.run_config, name)
+
+    def upstream_output(self, name: str, key: str) -> Path | None:
+        """The path an upstream manifest names under ``outputs.<key>`` (relative to that stage's folder
+        unless absolute); None when the manifest names none."""
+        outputs = self.upstream_manifest(name).get("outputs") or {}
+        return resolve_output(stage_dir(self.run_config, name), outputs.get(key))
+
+    def _check_upstream(self, name: str) -> None:
+        if name not in self.spec.needs:
+            raise RuntimeError(
+                f"stage {self.name!r} reads stage {name!r}, which it does not list in `needs` "
+                "(its fingerprint would not follow that stage)"
+            )
 
 
 def _setup_log(cfg: RunConfig, name: str) -> tuple[logging.Logger, Path, logging.Handler]:
@@ -306,7 +390,15 @@ def run_stage(
     logger, log_path, handler = _setup_log(cfg, name)
     logger.info("starting stage %s (fingerprint %s)", name, fp[:12])
     ctx = StageContext(
-        cfg=cfg, spec=spec, out_dir=tmp, work_dir=work, log=logger, force=force, extra=dict(extra or {})
+        cfg=StageConfig(cfg, spec),
+        spec=spec,
+        out_dir=tmp,
+        work_dir=work,
+        log=logger,
+        fingerprint=fp,
+        force=force,
+        extra=dict(extra or {}),
+        run_config=cfg,
     )
     started = datetime.now(UTC)
     t0 = time.perf_counter()

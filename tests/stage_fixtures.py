@@ -35,3 +35,11 @@ def slow_writer(ctx: StageContext) -> dict:
     time.sleep(float(os.environ.get("DAPT_TEST_SLEEP", "60")))
     (ctx.out_dir / "part-1.txt").write_text("rest\n")
     return {"counts": {"parts": 2}}
+
+
+def fail_on_input(ctx: StageContext) -> dict:
+    """A stage that fails part-way on bad input, after writing some output."""
+    from dapt.pipeline.errors import InputError
+
+    (ctx.out_dir / "part-0.txt").write_text("half\n")
+    raise InputError("fin.jsonl:3: no finished output of what this stage reads")

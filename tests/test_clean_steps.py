@@ -363,16 +363,16 @@ def test_parquet_rows_and_row_group_shards(tmp_path):
 
 
 def _components_by_stars(u: np.ndarray, v: np.ndarray, buckets: int = 3) -> dict[int, int]:
-    """Run the stage's large-star / small-star kernels with an in-process 'shuffle' (group by bucket)."""
-    from dapt.corpora.clean.stage import _both_directions, _star_group
+    """Run the dedup's large-star / small-star kernels with an in-process 'shuffle' (group by bucket)."""
+    from dapt.corpora.clean.dedup.components import both_directions, star_group
 
     edges = {"u": u, "v": v}
     prev = None
     for _ in range(50):
         for large in (True, False):
-            d = _both_directions(edges, buckets)
+            d = both_directions(edges, buckets)
             outs = [
-                _star_group({"u": d["u"][d["bucket"] == b], "v": d["v"][d["bucket"] == b]}, large)
+                star_group({"u": d["u"][d["bucket"] == b], "v": d["v"][d["bucket"] == b]}, large)
                 for b in np.unique(d["bucket"])
             ]
             edges = {k: np.concatenate([o[k] for o in outs]) for k in ("u", "v", "h")}
@@ -412,16 +412,17 @@ def test_star_rounds_label_every_node_with_its_component_minimum():
 
 
 def test_exact_and_band_group_kernels():
-    from dapt.corpora.clean.stage import _band_group, _exact_group
+    from dapt.corpora.clean.dedup.exact import exact_group
+    from dapt.corpora.clean.dedup.lsh import band_group
 
     rank = np.array([5, 3, 9, 4, 7], np.int64)
     xhi = np.array([1, 1, 2, 1, 2], np.uint64)
     xlo = np.array([0, 0, 0, 0, 0], np.uint64)
-    e = _exact_group({"rank": rank, "xhi": xhi, "xlo": xlo})
+    e = exact_group({"rank": rank, "xhi": xhi, "xlo": xlo})
     assert sorted(zip(e["u"].tolist(), e["v"].tolist(), strict=True)) == [(4, 3), (5, 3), (9, 7)]
     key = np.array([10, 10, 10, 10, 20], np.int64)
-    b = _band_group({"key": key, "rank": rank, "xhi": xhi}, max_pairs=16, collapse_exact=True)
+    b = band_group({"key": key, "rank": rank, "xhi": xhi}, max_pairs=16, collapse_exact=True)
     # identical texts (xhi 1: ranks 3, 4, 5) collapse to rank 3; bucket 10 -> {3, 9}
     assert sorted(zip(b["u"].tolist(), b["v"].tolist(), strict=True)) == [(3, 9)]
-    b = _band_group({"key": key, "rank": rank, "xhi": xhi}, max_pairs=2, collapse_exact=False)
+    b = band_group({"key": key, "rank": rank, "xhi": xhi}, max_pairs=2, collapse_exact=False)
     assert sorted(zip(b["u"].tolist(), b["v"].tolist(), strict=True)) == [(3, 4), (3, 5), (3, 9)]  # star

@@ -41,16 +41,26 @@ def test_tiny_config_runs_end_to_end(tmp_path: Path) -> None:
     mix = json.loads((run_dir / "mix" / "manifest.json").read_text())
     assert abs(mix["mix"]["achieved_domain_fraction"] - 0.51) < 0.01
 
-    # The exported model loads and the report and model card exist with real content.
+    # The tokenizer was fitted on the training split only.
+    tok = json.loads((run_dir / "tokenizer" / "manifest.json").read_text())
+    split = json.loads((run_dir / "split" / "manifest.json").read_text())
+    assert (
+        tok["trained_on"]["heldout_excluded"]
+        == split["counts"]["validation_docs"] + split["counts"]["test_docs"]
+    )
+
+    # The published model loads and carries the report's card; no stage wrote into train's folder.
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model_dir = run_dir / "train" / "model"
+    model_dir = run_dir / "publish" / "model"
     AutoModelForCausalLM.from_pretrained(model_dir)
     AutoTokenizer.from_pretrained(model_dir)
     html = (run_dir / "report" / "report.html").read_text()
     assert "data:image/png;base64," in html and "bits-per-byte" in html.lower()
     card = (model_dir / "README.md").read_text()
     assert "## Evaluation" in card or "## Evaluation results" in card
+    assert card == (run_dir / "report" / "model_card.md").read_text()
+    assert not (run_dir / "train" / "model" / "README.md").exists()
 
     # The per-item task values behind the paired tests are kept, for both models.
     for role in ("base", "adapted"):

@@ -98,8 +98,9 @@ def test_public_finance_tasks_run_with_flare_schema(local_finance_tasks, sp_toke
     from lm_eval.tasks import get_task_dict
     from transformers import AutoTokenizer
 
+    from dapt.eval.compare import task_rows
+    from dapt.eval.harness import task_results
     from dapt.eval.lm_backend import DaptLM
-    from dapt.eval.stage import task_results, task_rows
     from dapt.eval.tasks_registry import seeds, task_manager
 
     tok = AutoTokenizer.from_pretrained(sp_tokenizer_dir)

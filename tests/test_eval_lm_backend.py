@@ -165,7 +165,8 @@ def test_simple_evaluate_same_accuracy(model_and_tok, tmp_path):
     # and a paired bootstrap for both (the same model twice: no difference).
     from lm_eval.tasks import get_task_dict
 
-    from dapt.eval.stage import task_results, task_rows
+    from dapt.eval.compare import task_rows
+    from dapt.eval.harness import task_results
 
     leaves = get_task_dict(["tiny_mc_backend"], task_manager(tmp_path / "tasks", include_defaults=False))
     per = {role: task_results(out[k], leaves) for role, k in (("base", "hf"), ("adapted", "dapt"))}

@@ -195,9 +195,14 @@ def _make_run(tmp_path_factory, sp_tokenizer_dir, built_tasks, full: bool):
     trdir = _write_stage(run_dir, "train", {"outputs": {"model": "model"}})
     adapted.save_pretrained(trdir / "model")
     tok.save_pretrained(trdir / "model")
-    mdir = _write_stage(run_dir, "mix", {"outputs": {"heldout": "heldout"}})
+    _write_stage(run_dir, "mix", {"outputs": {}, "seq_len": 64})
+    sdir = _write_stage(
+        run_dir,
+        "split",
+        {"outputs": {"heldout": "heldout"}, "sources": {"fin": "domain", "books": "general"}},
+    )
     for src, kind, seed in (("fin", "domain", 21), ("books", "general", 22)):
-        d = mdir / "heldout" / src
+        d = sdir / "heldout" / src
         d.mkdir(parents=True)
         docs = make_docs(kind, 12, seed=seed, sentences=4)
         for split, part in (("validation", docs[:2]), ("test", docs[2:])):
@@ -215,7 +220,6 @@ def _make_run(tmp_path_factory, sp_tokenizer_dir, built_tasks, full: bool):
             {"name": "books", "kind": "general", "paths": [str(root / "books.jsonl")]},
         ],
         "model": {"from_config": {"vocab_size": len(tok)}, "tokenizer": str(sp_tokenizer_dir)},
-        "train": {"seq_len": 64},
         "eval": {
             "tasks": ["dapt_wn_finance", "dapt_wn_general", "fin_fpb"] if full else ["fin_fpb"],
             "task_dirs": [str(built_tasks)],

@@ -79,13 +79,14 @@ def make_run(
         sources.append({"name": sname, "kind": kind, "paths": [str(p)]})
     write_clean(run_dir, docs)
     write_tokenizer(run_dir, tok_dir)
+    mix = dict(mix)
     cfg = {
         "name": name,
         "run_dir": str(run_dir),
         "sources": sources,
         "model": {"from_config": {}},
-        "train": {"seq_len": SEQ_LEN},
-        "mix": mix,
+        "split": mix.pop("split", {}),
+        "mix": {"seq_len": SEQ_LEN, **mix},
     }
     path = tmp / "run.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -93,7 +94,10 @@ def make_run(
 
 
 def run_mix(cfg_path: Path, overrides: list[str] | None = None) -> dict:
-    return run_stage(load_config(cfg_path, overrides), "mix", echo=None)
+    """The real split stage (held-out documents), then the mix."""
+    cfg = load_config(cfg_path, overrides)
+    run_stage(cfg, "split", echo=None)
+    return run_stage(cfg, "mix", echo=None)
 
 
 def stream_documents(run_dir: Path, sp_model_path: Path) -> list[tuple[str, int]]:
@@ -197,14 +201,16 @@ def test_doc_boundaries_and_heldout_files(shared_run):
         after_eos = np.flatnonzero(row[:-1] == eos) + 1
         assert set(after_eos.tolist()) <= set(st.tolist())
         assert all(p == 0 or row[p - 1] == eos for p in st.tolist())
-    # Held-out files in the contract's format, one object per line.
+    # Held-out files (the split stage's) in the contract's format, one object per line.
+    split_manifest = json.loads((run_dir / "split" / "manifest.json").read_text())
     for src in ("fin_a", "fin_b", "web"):
         for split in ("validation", "test"):
-            lines = (run_dir / "mix" / "heldout" / src / f"{split}.jsonl").read_text().splitlines()
-            assert len(lines) == m["heldout"][src][split] >= 1
+            lines = (run_dir / "split" / "heldout" / src / f"{split}.jsonl").read_text().splitlines()
+            assert len(lines) == split_manifest["heldout"][src][split] >= 1
             rec = json.loads(lines[0])
             assert set(rec) == {"id", "source", "kind", "text"} and rec["source"] == src
-    assert m["outputs"]["train_tokens"] == "train/tokens.npy" and m["outputs"]["heldout"] == "heldout"
+    assert m["outputs"]["train_tokens"] == "train/tokens.npy" and "heldout" not in m["outputs"]
+    assert split_manifest["outputs"] == {"heldout": "heldout", "heldout_ids": "heldout_ids.txt"}
 
 
 def test_infeasible_fraction_states_the_feasible_maximum(shared_run):
@@ -249,9 +255,9 @@ def test_replay_is_the_general_share(shared_run):
 def _digests(run_dir: Path) -> dict[str, str]:
     import hashlib
 
-    root = run_dir / "mix"
     return {
         str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for root in (run_dir / "mix", run_dir / "split")
         for p in sorted(root.rglob("*"))
         if p.is_file() and p.suffix in (".npy", ".jsonl")
     }
@@ -300,7 +306,7 @@ def test_no_heldout_document_or_near_duplicate_in_training(
     held = []
     for src in ("fin", "web"):
         for split in ("validation", "test"):
-            p = tmp_path / "run" / "mix" / "heldout" / src / f"{split}.jsonl"
+            p = tmp_path / "run" / "split" / "heldout" / src / f"{split}.jsonl"
             held += [json.loads(x)["text"] for x in p.read_text().splitlines()]
     assert len(held) == 24
     assert m["counts"]["near_dup_dropped"] >= 6  # at least the twins of the fin held-out docs
@@ -337,7 +343,7 @@ def test_planted_benchmark_overlaps_are_removed(tmp_path, sp_tokenizer_dir, sp_m
     m = run_mix(cfg)
     held_ids = set()
     for split in ("validation", "test"):
-        p = tmp_path / "run" / "mix" / "heldout" / "fin" / f"{split}.jsonl"
+        p = tmp_path / "run" / "split" / "heldout" / "fin" / f"{split}.jsonl"
         held_ids |= {json.loads(x)["id"] for x in p.read_text().splitlines()}
     expected = len([i for i in planted if f"fin-{i}" not in held_ids])
     assert m["decontamination"] == {"bench.jsonl": expected}
@@ -363,11 +369,12 @@ def test_date_split_holds_out_later_documents(tmp_path, sp_tokenizer_dir, ray_lo
         {"domain_fraction": 0.6, "split": {"by": "date", "after": "2022-12-31", "validation_docs": 2}},
     )
     m = run_mix(cfg)
-    assert m["heldout"]["fin"] == {"validation": 2, "test": 10}
-    assert m["heldout"]["web"] == {"validation": 2, "test": 0}  # undated: never test
+    held = json.loads((tmp_path / "run" / "split" / "manifest.json").read_text())["heldout"]
+    assert held["fin"] == {"validation": 2, "test": 10}
+    assert held["web"] == {"validation": 2, "test": 0}  # undated: never test
     test_ids = [
         json.loads(x)["id"]
-        for x in (tmp_path / "run" / "mix" / "heldout" / "fin" / "test.jsonl").read_text().splitlines()
+        for x in (tmp_path / "run" / "split" / "heldout" / "fin" / "test.jsonl").read_text().splitlines()
     ]
     assert sorted(test_ids) == sorted(f"fin-{i}" for i in range(20, 30))
     assert m["mix"]["per_source"]["fin"]["docs"] == 30 - 12
@@ -409,14 +416,10 @@ def test_decontamination_against_configured_eval_tasks(tmp_path, sp_tokenizer_di
     fin[9] += " Notes: " + question
     docs = {"fin": ("domain", fin, None), "web": ("general", make_docs("general", 40, seed=42), None)}
     cfg = make_run(tmp_path, sp_tokenizer_dir, docs, {"domain_fraction": 0.5})
-    m = run_stage(
-        load_config(cfg, ["eval.tasks=[mix_probe_task]", f"eval.task_dirs=[{tmp_path / 'tasks'}]"]),
-        "mix",
-        echo=None,
-    )
+    m = run_mix(cfg, ["eval.tasks=[mix_probe_task]", f"eval.task_dirs=[{tmp_path / 'tasks'}]"])
     held = set()
     for split in ("validation", "test"):
-        p = tmp_path / "run" / "mix" / "heldout" / "fin" / f"{split}.jsonl"
+        p = tmp_path / "run" / "split" / "heldout" / "fin" / f"{split}.jsonl"
         held |= {json.loads(x)["id"] for x in p.read_text().splitlines()}
     assert m["decontamination"] == {"mix_probe_task": len({"fin-5", "fin-9"} - held)}
     assert m["decontamination_info"]["skipped"] is None

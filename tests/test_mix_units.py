@@ -9,11 +9,12 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from dapt.corpora.mix.config import MixConfig, SplitConfig
+from dapt.corpora.mix.config import MixConfig
 from dapt.corpora.mix.decontam import build_index, match_documents
 from dapt.corpora.mix.pack import BlockWriter, source_stream
 from dapt.corpora.mix.solver import SourceSupply, solve_mix, water_fill
-from dapt.corpora.mix.split import split_counts
+from dapt.corpora.split.config import SplitConfig
+from dapt.corpora.split.select import split_counts
 from dapt.pipeline.errors import ConfigError
 
 
@@ -201,7 +202,7 @@ def test_work_units_cover_every_row_once(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from dapt.corpora.mix.stage import read_unit, work_units
+    from dapt.corpora.mix.prep import read_unit, work_units
 
     n = 23
     t = pa.table(

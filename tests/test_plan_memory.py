@@ -11,7 +11,7 @@ import pytest
 from dapt.train.plan import memory
 from dapt.train.plan.memory import GB
 
-PLAN_DIR = Path(__file__).resolve().parents[1] / "pipeline" / "plan"
+PLAN_DIR = Path(__file__).resolve().parents[1] / "train" / "plan"
 
 
 # --- the seed's figures, by its own rules -------------------------------------------------------------
@@ -177,7 +177,7 @@ def test_bad_choices_raise():
         memory.estimate(params=1e9, sharding="zero4")
 
 
-@pytest.mark.parametrize("name", ["memory.py", "compute.py", "gpus.py", "plan.py"])
+@pytest.mark.parametrize("name", ["memory.py", "states.py", "compute.py", "gpus.py", "plan.py"])
 def test_arithmetic_modules_import_only_stdlib(name):
     """bench/gpu_check runs where only torch and transformers exist: these must need nothing else."""
     import sys

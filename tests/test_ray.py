@@ -84,7 +84,7 @@ def test_submit_stage_succeeds_and_failing_job_exits_nonzero(ray_head, tmp_path:
     assert "SUCCEEDED" in ok.stdout
     assert (tmp_path / "run" / "clean" / "_DONE").exists()
 
-    # mix needs the tokenizer stage first: the job fails, and so does `dapt submit`.
+    # mix needs the split and tokenizer stages first: the job fails, and so does `dapt submit`.
     bad = _dapt("submit", "--address", address, "--config", str(cfg), "mix")
     assert bad.returncode != 0
-    assert "FAILED" in bad.stdout and "dapt tokenizer" in bad.stdout
+    assert "FAILED" in bad.stdout and "dapt split" in bad.stdout

@@ -16,7 +16,7 @@ import stage_fixtures
 
 from dapt.pipeline import stages
 from dapt.pipeline.config import load_config
-from dapt.pipeline.errors import StageMissingError
+from dapt.pipeline.errors import InputError, StageMissingError
 
 CFG = """\
 name: t
@@ -40,7 +40,9 @@ def setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setitem(
         stages.STAGES,
         "tokenizer",
-        dataclasses.replace(stages.STAGES["tokenizer"], target="stage_fixtures:read_upstream"),
+        dataclasses.replace(
+            stages.STAGES["tokenizer"], target="stage_fixtures:read_upstream", needs=("clean",)
+        ),
     )
     stage_fixtures.CALLS.clear()
     return tmp_path, cfg_path
@@ -182,10 +184,10 @@ def test_stage_failure_is_logged_and_not_done(setup, monkeypatch: pytest.MonkeyP
     monkeypatch.setitem(
         stages.STAGES,
         "clean",
-        dataclasses.replace(stages.STAGES["clean"], target="stage_fixtures:read_upstream"),
+        dataclasses.replace(stages.STAGES["clean"], target="stage_fixtures:fail_on_input"),
     )
     cfg = load_config(cfg_path)
-    with pytest.raises(StageMissingError):
+    with pytest.raises(InputError):
         stages.run_stage(cfg, "clean", echo=None)
     assert "no finished output" in (tmp / "run" / "logs" / "clean.log").read_text()
     assert stages.stage_status(cfg, "clean") == "missing"

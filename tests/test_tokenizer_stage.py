@@ -41,6 +41,7 @@ def bpe_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _run(tmp_path: Path, model: dict, **tok) -> tuple[dict, Path]:
     make_clean_stage(tmp_path / "run")
     cfg = load_config(write_config(tmp_path, model, TOK | tok))
+    run_stage(cfg, "split", echo=None)  # the real split stage: the tokenizer reads its held-out ids
     man = run_stage(cfg, "tokenizer", echo=None)
     return man, tmp_path / "run" / "tokenizer"
 
@@ -252,3 +253,52 @@ def test_config_errors(tmp_path):
         load_config(write_config(tmp_path, {"name_or_path": "x/y"}, {"new_tokens": 0}))
     with pytest.raises(ConfigError, match="unknown key"):
         load_config(write_config(tmp_path, {"name_or_path": "x/y"}, {"vocab": 5}))
+
+
+PLANTED = "Quorvexian"
+
+
+def _plant(docs: list[str], first: bool) -> list[str]:
+    """``docs`` with document 1 full of a unique word (not 0: the tokenizer's own fertility sample,
+    a hash of the id, would take ``fin-0`` out of the control), salted so its split key is the smallest of
+    the source (``first``: the split stage puts it in test) or not the smallest (it stays in training)."""
+    from dapt.corpora.split.select import split_key
+
+    others = min(split_key(d) for d in docs)
+    for salt in range(100_000):
+        text = f"{docs[1]} " + f"{PLANTED} ledger. " * 120 + f"ref {salt}"
+        if (split_key(text) < others) == first:
+            return [docs[0], text, *docs[2:]]
+    raise AssertionError("no salt found")
+
+
+@pytest.mark.parametrize("in_test", [True, False])
+def test_tokenizer_never_sees_heldout_text(in_test, bpe_base, tmp_path):
+    """A word that occurs only in one test-split document never becomes a piece of the adapted
+    tokenizer; planted in a training document instead (the control), the same word does."""
+    import pyarrow.parquet as pq
+    from transformers import AutoTokenizer
+
+    run = tmp_path / "run"
+    make_clean_stage(run)
+    part = run / "clean" / "kept" / "fin" / "part-00000.parquet"
+    table = pq.read_table(part)
+    texts = _plant(table.column("text").to_pylist(), first=in_test)
+    pq.write_table(table.set_column(table.schema.get_field_index("text"), "text", [texts]), part)
+    cfg = load_config(write_config(tmp_path, {"name_or_path": str(bpe_base)}, TOK | {"mode": "extend"}))
+    split = run_stage(cfg, "split", echo=None)
+    test_ids = (run / "split" / "heldout" / "fin" / "test.jsonl").read_text()
+    assert ('"fin-1"' in test_ids) == in_test
+    man = run_stage(cfg, "tokenizer", echo=None)
+    assert man["trained_on"]["split"] == "train"
+    assert man["trained_on"]["heldout_excluded"] == sum(
+        c["validation"] + c["test"] for c in split["heldout"].values()
+    )
+    tok = AutoTokenizer.from_pretrained(str(run / "tokenizer" / man["outputs"]["tokenizer"]))
+    base = AutoTokenizer.from_pretrained(str(bpe_base))
+    new_pieces = [tok.decode([i]) for i in range(len(base), len(tok))]
+    pieces_with_word = [p for p in new_pieces if len(p.strip()) >= 4 and p.strip() in PLANTED]
+    if in_test:
+        assert pieces_with_word == [], pieces_with_word
+    else:
+        assert pieces_with_word, new_pieces

@@ -1,7 +1,7 @@
 """Numerics of the train loop on CPU with real torch.distributed (gloo) processes.
 
-These run ``train.loop.train_loop`` (the function Ray Train runs on each worker) in 2
-``torch.multiprocessing`` processes, several specs per process group so the suite pays the process
+These run ``train.loop.train_loop`` (the function Ray Train runs on each worker) on a ``TrainSpec`` in
+2 ``torch.multiprocessing`` processes, several specs per process group so the suite pays the process
 start-up once. The real Ray Train path is covered by tests/test_train_ray.py.
 """
 
@@ -20,10 +20,12 @@ import torch
 from conftest import make_docs
 
 from dapt.train.checkpoint import discard_foreign, list_checkpoints
+from dapt.train.data import BlockStream, micro_batch_start
 from dapt.train.flops import flops_per_token, mfu, peak_flops
-from dapt.train.loop import BlockStream, micro_batch_start, train_loop
+from dapt.train.loop import train_loop
 from dapt.train.monitor import bits_per_byte, make_windows
 from dapt.train.schedule import lr_factor, warmup_steps
+from dapt.train.spec import TrainSpec
 
 SEQ = 32
 
@@ -72,8 +74,8 @@ def train_data(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -
     return {"dir": d, "tokens": d / "tokens.npy", "monitor": d / "monitor.npz", "model": tiny_model_dir}
 
 
-def make_spec(data: dict[str, Any], out: Path, **kw: Any) -> dict[str, Any]:
-    spec = {
+def make_spec(data: dict[str, Any], out: Path, **kw: Any) -> TrainSpec:
+    spec: dict[str, Any] = {
         "data_path": str(data["tokens"]),
         "model_path": str(data["model"]),
         "tokenizer_path": str(data["model"]),
@@ -107,7 +109,7 @@ def make_spec(data: dict[str, Any], out: Path, **kw: Any) -> dict[str, Any]:
         "cpu_threads": 1,  # tiny matmuls: more threads only add contention on a shared 2-core box
     }
     spec.update(kw)
-    return spec
+    return TrainSpec(**spec)
 
 
 def _free_port() -> int:
@@ -116,7 +118,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, world: int, port: int, specs: list[dict[str, Any]]) -> None:
+def _worker(rank: int, world: int, port: int, specs: list[TrainSpec]) -> None:
     os.environ.update(
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(port),
@@ -136,7 +138,7 @@ def _worker(rank: int, world: int, port: int, specs: list[dict[str, Any]]) -> No
         dist.destroy_process_group()
 
 
-def run_world(world: int, specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def run_world(world: int, specs: list[TrainSpec]) -> list[dict[str, Any]]:
     """Run ``specs`` one after another in ``world`` gloo processes; return each run's rank-0 summary.
 
     If a process raises, ``mp.spawn`` terminates the others (which are blocked in a collective) and
@@ -162,11 +164,11 @@ def run_world(world: int, specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     mp.start_processes(
         _worker, args=(world, _free_port(), specs), nprocs=world, join=True, start_method="forkserver"
     )
-    return [json.loads((Path(s["log_dir"]) / "summary.json").read_text()) for s in specs]
+    return [json.loads((Path(s.log_dir) / "summary.json").read_text()) for s in specs]
 
 
-def losses(spec: dict[str, Any]) -> list[float]:
-    rows = [json.loads(x) for x in (Path(spec["log_dir"]) / "metrics.jsonl").read_text().splitlines()]
+def losses(spec: TrainSpec) -> list[float]:
+    rows = [json.loads(x) for x in (Path(spec.log_dir) / "metrics.jsonl").read_text().splitlines()]
     return [r["loss"] for r in rows]
 
 
@@ -256,10 +258,10 @@ def test_single_process_trains_resumes_identically_and_exports(train_data, tmp_p
 
     part = make_spec(train_data, tmp_path / "part", steps=8, grad_accum=2, checkpoint_every=3)
     with pytest.raises(RuntimeError, match="injected failure"):
-        train_loop({**part, "fail_at_step": 5})
-    assert [s for s, _ in list_checkpoints(Path(part["checkpoint_dir"]), "fp-test")] == [3]
+        train_loop(part.replace(fail_at_step=5))
+    assert [s for s, _ in list_checkpoints(Path(part.checkpoint_dir), "fp-test")] == [3]
     export_dir = tmp_path / "export"
-    s_part = train_loop({**part, "export_dir": str(export_dir)})
+    s_part = train_loop(part.replace(export_dir=str(export_dir)))
     assert s_part["resumed_from_step"] == 3
     got = losses(part)
     assert len(got) == 8  # rows of the crashed attempt after step 3 were dropped
@@ -279,6 +281,7 @@ def test_single_process_trains_resumes_identically_and_exports(train_data, tmp_p
     assert (export_dir / "tokenizer_config.json").exists() and (
         export_dir / "generation_config.json"
     ).exists()
+    assert not (export_dir / "README.md").exists()  # the model card is the report's; publish ships it
     assert s_part["base_monitor"]["general_bpb"] > 0
 
 
@@ -324,8 +327,8 @@ def test_two_workers_match_one_worker_shard_and_resume(train_data, tmp_path: Pat
     crash = make_spec(train_data, tmp_path / "crash", sharding="zero3", checkpoint_every=2, fail_at_step=3)
     with pytest.raises(mp.ProcessRaisedException, match="injected failure"):
         run_world(2, [crash])
-    assert [s for s, _ in list_checkpoints(Path(crash["checkpoint_dir"]), "fp-test")] == [2]
-    resume = {**crash, "fail_at_step": None, "export_dir": str(tmp_path / "export")}
+    assert [s for s, _ in list_checkpoints(Path(crash.checkpoint_dir), "fp-test")] == [2]
+    resume = crash.replace(fail_at_step=None, export_dir=str(tmp_path / "export"))
     (s_resume,) = run_world(2, [resume])
     assert s_resume["resumed_from_step"] == 2
     assert losses(resume) == losses(specs["zero3"])
@@ -340,7 +343,7 @@ def test_early_stop_on_general_regression(train_data, tmp_path: Path) -> None:
     s = train_loop(spec)
     assert s["early_stopped"] and s["steps"] < 20
     assert s["final_monitor"]["general_bpb"] > s["base_monitor"]["general_bpb"] * 1.05
-    assert [x for x, _ in list_checkpoints(Path(spec["checkpoint_dir"]), "fp-test")] == [s["steps"]]
+    assert [x for x, _ in list_checkpoints(Path(spec.checkpoint_dir), "fp-test")] == [s["steps"]]
 
 
 @pytest.mark.slow
@@ -378,17 +381,92 @@ def test_train_config_validation_and_accumulation() -> None:
     from dapt.train.config import TrainConfig
     from dapt.train.stage import plan_steps
 
-    tc = TrainConfig(seq_len=128, micro_batch_size=2, num_workers=2, global_batch_tokens=1024)
-    assert tc.grad_accum == 2
-    assert (
-        TrainConfig(seq_len=100, micro_batch_size=4, global_batch_tokens=1000).grad_accum == 3
-    )  # rounded up
-    g = plan_steps(tc, n_blocks=50)
+    tc = TrainConfig(micro_batch_size=2, num_workers=2, global_batch_tokens=1024)
+    assert tc.grad_accum(128) == 2
+    assert TrainConfig(micro_batch_size=4, global_batch_tokens=1000).grad_accum(100) == 3  # rounded up
+    g = plan_steps(tc, n_blocks=50, seq_len=128)
     assert g["tokens_per_step"] == 1024 and g["steps"] == 7  # ceil(50 * 128 / 1024): one pass
-    assert plan_steps(tc.model_copy(update={"max_steps": 3}), 50)["steps"] == 3
+    assert plan_steps(tc.model_copy(update={"max_steps": 3}), 50, 128)["steps"] == 3
     with pytest.raises(ValidationError):
         TrainConfig(sharding="zero1")
     with pytest.raises(ValidationError):
         TrainConfig(learning_rate=1e-4)  # unknown keys are errors, not no-ops
     with pytest.raises(ValidationError):
         TrainConfig(num_workers=4, hybrid_shard_size=3)
+    with pytest.raises(ValidationError):
+        TrainConfig(seq_len=128)  # the block length is the mix stage's (mix.seq_len)
+
+
+def test_which_train_and_plan_knobs_are_fingerprinted() -> None:
+    from dapt.pipeline.knobs import fingerprint_view, ignored_fields
+    from dapt.train.config import TrainConfig
+    from dapt.train.plan.config import PlanConfig
+
+    assert set(ignored_fields(TrainConfig)) == {
+        "log_every",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "max_failures",
+        "cpus_per_worker",
+    }
+    view = fingerprint_view(TrainConfig())
+    assert {"lr", "monitor_every", "monitor_max_tokens", "max_general_regression", "seed"} <= set(view)
+    base = fingerprint_view(TrainConfig())
+    assert fingerprint_view(TrainConfig(log_every=1, checkpoint_every=5, keep_checkpoints=9)) == base
+    assert fingerprint_view(TrainConfig(lr=1e-3)) != base
+    assert fingerprint_view(TrainConfig(monitor_every=7)) != base  # early stopping is decided there
+    assert fingerprint_view(PlanConfig(gpu="A100-80GB", mfu=0.3, price_per_gpu_hour=2.0)) == {}
+
+
+def test_train_spec_is_typed_frozen_and_strict(tmp_path: Path) -> None:
+    import dataclasses
+    import pickle
+
+    spec = TrainSpec(data_path="d.npy", seq_len=8, steps=2, checkpoint_dir="c", log_dir="l", model_path="m")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.lr = 1.0  # type: ignore[misc]
+    assert spec.replace(lr=1.0).lr == 1.0 and spec.lr == 5e-5
+    assert pickle.loads(pickle.dumps(spec)) == spec  # what Ray Train ships to every worker
+    assert TrainSpec.from_dict(spec.to_dict()) == spec
+    assert set(spec.hyperparameters()) >= {"lr", "seq_len", "grad_accum", "seed"}
+    with pytest.raises(TypeError, match="unknown field"):
+        TrainSpec.from_dict({**spec.to_dict(), "sequence_length": 8})
+    with pytest.raises(ValueError, match="model_path or model_config"):
+        TrainSpec(data_path="d.npy", seq_len=8, steps=2, checkpoint_dir="c", log_dir="l")
+
+
+def test_base_model_from_the_tokenizer_manifest(tmp_path: Path) -> None:
+    """Without ``outputs.model`` train builds the model from the manifest's ``base_model``, never from
+    the run config's ``model`` section (not one of its keys)."""
+    from dapt.pipeline.errors import InputError
+    from dapt.train.stage import _base_model
+
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "tokenizer.json").write_text("{}")
+    local = _base_model(tmp_path, {"outputs": {"model": "model"}}, {})
+    assert local["model_path"] == str((tmp_path / "model").resolve())
+    assert local["tokenizer_path"] == local["model_path"]  # the folder carries its tokenizer
+
+    hub = _base_model(
+        tmp_path,
+        {"outputs": {}, "base_model": {"name_or_path": "org/model", "revision": "abc", "from_config": None}},
+        {},
+    )
+    assert hub["model_path"] == "org/model" and hub["model_revision"] == "abc" and hub["model_config"] is None
+    assert hub["tokenizer_path"] == "org/model"
+
+    fc = {"model_type": "llama", "vocab_size": 32000, "hidden_size": 64, "num_attention_heads": 4}
+    fc |= {"num_key_value_heads": None, "extra": {"rope_theta": 5e5}, "seed": 7}
+    built = _base_model(
+        tmp_path,
+        {"outputs": {"tokenizer": "tok"}, "base_model": {"name_or_path": None, "from_config": fc}},
+        {"vocab_size": 300},
+    )
+    assert built["model_path"] is None and built["init_seed"] == 7
+    mc = built["model_config"]
+    assert mc["vocab_size"] == 300 and mc["num_key_value_heads"] == 4 and mc["rope_theta"] == 5e5
+    assert "seed" not in mc and "extra" not in mc
+    assert built["tokenizer_path"] == "tok"  # a relative name that is no file there: kept as a hub id
+
+    with pytest.raises(InputError, match="base_model"):
+        _base_model(tmp_path, {"outputs": {}}, {})

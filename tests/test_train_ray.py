@@ -18,8 +18,8 @@ import yaml
 from conftest import make_docs
 
 from dapt.pipeline.config import load_config
-from dapt.pipeline.errors import ConfigError
-from dapt.pipeline.stages import run_stage
+from dapt.pipeline.errors import InputError
+from dapt.pipeline.stages import STAGES, compute_fingerprint, run_stage
 
 SEQ = 32
 
@@ -39,7 +39,13 @@ def make_run(tmp_path: Path, model_dir: Path, train: dict[str, Any]) -> Path:
     shutil.copytree(model_dir, tok_stage / "model")
     tok = AutoTokenizer.from_pretrained(model_dir)
     tok.save_pretrained(tok_stage / "tokenizer")
-    _done(tok_stage, {"outputs": {"model": "model", "tokenizer": "tokenizer"}})
+    _done(
+        tok_stage,
+        {
+            "outputs": {"model": "model", "tokenizer": "tokenizer"},
+            "base_model": {"name_or_path": str(model_dir), "revision": None, "from_config": None},
+        },
+    )
 
     mix = run / "mix"
     (mix / "train").mkdir(parents=True)
@@ -77,17 +83,23 @@ def make_run(tmp_path: Path, model_dir: Path, train: dict[str, Any]) -> Path:
         ],
         "model": {"name_or_path": str(model_dir)},
         "ray": {"num_cpus": 2, "object_store_memory_gb": 1.0},
-        "train": {"seq_len": SEQ, **train},
+        "mix": {"seq_len": SEQ},
+        "train": train,
     }
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
 
 
-def test_seq_len_mismatch_is_a_config_error(tmp_path: Path, tiny_model_dir: Path) -> None:
+def test_blocks_that_do_not_match_the_mix_seq_len_are_an_input_error(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """The block length is the mix manifest's fact: train checks the packed array against it."""
     path = make_run(tmp_path, tiny_model_dir, {"micro_batch_size": 2, "global_batch_tokens": 64})
-    cfg = load_config(path, ["train.seq_len=64"])
-    with pytest.raises(ConfigError, match="train.seq_len"):
+    cfg = load_config(path)
+    man_path = cfg.run_path / "mix" / "manifest.json"
+    man_path.write_text(json.dumps({**json.loads(man_path.read_text()), "seq_len": 64}))
+    with pytest.raises(InputError, match=r"seq_len 64 .*rerun `dapt mix`"):
         run_stage(cfg, "train", echo=None, extra={"preflight": False})
     assert not (cfg.run_path / "train").exists()
 
@@ -133,6 +145,8 @@ def test_two_worker_fit_survives_a_worker_crash_and_exports(
         "tensorboard": "tb",
     }
     assert man["plan"] is None or isinstance(man["plan"], dict)
+    if man["plan"]:  # the preflight planned the mix manifest's block length (train has no seq_len)
+        assert man["plan"]["memory"]["inputs"]["seq_len"] == SEQ
     out = cfg.run_path / "train"
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4]  # the crashed attempt's rows are not duplicated
@@ -155,7 +169,19 @@ def test_two_worker_fit_survives_a_worker_crash_and_exports(
     )
     assert float(loss) == pytest.approx(mon[-1]["domain_loss"], abs=1e-5)
     assert (out / "model" / "tokenizer_config.json").exists()
+    assert not (out / "model" / "README.md").exists()  # the model card is the report's, not train's
+    assert man["seq_len"] == SEQ and man["hyperparameters"]["seq_len"] == SEQ
 
     # up to date: a second call does not train again
     again = run_stage(cfg, "train", echo=None, extra={"preflight": False})
     assert again["fingerprint"] == man["fingerprint"] and again["started"] == man["started"]
+
+    # logging, checkpoint and planning knobs keep its fingerprint (the upstream stages here are stand-ins,
+    # so compare fingerprints rather than statuses); trajectory knobs change it
+    def fingerprint(*overrides: str) -> str:
+        return compute_fingerprint(load_config(path, list(overrides)), STAGES["train"])[0]
+
+    cosmetic = ("train.log_every=5", "train.checkpoint_every=7", "train.max_failures=3", "plan.gpu=A100-80GB")
+    assert fingerprint(*cosmetic) == man["fingerprint"]
+    assert fingerprint("train.lr=0.001") != man["fingerprint"]
+    assert fingerprint("train.monitor_every=3") != man["fingerprint"]

@@ -15,6 +15,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from dapt.corpora.clean.outputs import kept_dir
+from dapt.corpora.split.stage import read_heldout_ids
 from dapt.pipeline.errors import ConfigError, InputError
 from dapt.pipeline.stages import StageContext
 from dapt.tokenizer.encode import SP_FILE, Encoder, load_encoder
@@ -231,9 +233,15 @@ def run(ctx: StageContext) -> dict[str, Any]:
     for child in ctx.work_dir.iterdir():  # no resumable state here: start clean
         shutil.rmtree(child) if child.is_dir() else child.unlink()
 
-    clean_man = ctx.upstream_manifest("clean")
-    kept = ctx.upstream_dir("clean") / (clean_man.get("outputs") or {}).get("kept", "kept")
-    sample = sample_corpus(kept, [(s.name, s.kind, s.weight) for s in cfg.sources], t, cfg.seed)
+    kept = kept_dir(ctx)
+    ids_file = ctx.upstream_output("split", "heldout_ids")
+    if ids_file is None or not ids_file.is_file():
+        raise InputError(
+            f"{ctx.upstream_dir('split')}/manifest.json: outputs.heldout_ids is missing (re-run `dapt split`)"
+        )
+    heldout_ids = read_heldout_ids(ids_file)
+    sources = [(s.name, s.kind, s.weight) for s in cfg.sources]
+    sample = sample_corpus(kept, sources, t, cfg.seed, exclude=heldout_ids)
     heldout_all = sample.heldout_docs()
 
     base_tok, base_tok_path, base_proto = _load_base_tokenizer(ctx)
@@ -372,6 +380,18 @@ def run(ctx: StageContext) -> dict[str, Any]:
         {
             "outputs": {"tokenizer": "tokenizer", "model": model_ref},
             "base": {"model": m.name_or_path, "tokenizer": base_tok_path},
+            "base_model": {
+                "name_or_path": m.name_or_path,
+                "revision": m.revision,
+                "from_config": m.from_config.model_dump(mode="json") if m.from_config else None,
+                "pretraining_tokens": m.pretraining_tokens,
+            },
+            "trained_on": {
+                "split": "train",
+                "documents": sum(len(v) for v in sample.train.values()),
+                "heldout_excluded": sum(sample.excluded.values()),
+                "heldout_ids_file": str(ids_file),
+            },
             "vocab_size": len(new_tok),
             "added_tokens": len(added),
             "eos_id": enc.eos_id,

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dapt.corpora.split.stage import heldout_id
 from dapt.pipeline.errors import ConfigError, InputError
 from dapt.tokenizer.config import TokenizerConfig
 from dapt.tokenizer.encode import SP_FILE
@@ -34,6 +35,8 @@ class Sample:
     kinds: dict[str, str] = field(default_factory=dict)
     train: dict[str, list[str]] = field(default_factory=dict)
     heldout: dict[str, list[str]] = field(default_factory=dict)
+    excluded: dict[str, int] = field(default_factory=dict)
+    """Documents skipped per source because the split stage holds them out for evaluation."""
 
     def train_docs(self, kind: str | None = None) -> list[str]:
         return [d for s, docs in self.train.items() if kind is None or self.kinds[s] == kind for d in docs]
@@ -66,7 +69,11 @@ def _iter_docs(folder: Path) -> Iterator[tuple[str, str]]:
 
 
 def sample_corpus(
-    kept_dir: Path, sources: list[tuple[str, str, float]], tcfg: TokenizerConfig, seed: int
+    kept_dir: Path,
+    sources: list[tuple[str, str, float]],
+    tcfg: TokenizerConfig,
+    seed: int,
+    exclude: frozenset[str] = frozenset(),
 ) -> Sample:
     """Draw the training sample and the held-out sample from the clean stage's kept documents.
 
@@ -74,6 +81,10 @@ def sample_corpus(
     ``domain_share`` / rest between domain and general sources (all of it to the side that exists),
     then by weight within a side. A document is held out when the hash of ``seed:id`` falls under
     ``heldout_fraction``, so the split is stable across runs and independent of file order.
+
+    Documents in ``exclude`` (the split stage's ``heldout_ids``: validation and test) are never
+    read into either sample: the evaluation text must not shape the vocabulary that is evaluated on it.
+    The tokenizer's own ``heldout`` is a further cut of the training split, for its fertility checks.
     """
     import xxhash
 
@@ -93,8 +104,12 @@ def sample_corpus(
         train: list[str] = []
         held: list[str] = []
         used = 0
+        excluded = 0
         if folder.is_dir():
             for doc_id, text in _iter_docs(folder):
+                if heldout_id(name, doc_id) in exclude:
+                    excluded += 1
+                    continue
                 if xxhash.xxh64_intdigest(f"{seed}:{doc_id}".encode()) < cut:
                     if len(held) < tcfg.heldout_max_docs:
                         held.append(text)
@@ -105,6 +120,7 @@ def sample_corpus(
                     break
         out.train[name] = train
         out.heldout[name] = held
+        out.excluded[name] = excluded
         log.info(
             "sample %s (%s): %d train docs (%d bytes), %d held out", name, kind, len(train), used, len(held)
         )

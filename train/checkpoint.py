@@ -130,6 +130,22 @@ def save_checkpoint(
     return final
 
 
+def resume(
+    root: Path, fingerprint: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: Any = None
+) -> tuple[dict[str, Any], int | None]:
+    """Restore the newest checkpoint of ``fingerprint`` into model, optimizer and loss scaler. Collective.
+
+    Returns the trainer state (a fresh one when there is nothing to resume) and the step resumed from
+    (None for a fresh start)."""
+    existing = list_checkpoints(root, fingerprint)
+    if not existing:
+        return {"step": 0, "tokens": 0, "base_general_bpb": None, "base": None}, None
+    state = load_checkpoint(existing[-1][1], model, optimizer)
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    return state, int(state["step"])
+
+
 def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """Collective: restore model, optimizer and this rank's RNG; return the trainer state."""
     msd, osd = get_state_dict(model, optimizer)

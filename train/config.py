@@ -1,5 +1,13 @@
 """Config of the train stage. (Imports pydantic only: the CLI validates configs without torch.)
 
+The block length is not a train knob: the mix stage packs the blocks and records ``seq_len`` in its
+manifest, where the train stage reads it (config version 1 had ``train.seq_len``; it migrates to
+``mix.seq_len``).
+
+Fields declared ``json_schema_extra=NOT_FINGERPRINTED`` (log and checkpoint cadence, retention, retries,
+threads per worker) cannot change the trained weights, so changing them keeps a finished train stage
+done and keeps its checkpoints resumable (they are keyed by the stage's fingerprint).
+
 Defaults follow the continued-pretraining literature (see docs/training.md): re-warm the learning rate
 over ~1% of the steps to a modest peak (3e-5..1e-4 for 1B-7B models, well below the original
 pretraining peak) and re-decay it with cosine to ~10% of the peak. AdamW betas (0.9, 0.95) and weight
@@ -12,19 +20,20 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from dapt.pipeline.knobs import NOT_FINGERPRINTED
+
 
 class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-    seq_len: int = Field(default=512, ge=8, le=1 << 20)
-    """Tokens per training sequence; the mix stage packs blocks of ``seq_len + 1`` tokens."""
 
     # --- parallelism -------------------------------------------------------------------------------
     num_workers: int = Field(default=1, ge=1, le=4096)
     """Ray Train workers (processes); one per GPU when GPUs are used."""
     use_gpu: bool | None = None
     """None: use GPUs when the Ray cluster has any; True/False forces it."""
-    cpus_per_worker: float = Field(default=1.0, gt=0, le=256)
+    cpus_per_worker: float = Field(default=1.0, gt=0, le=256, json_schema_extra=NOT_FINGERPRINTED)
+    """CPUs Ray reserves per worker (and intra-op threads on CPU): speed, not the trajectory (thread
+    counts can change float reduction order in the last bits, not the data, schedule or optimizer)."""
     sharding: Literal["ddp", "zero2", "zero3", "hybrid"] = "zero3"
     """ddp: replicated model (DDP). zero2: FSDP2 without resharding after forward (grads and optimizer
     state sharded, parameters kept gathered between forward and backward). zero3: FSDP2 ``fully_shard``
@@ -44,7 +53,8 @@ class TrainConfig(BaseModel):
     """Sequences per worker per forward/backward."""
     global_batch_tokens: int = Field(default=65536, ge=8, le=1 << 34)
     """Tokens per optimizer step over all workers; gradient accumulation makes up the difference. Rounded
-    up to a multiple of ``micro_batch_size * seq_len * num_workers`` (the manifest records the result)."""
+    up to a multiple of ``micro_batch_size * seq_len * num_workers`` (``seq_len``: the mix manifest's
+    block length; the manifest records the result)."""
     tokens: int | None = Field(default=None, ge=1, le=1 << 50)
     """Training tokens; default one pass over the packed blocks. Rounded up to whole steps."""
     max_steps: int | None = Field(default=None, ge=1, le=1 << 31)
@@ -71,13 +81,17 @@ class TrainConfig(BaseModel):
     """Clip the global gradient norm to this (0 disables)."""
 
     # --- checkpoints, monitor, logging ---------------------------------------------------------------
-    checkpoint_every: int = Field(default=200, ge=1, le=1 << 31)
-    """Steps between DCP checkpoints (one is always written at the end)."""
-    keep_checkpoints: int = Field(default=2, ge=1, le=1000)
-    max_failures: int = Field(default=1, ge=0, le=1000)
+    checkpoint_every: int = Field(default=200, ge=1, le=1 << 31, json_schema_extra=NOT_FINGERPRINTED)
+    """Steps between DCP checkpoints (one is always written at the end). Resuming is bit-identical, so
+    the cadence changes only how much work a crash costs."""
+    keep_checkpoints: int = Field(default=2, ge=1, le=1000, json_schema_extra=NOT_FINGERPRINTED)
+    """Complete checkpoints kept in the work folder (older ones are deleted)."""
+    max_failures: int = Field(default=1, ge=0, le=1000, json_schema_extra=NOT_FINGERPRINTED)
     """Ray Train restarts after a worker failure, each resuming from the last checkpoint."""
     monitor_every: int = Field(default=100, ge=1, le=1 << 31)
-    """Steps between forgetting-monitor evaluations (also run before the first and after the last step)."""
+    """Steps between forgetting-monitor evaluations (also run before the first and after the last step).
+    Fingerprinted: early stopping (``max_general_regression``) is decided at these steps, so the cadence
+    can change where training stops, and ``monitor.jsonl`` is an output."""
     monitor_max_tokens: int = Field(default=65536, ge=16, le=1 << 32)
     """Validation tokens per side (domain / general) used by the monitor: a cheap, fixed subsample."""
     max_general_regression: float | None = Field(default=None, gt=0, le=10)
@@ -85,7 +99,8 @@ class TrainConfig(BaseModel):
     export_dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
     """Dtype of the exported weights. fp32 (default) reproduces the trained model's loss exactly; bf16
     halves the export for serving."""
-    log_every: int = Field(default=10, ge=1, le=1 << 31)
+    log_every: int = Field(default=10, ge=1, le=1 << 31, json_schema_extra=NOT_FINGERPRINTED)
+    """Steps between rows of ``metrics.jsonl`` / TensorBoard (logging only)."""
     seed: int | None = None
     """Training seed (data order after the first epoch, RNG); default the run's top-level seed."""
 
@@ -97,8 +112,7 @@ class TrainConfig(BaseModel):
             )
         return self
 
-    @property
-    def grad_accum(self) -> int:
-        """Micro-batches per worker per optimizer step."""
-        per_micro = self.micro_batch_size * self.seq_len * self.num_workers
+    def grad_accum(self, seq_len: int) -> int:
+        """Micro-batches per worker per optimizer step, for blocks of ``seq_len`` predicted tokens."""
+        per_micro = self.micro_batch_size * seq_len * self.num_workers
         return max(1, -(-self.global_batch_tokens // per_micro))

@@ -1,10 +1,12 @@
 """The ``train`` stage: continued pretraining on Ray Train, resumable, with a forgetting monitor.
 
-The driver (this module) resolves inputs, runs the preflight, builds the monitor windows, turns the
-config into a plain ``spec`` dict and launches ``train.loop.train_loop`` on
-``train.num_workers`` Ray Train workers. Workers write checkpoints and logs under ``ctx.work_dir`` (so
-they survive a killed run and a Ray restart after a worker failure) and the export into
-``ctx.out_dir/model``; the driver copies the logs into the stage folder at the end.
+The driver (this module) resolves inputs from the upstream manifests (the mix stage's packed blocks
+and block length, the tokenizer stage's model and tokenizer), runs the preflight, builds the monitor
+windows, turns the config into a :class:`~dapt.train.spec.TrainSpec` and launches
+``train.loop.train_loop`` on ``train.num_workers`` Ray Train workers. Workers write checkpoints and
+logs under ``ctx.work_dir`` (so they survive a killed run and a Ray restart after a worker failure)
+and the export into ``ctx.out_dir/model``; the driver copies the logs into the stage folder at the end.
+The stage writes no model card: the report stage owns it and the publish stage ships it.
 """
 
 from __future__ import annotations
@@ -15,133 +17,178 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dapt.pipeline.errors import ConfigError, InputError
-from dapt.pipeline.stages import StageContext, compute_fingerprint
+from dapt.pipeline.errors import InputError
+from dapt.pipeline.fsutil import has_tokenizer_files, resolve_output
+from dapt.pipeline.stages import StageContext
 from dapt.train.config import TrainConfig
 from dapt.train.schedule import warmup_steps
+from dapt.train.spec import TrainSpec
+
+TEST_HOOKS = ("fail_at_step", "fail_marker", "progress")
+"""``ctx.extra`` keys passed through to the spec (fault injection and quiet runs in tests)."""
 
 
-def _resolve(stage_dir: Path, p: str | None) -> str | None:
-    """A manifest path: relative to the stage folder unless absolute; a hub id if it is neither."""
-    if not p:
+def _manifest_path(stage_dir: Path, p: str | None) -> str | None:
+    """A path an upstream manifest names (relative to its folder unless absolute), as an absolute
+    string; a relative name that is no file there is a hub id and is returned unchanged."""
+    q = resolve_output(stage_dir, p)
+    if q is None:
         return None
-    q = Path(p)
-    if q.is_absolute():
+    if Path(p).is_absolute():
         return str(q)
-    if (stage_dir / q).exists():
-        return str((stage_dir / q).resolve())
-    return p  # a hub id (the tokenizer stage in ``base`` mode points at the original model)
+    return str(q.resolve()) if q.exists() else p
 
 
-def _has_tokenizer(path: str) -> bool:
-    """A local folder with tokenizer files, or a hub id (assumed to carry its tokenizer)."""
-    p = Path(path)
-    if not p.is_dir():
-        return not p.is_absolute()
-    return any((p / f).exists() for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json"))
-
-
-def plan_steps(tc: TrainConfig, n_blocks: int) -> dict[str, int]:
-    """Steps, warmup and batch geometry from the config and the number of packed blocks."""
-    blocks_per_step = tc.micro_batch_size * tc.num_workers * tc.grad_accum
-    tokens_per_step = blocks_per_step * tc.seq_len
-    target = tc.tokens if tc.tokens is not None else n_blocks * tc.seq_len
+def plan_steps(tc: TrainConfig, n_blocks: int, seq_len: int) -> dict[str, int]:
+    """Steps, warmup and batch geometry from the config, the number of packed blocks and their length."""
+    accum = tc.grad_accum(seq_len)
+    blocks_per_step = tc.micro_batch_size * tc.num_workers * accum
+    tokens_per_step = blocks_per_step * seq_len
+    target = tc.tokens if tc.tokens is not None else n_blocks * seq_len
     steps = max(1, -(-target // tokens_per_step))
     if tc.max_steps is not None:
         steps = min(steps, tc.max_steps)
     return {
         "steps": steps,
         "warmup_steps": warmup_steps(steps, tc.warmup_fraction, tc.warmup_steps_min),
-        "grad_accum": tc.grad_accum,
+        "grad_accum": accum,
         "blocks_per_step": blocks_per_step,
         "tokens_per_step": tokens_per_step,
         "epochs": round(steps * blocks_per_step / max(n_blocks, 1), 4),
     }
 
 
-def build_spec(ctx: StageContext) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The worker spec and the facts the manifest needs (paths checked, nothing started)."""
-    cfg, tc = ctx.cfg, ctx.cfg.train
-    mix_dir, mix = ctx.upstream_dir("mix"), ctx.upstream_manifest("mix")
-    tok_dir, tok = ctx.upstream_dir("tokenizer"), ctx.upstream_manifest("tokenizer")
-    outs = mix.get("outputs", {})
-    tokens_path = _resolve(mix_dir, outs.get("train_tokens"))
+def _packed_blocks(mix_dir: Path, mix: dict[str, Any]) -> tuple[str, int, int]:
+    """(absolute path, block length, number of blocks) of the mix stage's packed blocks, checked."""
+    outs = mix.get("outputs") or {}
+    tokens_path = _manifest_path(mix_dir, outs.get("train_tokens"))
     if not tokens_path or not Path(tokens_path).is_file():
         raise InputError(
             f"{mix_dir}/manifest.json: outputs.train_tokens missing or not a file ({tokens_path})"
         )
+    seq_len = mix.get("seq_len")
+    if not isinstance(seq_len, int) or seq_len < 1:
+        raise InputError(f"{mix_dir}/manifest.json: no block length (seq_len: {seq_len!r}); rerun `dapt mix`")
     import numpy as np
 
     arr = np.load(tokens_path, mmap_mode="r")
-    if arr.ndim != 2 or arr.shape[1] != tc.seq_len + 1:
-        raise ConfigError(
-            f"train.seq_len: {tc.seq_len} does not match the packed blocks {tokens_path} of shape "
-            f"{tuple(arr.shape)} (want (n, {tc.seq_len + 1})); rerun `dapt mix`"
+    if arr.ndim != 2 or arr.shape[1] != seq_len + 1:
+        raise InputError(
+            f"{tokens_path}: packed blocks of shape {tuple(arr.shape)} do not match the mix manifest's "
+            f"seq_len {seq_len} (want (n, {seq_len + 1})); rerun `dapt mix`"
         )
     n_blocks = int(arr.shape[0])
     if n_blocks == 0:
         raise InputError(f"{tokens_path}: no packed blocks")
-    model_path = _resolve(tok_dir, tok.get("outputs", {}).get("model"))
-    tokenizer_path = _resolve(tok_dir, tok.get("outputs", {}).get("tokenizer"))
-    if tokenizer_path is None and model_path and _has_tokenizer(model_path):
-        tokenizer_path = model_path
+    return str(Path(tokens_path).resolve()), seq_len, n_blocks
+
+
+def _base_model(tok_dir: Path, tok: dict[str, Any], mix: dict[str, Any]) -> dict[str, Any]:
+    """The model to train, from the tokenizer manifest: its ``outputs.model`` folder (or hub id), else
+    the base model it records (``base_model``: a hub id / folder with its revision, or a config to
+    build from). Keys: ``model_path``, ``model_revision``, ``model_config``, ``init_seed``,
+    ``tokenizer_path``."""
+    outs = tok.get("outputs") or {}
+    model_path = _manifest_path(tok_dir, outs.get("model"))
+    revision = None
     model_config = None
+    init_seed = 0
     if model_path is None:
-        fc = cfg.model.from_config
+        base = tok.get("base_model")
+        if not isinstance(base, dict):
+            raise InputError(
+                f"{tok_dir}/manifest.json: neither outputs.model nor base_model; rerun `dapt tokenizer`"
+            )
+        fc = base.get("from_config")
         if fc is None:
-            model_path = cfg.model.name_or_path
+            model_path, revision = base.get("name_or_path"), base.get("revision")
+            if not model_path:
+                raise InputError(f"{tok_dir}/manifest.json: base_model names no model")
         else:
+            fc = dict(fc)
+            init_seed = int(fc.pop("seed", 0) or 0)
+            extra = fc.pop("extra", None) or {}
             model_config = {
-                "model_type": fc.model_type,
-                "vocab_size": int(mix.get("vocab_size") or fc.vocab_size),
-                "hidden_size": fc.hidden_size,
-                "intermediate_size": fc.intermediate_size,
-                "num_hidden_layers": fc.num_hidden_layers,
-                "num_attention_heads": fc.num_attention_heads,
-                "num_key_value_heads": fc.num_key_value_heads or fc.num_attention_heads,
-                "max_position_embeddings": fc.max_position_embeddings,
-                "tie_word_embeddings": fc.tie_word_embeddings,
-                **fc.extra,
+                **fc,
+                "vocab_size": int(mix.get("vocab_size") or tok.get("vocab_size") or fc["vocab_size"]),
+                "num_key_value_heads": fc.get("num_key_value_heads") or fc.get("num_attention_heads"),
+                **extra,
             }
-    geometry = plan_steps(tc, n_blocks)
-    fingerprint, _ = compute_fingerprint(cfg, ctx.spec)
-    seed = cfg.seed if tc.seed is None else tc.seed
-    spec: dict[str, Any] = {
-        **tc.model_dump(),
-        **geometry,
-        "seed": seed,
-        "init_seed": cfg.model.from_config.seed if cfg.model.from_config else seed,
-        "data_path": str(Path(tokens_path).resolve()),
+    tokenizer_path = _manifest_path(tok_dir, outs.get("tokenizer"))
+    if tokenizer_path is None and model_path and has_tokenizer_files(model_path):
+        tokenizer_path = model_path
+    return {
         "model_path": model_path,
+        "model_revision": revision,
         "model_config": model_config,
+        "init_seed": init_seed,
         "tokenizer_path": tokenizer_path,
-        "fingerprint": fingerprint,
-        "checkpoint_dir": str((ctx.work_dir / "checkpoints").resolve()),
-        "log_dir": str((ctx.work_dir / "logs").resolve()),
-        "export_dir": str((ctx.out_dir / "model").resolve()),
-        "monitor_path": None,
-        "cpu_threads": int(tc.cpus_per_worker),
     }
-    for key in ("fail_at_step", "fail_marker", "progress"):
-        if key in ctx.extra:
-            spec[key] = ctx.extra[key]
+
+
+def build_spec(ctx: StageContext) -> tuple[TrainSpec, dict[str, Any]]:
+    """The worker spec and the facts the manifest needs (paths checked, nothing started)."""
+    cfg, tc = ctx.cfg, ctx.cfg.train
+    mix_dir, mix = ctx.upstream_dir("mix"), ctx.upstream_manifest("mix")
+    tok_dir, tok = ctx.upstream_dir("tokenizer"), ctx.upstream_manifest("tokenizer")
+    data_path, seq_len, n_blocks = _packed_blocks(mix_dir, mix)
+    model = _base_model(tok_dir, tok, mix)
+    geometry = plan_steps(tc, n_blocks, seq_len)
+    if not ctx.fingerprint:
+        raise RuntimeError("train: the runner handed in no fingerprint (run the stage through run_stage)")
+    seed = cfg.seed if tc.seed is None else tc.seed
+    spec = TrainSpec(
+        data_path=data_path,
+        seq_len=seq_len,
+        steps=geometry["steps"],
+        checkpoint_dir=str((ctx.work_dir / "checkpoints").resolve()),
+        log_dir=str((ctx.work_dir / "logs").resolve()),
+        **model,
+        sharding=tc.sharding,
+        hybrid_shard_size=tc.hybrid_shard_size,
+        precision=tc.precision,
+        activation_checkpointing=tc.activation_checkpointing,
+        cpu_offload=tc.cpu_offload,
+        use_gpu=bool(tc.use_gpu),
+        cpu_threads=int(tc.cpus_per_worker),
+        micro_batch_size=tc.micro_batch_size,
+        grad_accum=geometry["grad_accum"],
+        lr=tc.lr,
+        min_lr_ratio=tc.min_lr_ratio,
+        schedule=tc.schedule,
+        warmup_steps=geometry["warmup_steps"],
+        decay_fraction=tc.decay_fraction,
+        weight_decay=tc.weight_decay,
+        beta1=tc.beta1,
+        beta2=tc.beta2,
+        eps=tc.eps,
+        grad_clip=tc.grad_clip,
+        seed=seed,
+        fingerprint=ctx.fingerprint,
+        checkpoint_every=tc.checkpoint_every,
+        keep_checkpoints=tc.keep_checkpoints,
+        monitor_every=tc.monitor_every,
+        max_general_regression=tc.max_general_regression,
+        log_every=tc.log_every,
+        export_dir=str((ctx.out_dir / "model").resolve()),
+        export_dtype=tc.export_dtype,
+        **{k: ctx.extra[k] for k in TEST_HOOKS if k in ctx.extra},
+    )
     facts = {
         "n_blocks": n_blocks,
         "mix_dir": mix_dir,
-        "heldout": _resolve(mix_dir, outs.get("heldout")),
+        "heldout": _manifest_path(mix_dir, (mix.get("outputs") or {}).get("heldout")),
         "eos_id": mix.get("eos_id"),
         "vocab_size": mix.get("vocab_size"),
+        "tokens_per_step": geometry["tokens_per_step"],
+        "epochs": geometry["epochs"],
+        "pretraining_tokens": (tok.get("base_model") or {}).get("pretraining_tokens"),
     }
     return spec, facts
 
 
-def _model_config_for_plan(spec: dict[str, Any]) -> Any:
-    from dapt.train.loop import load_model_config
-
-    return load_model_config(spec)
-
-
-def _preflight(ctx: StageContext, spec: dict[str, Any], use_gpu: bool) -> dict[str, Any] | None:
+def _preflight(ctx: StageContext, spec: TrainSpec, facts: dict[str, Any]) -> dict[str, Any] | None:
+    """The plan of this run on the device it will use; raises PreflightError if it cannot fit."""
     if not ctx.extra.get("preflight", True):
         return None
     try:
@@ -149,9 +196,11 @@ def _preflight(ctx: StageContext, spec: dict[str, Any], use_gpu: bool) -> dict[s
     except ImportError:
         ctx.log.info("preflight: train.plan.preflight not available; skipped")
         return None
+    from dapt.train.setup import load_model_config
+
     mem = None
     kind = "cpu"
-    if use_gpu:
+    if spec.use_gpu:
         try:
             import torch
 
@@ -166,7 +215,14 @@ def _preflight(ctx: StageContext, spec: dict[str, Any], use_gpu: bool) -> dict[s
         import psutil
 
         mem = int(psutil.virtual_memory().total)
-    return preflight(ctx.cfg, _model_config_for_plan(spec), kind, mem)
+    return preflight(
+        ctx.cfg,
+        load_model_config(spec),
+        kind,
+        mem,
+        seq_len=spec.seq_len,
+        pretraining_tokens=facts.get("pretraining_tokens"),
+    )
 
 
 def _detect_gpu(tc: TrainConfig) -> bool:
@@ -177,23 +233,24 @@ def _detect_gpu(tc: TrainConfig) -> bool:
     return float(ray.cluster_resources().get("GPU", 0)) > 0
 
 
-def launch(spec: dict[str, Any], storage: Path, max_failures: int, cpus_per_worker: float) -> None:
-    """Run ``train_loop`` on ``spec['num_workers']`` Ray Train workers (Ray must be initialised)."""
+def launch(
+    spec: TrainSpec, num_workers: int, storage: Path, max_failures: int, cpus_per_worker: float
+) -> None:
+    """Run ``train_loop`` on ``num_workers`` Ray Train workers (Ray must be initialised)."""
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from dapt.train.loop import train_loop
+    from dapt.train.loop import ray_worker
 
-    use_gpu = bool(spec["use_gpu"])
     resources = {"CPU": cpus_per_worker}
-    if use_gpu:
+    if spec.use_gpu:
         resources["GPU"] = 1
     trainer = TorchTrainer(
-        train_loop,
-        train_loop_config={**spec, "under_ray": True},
-        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        ray_worker,
+        train_loop_config={"spec": spec.replace(under_ray=True)},
+        torch_config=TorchConfig(backend="nccl" if spec.use_gpu else "gloo"),
         scaling_config=ScalingConfig(
-            num_workers=int(spec["num_workers"]), use_gpu=use_gpu, resources_per_worker=resources
+            num_workers=int(num_workers), use_gpu=spec.use_gpu, resources_per_worker=resources
         ),
         run_config=RunConfig(
             name=f"train-{int(time.time() * 1000)}",
@@ -204,99 +261,86 @@ def launch(spec: dict[str, Any], storage: Path, max_failures: int, cpus_per_work
     trainer.fit()
 
 
+def _monitor_windows(ctx: StageContext, spec: TrainSpec, facts: dict[str, Any]) -> dict[str, Any] | None:
+    """Tokenise the held-out validation windows once, for every worker; None when there are none."""
+    from dapt.train.monitor import build_monitor_file
+
+    heldout = facts["heldout"]
+    if not (heldout and Path(heldout).is_dir() and spec.tokenizer_path):
+        ctx.log.warning("no held-out split or tokenizer: the forgetting monitor is off")
+        return None
+    sep = facts["eos_id"] if facts["eos_id"] is not None else 0
+    mon_path = ctx.work_dir / "monitor_windows.npz"
+    mon = build_monitor_file(
+        Path(heldout), spec.tokenizer_path, spec.seq_len, ctx.cfg.train.monitor_max_tokens, int(sep), mon_path
+    )
+    ctx.log.info("monitor windows: %s", mon)
+    return {"path": str(mon_path.resolve()), "windows": mon}
+
+
+def _prepare_checkpoints(ctx: StageContext, spec: TrainSpec) -> None:
+    from dapt.train.checkpoint import discard_foreign, list_checkpoints
+
+    ckpt_root = Path(spec.checkpoint_dir)
+    if ctx.force and ckpt_root.exists():  # --force means train again, not "finish the old run"
+        shutil.rmtree(ckpt_root)
+        ctx.log.info("--force: removed the checkpoints of earlier runs")
+    for p in discard_foreign(ckpt_root, spec.fingerprint):
+        ctx.log.info("discarded checkpoint of another run fingerprint: %s", p.name)
+    existing = list_checkpoints(ckpt_root, spec.fingerprint)
+    if existing:
+        ctx.log.info("resuming from checkpoint step %d", existing[-1][0])
+
+
+def _copy_logs(log_dir: Path, out_dir: Path) -> None:
+    for name in ("metrics.jsonl", "monitor.jsonl"):
+        src = log_dir / name
+        if src.exists():
+            shutil.copyfile(src, out_dir / name)
+        else:
+            (out_dir / name).write_text("")
+    if (log_dir / "tb").is_dir():
+        shutil.copytree(log_dir / "tb", out_dir / "tb", dirs_exist_ok=True)
+    else:
+        (out_dir / "tb").mkdir()
+
+
 def run(ctx: StageContext) -> dict[str, Any]:
     from dapt.pipeline.ray_runtime import init_ray
-    from dapt.train.checkpoint import discard_foreign, list_checkpoints
-    from dapt.train.monitor import build_monitor_file
 
     t0 = time.perf_counter()
     tc = ctx.cfg.train
     spec, facts = build_spec(ctx)
 
     init_ray(ctx.cfg.ray)
-    use_gpu = _detect_gpu(tc)
-    spec["use_gpu"] = use_gpu
-    if tc.cpu_offload and not use_gpu:
+    spec = spec.replace(use_gpu=_detect_gpu(tc))
+    if tc.cpu_offload and not spec.use_gpu:
         ctx.log.warning("train.cpu_offload is ignored without GPUs")
-    plan = _preflight(ctx, spec, use_gpu)
-
-    if facts["heldout"] and Path(facts["heldout"]).is_dir() and spec["tokenizer_path"]:
-        sep = facts["eos_id"] if facts["eos_id"] is not None else 0
-        mon_path = ctx.work_dir / "monitor_windows.npz"
-        mon = build_monitor_file(
-            Path(facts["heldout"]),
-            spec["tokenizer_path"],
-            tc.seq_len,
-            tc.monitor_max_tokens,
-            int(sep),
-            mon_path,
-        )
-        spec["monitor_path"] = str(mon_path.resolve())
-        ctx.log.info("monitor windows: %s", mon)
-    else:
-        mon = None
-        ctx.log.warning("no held-out split or tokenizer: the forgetting monitor is off")
-
-    ckpt_root = Path(spec["checkpoint_dir"])
-    if ctx.force and ckpt_root.exists():  # --force means train again, not "finish the old run"
-        shutil.rmtree(ckpt_root)
-        ctx.log.info("--force: removed the checkpoints of earlier runs")
-    for p in discard_foreign(ckpt_root, spec["fingerprint"]):
-        ctx.log.info("discarded checkpoint of another run fingerprint: %s", p.name)
-    existing = list_checkpoints(ckpt_root, spec["fingerprint"])
-    if existing:
-        ctx.log.info("resuming from checkpoint step %d", existing[-1][0])
-    summary_file = Path(spec["log_dir"]) / "summary.json"
+    plan = _preflight(ctx, spec, facts)
+    mon = _monitor_windows(ctx, spec, facts)
+    if mon is not None:
+        spec = spec.replace(monitor_path=mon["path"])
+    _prepare_checkpoints(ctx, spec)
+    summary_file = Path(spec.log_dir) / "summary.json"
     summary_file.unlink(missing_ok=True)
 
     ctx.log.info(
         "training %d steps x %d tokens on %d %s worker(s), %s, %s",
-        spec["steps"],
-        spec["tokens_per_step"],
+        spec.steps,
+        facts["tokens_per_step"],
         tc.num_workers,
-        "GPU" if use_gpu else "CPU",
+        "GPU" if spec.use_gpu else "CPU",
         tc.sharding,
         tc.precision,
     )
-    launch(spec, ctx.work_dir / "ray", tc.max_failures, tc.cpus_per_worker)
+    launch(spec, tc.num_workers, ctx.work_dir / "ray", tc.max_failures, tc.cpus_per_worker)
     if not summary_file.exists():
         raise RuntimeError(f"training finished without a summary ({summary_file})")
     summary = json.loads(summary_file.read_text())
+    _copy_logs(Path(spec.log_dir), ctx.out_dir)
 
-    log_dir = Path(spec["log_dir"])
-    for name in ("metrics.jsonl", "monitor.jsonl"):
-        src = log_dir / name
-        if src.exists():
-            shutil.copyfile(src, ctx.out_dir / name)
-        else:
-            (ctx.out_dir / name).write_text("")
-    if (log_dir / "tb").is_dir():
-        shutil.copytree(log_dir / "tb", ctx.out_dir / "tb", dirs_exist_ok=True)
-    else:
-        (ctx.out_dir / "tb").mkdir()
-
-    hyper = {
-        k: spec[k]
-        for k in (
-            "lr",
-            "min_lr_ratio",
-            "schedule",
-            "warmup_steps",
-            "decay_fraction",
-            "weight_decay",
-            "beta1",
-            "beta2",
-            "eps",
-            "grad_clip",
-            "micro_batch_size",
-            "grad_accum",
-            "seq_len",
-            "activation_checkpointing",
-            "cpu_offload",
-            "seed",
-        )
-    }
-    hyper["global_batch_tokens"] = spec["tokens_per_step"]
+    hyper = spec.hyperparameters()
+    hyper["global_batch_tokens"] = facts["tokens_per_step"]
     hyper["optimizer"] = "AdamW"
     return {
         "outputs": {
@@ -316,19 +360,20 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "sharding": tc.sharding,
         "effective_sharding": tc.sharding if tc.num_workers > 1 else "none (one worker: unsharded model)",
         "precision": tc.precision,
+        "seq_len": spec.seq_len,
         "hyperparameters": hyper,
         "plan": plan,
         "wall_seconds": round(time.perf_counter() - t0, 3),
         "early_stopped": summary["early_stopped"],
-        "planned_steps": spec["steps"],
-        "epochs": spec["epochs"],
+        "planned_steps": spec.steps,
+        "epochs": facts["epochs"],
         "params": summary["params_total"],
-        "base_model": spec["model_path"],
+        "base_model": spec.model_path,
         "resumed_from_step": summary["resumed_from_step"],
         "monitor": {
             "base": summary["base_monitor"],
             "final": summary["final_monitor"],
-            "windows": mon,
+            "windows": mon["windows"] if mon else None,
         },
         "train_seconds": summary["train_seconds"],
     }

@@ -58,7 +58,7 @@ _NGRAM_MULT = _TAB_RNG.integers(0, 2**63, size=64, dtype=np.uint64) * _U64(2) + 
 _BAND_MULT = _TAB_RNG.integers(0, 2**63, size=1024, dtype=np.uint64) * _U64(2) + _U64(1)
 
 
-def _mix64(x: np.ndarray) -> np.ndarray:
+def mix64(x: np.ndarray) -> np.ndarray:
     """splitmix64 finaliser: a bijective avalanche on uint64 arrays (wrap-around arithmetic)."""
     x = x ^ (x >> _U64(30))
     x = x * _U64(0xBF58476D1CE4E5B9)
@@ -115,7 +115,7 @@ def word_hashes(texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     wh[1:] -= cs[ends[:-1]]
     # Mix in the length so words that differ only past position 64 still tend to differ.
     wlen = ends - starts + 1
-    wh = _mix64(wh ^ (wlen.astype(np.uint64) * _U64(0x9E3779B97F4A7C15)))
+    wh = mix64(wh ^ (wlen.astype(np.uint64) * _U64(0x9E3779B97F4A7C15)))
     # Words per document: count word starts inside each document's byte range.
     counts = np.diff(np.searchsorted(starts, np.r_[doc_start, buf.size]))
     return wh, counts.astype(np.int64), wlen
@@ -143,7 +143,7 @@ def _shingle_hashes(wh: np.ndarray, counts: np.ndarray, ngram: int) -> tuple[np.
         term = padded[j + k] * _NGRAM_MULT[k]
         acc += np.where(width > k, term, _U64(0))
     acc += width.astype(np.uint64) * _U64(0xD6E8FEB86659FD93)
-    return _mix64(acc), nsh
+    return mix64(acc), nsh
 
 
 def ngram_hashes(wh: np.ndarray, n: int) -> np.ndarray:
@@ -154,7 +154,7 @@ def ngram_hashes(wh: np.ndarray, n: int) -> np.ndarray:
     acc = wh[:m] * _NGRAM_MULT[0]
     for k in range(1, n):
         acc = acc + wh[k : k + m] * _NGRAM_MULT[k]
-    return _mix64(acc + _U64((n * 0xD6E8FEB86659FD93) & 0xFFFFFFFFFFFFFFFF))
+    return mix64(acc + _U64((n * 0xD6E8FEB86659FD93) & 0xFFFFFFFFFFFFFFFF))
 
 
 class MinHasher:
@@ -227,7 +227,7 @@ def band_keys(sigs: np.ndarray, bands: int, rows: int) -> np.ndarray:
     s = sigs[:, : bands * rows].astype(np.uint64).reshape(n, bands, rows)
     acc = (s * _BAND_MULT[:rows][None, None, :]).sum(axis=2, dtype=np.uint64)
     acc += (np.arange(bands, dtype=np.uint64) + _U64(1)) * _U64(0xA24BAED4963EE407)
-    return _mix64(acc)
+    return mix64(acc)
 
 
 def shingles(text: str, ngram: int = 5) -> set[int]:

@@ -8,54 +8,7 @@ often a source may be repeated. See docs/mixing.md for the solver's exact rules.
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-
-
-class SplitConfig(BaseModel):
-    """How each source's validation and test documents are chosen (per source, before mixing)."""
-
-    model_config = ConfigDict(extra="forbid")
-    by: Literal["hash", "date"] = "hash"
-    """``hash``: the documents with the smallest stable hash of their text (independent of ``mix.seed``,
-    so changing the mix never changes the held-out sets). ``date``: every document dated after
-    ``after`` is test (BloombergGPT held out later documents); validation is still by hash."""
-    after: str | None = None
-    """ISO date (``YYYY-MM-DD``); with ``by: date``, documents dated strictly later are test."""
-    validation_fraction: float = Field(default=0.01, ge=0, lt=0.5)
-    """Share of each source's documents held out for validation (rounded, at least ``min_docs``)."""
-    test_fraction: float = Field(default=0.01, ge=0, lt=0.5)
-    """Share of each source's documents held out for test (``by: hash`` only)."""
-    validation_docs: int | None = Field(default=None, ge=0)
-    """Exact validation count per source; overrides ``validation_fraction``."""
-    test_docs: int | None = Field(default=None, ge=0)
-    """Exact test count per source; overrides ``test_fraction`` (``by: hash`` only)."""
-    min_docs: int = Field(default=1, ge=0, le=1000)
-    """Each split gets at least this many documents when its fraction is non-zero, so a small source
-    still has something to evaluate on."""
-    max_docs: int = Field(default=2000, ge=1)
-    """Cap per split and source for the hash splits: held-out text beyond a few thousand documents
-    only slows evaluation down."""
-
-    @model_validator(mode="after")
-    def _check(self) -> SplitConfig:
-        if self.by == "date":
-            if not self.after:
-                raise ValueError("split.by: date needs split.after (an ISO date such as 2023-01-01)")
-            if self.test_docs is not None:
-                raise ValueError(
-                    "split.test_docs is for split.by: hash; with by: date the test set is every "
-                    "document after split.after"
-                )
-        if self.after is not None:
-            import datetime as _dt
-
-            try:
-                _dt.date.fromisoformat(self.after[:10])
-            except ValueError:
-                raise ValueError(f"split.after {self.after!r} is not an ISO date (YYYY-MM-DD)") from None
-        return self
 
 
 class NearDedupConfig(BaseModel):
@@ -82,6 +35,11 @@ class DecontaminationConfig(BaseModel):
     min_words: int = Field(default=8, ge=1, le=64)
     """An evaluation text shorter than ``ngram`` words is matched as one whole n-gram of its own length
     if it has at least this many words; shorter ones are ignored (too common to mean contamination)."""
+    tasks: list[str] | None = None
+    """lm-eval tasks whose data training documents are checked against. None: the eval section's
+    ``tasks`` (filled in when the run config is assembled, so this stage reads only its own section)."""
+    task_dirs: list[str] | None = None
+    """Folders of those tasks' YAMLs; None: the eval section's ``task_dirs``."""
     extra_files: list[str] = Field(default_factory=list)
     """More benchmark text to decontaminate against: ``.jsonl`` (field ``text``) or ``.txt`` (one item
     per line); reported under the file's name."""
@@ -95,8 +53,11 @@ class MixConfig(BaseModel):
     replay: float | None = Field(default=None, ge=0, lt=1)
     """The general share, for users who think in continual-pretraining "replay" terms:
     ``domain_fraction = 1 - replay``. Mutually exclusive with ``domain_fraction``."""
+    seq_len: int = Field(default=512, ge=8, le=1 << 20)
+    """Tokens per training sequence: the stage packs blocks of ``seq_len + 1`` tokens and records
+    ``seq_len`` in its manifest, where train and eval read it (config version 1 had ``train.seq_len``)."""
     total_tokens: int | None = Field(default=None, gt=0)
-    """Training tokens to produce (rounded to whole blocks of ``train.seq_len + 1``)."""
+    """Training tokens to produce (rounded to whole blocks of ``seq_len + 1``)."""
     domain_epochs: float | None = Field(default=None, gt=0)
     """Alternative to ``total_tokens``: use the domain data this many times; the total follows from the
     fraction. With neither set, the total is the largest mix that repeats no source."""
@@ -113,7 +74,6 @@ class MixConfig(BaseModel):
     fraction instead of failing. The fraction is never silently changed."""
     seed: int | None = None
     """Seed of the document sampling and block shuffle; defaults to the run's ``seed``."""
-    split: SplitConfig = Field(default_factory=SplitConfig)
     near_dedup: NearDedupConfig = Field(default_factory=NearDedupConfig)
     decontamination: DecontaminationConfig = Field(default_factory=DecontaminationConfig)
     encode_batch_size: int = Field(default=256, ge=1, le=1 << 16)

@@ -13,7 +13,6 @@ logits and token ids with the GGUF-loaded original.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from dapt.pipeline.errors import ConfigError, InputError
+from dapt.pipeline.fsutil import sha256_file
 
 # Text the verification runs through both models: prose, numbers and code so that the byte-level BPE, the
 # digits and the embeddings of rare pieces all take part.
@@ -33,14 +33,6 @@ VERIFY_TEXT = (
 
 IMPORT_RECORD = "dapt_import.json"
 """Written into the output folder: where the weights came from, the GGUF metadata and the check's numbers."""
-
-
-def _sha256(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def gguf_metadata(gguf_path: str | os.PathLike) -> dict[str, Any]:
@@ -179,7 +171,7 @@ def import_gguf(
     record: dict[str, Any] = {
         "importer_version": IMPORTER_VERSION,
         "source_gguf": str(gguf_path),
-        "source_sha256": _sha256(gguf_path),
+        "source_sha256": sha256_file(gguf_path),
         "source_bytes": gguf_path.stat().st_size,
         "gguf_metadata": gguf_metadata(gguf_path),
         "architecture": config.model_type,

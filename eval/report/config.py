@@ -1,13 +1,15 @@
-"""Config of the report stage (the ``report:`` section of the run config). Imports pydantic only.
+"""Config of the report stage (the ``report:`` section of the run config).
 
 Everything the report *measures* comes from the upstream manifests; the fields here are only the things a
 person must state because no stage can know them (the licence of the adapted model, its intended use) and
-knobs of the rendering itself.
+knobs of the rendering itself. Imports pydantic and the frame's ``knobs`` only (the CLI loads it).
 """
 
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from dapt.pipeline.knobs import NOT_FINGERPRINTED
 
 
 class ReportConfig(BaseModel):
@@ -37,9 +39,15 @@ class ReportConfig(BaseModel):
     """Out-of-scope uses for the model card; a default warning against unreviewed financial advice and
     high-stakes decisions is used when unset."""
 
-    copy_model_card: bool = True
-    """Also write the model card as ``README.md`` into the exported model folder (the train stage's
-    ``outputs.model``), where the Hugging Face Hub and ``huggingface-cli upload`` expect it."""
+    copy_model_card: bool = Field(
+        default=True,
+        description="Deprecated, no effect: the publish stage copies the model card into the final model "
+        "folder as README.md. Still accepted so that older configs load.",
+        json_schema_extra=NOT_FINGERPRINTED,
+    )
+    """Deprecated and ignored (kept so that older configs load; the report logs a warning when it is set).
+    The report writes the card only into its own folder (``model_card.md``); the ``publish`` stage copies
+    it as ``README.md`` into the final model folder, so no stage writes into the train stage's folder."""
 
     plot_dpi: int = Field(default=100, ge=50, le=300)
     """Resolution of the embedded PNG plots; 100 keeps the self-contained HTML small (~50 KB per plot)."""

@@ -1,24 +1,31 @@
 """The model card: a Hugging Face ``README.md`` for the exported model, filled from the run's records.
 
-Sections follow the Hugging Face model-card template (Model Details, Uses, Bias/Risks/Limitations, How to
-Get Started, Training Details, Evaluation, Technical Specifications / compute). The YAML front matter
-carries the metadata the Hub indexes (licence, languages, base model, ``model-index`` results). What the
-pipeline measured is filled in; what only a person can know (licence, intended use, developer) comes
-from the ``report:`` config section or is marked "not recorded", never guessed.
+The metadata is a :class:`huggingface_hub.ModelCardData` (licence, languages, base model, and the
+``model-index`` built from :class:`huggingface_hub.EvalResult` rows), so it is exactly what the Hub
+parses; the body is ``templates/model_card.md.jinja``, following the Hugging Face model-card template
+(Model Details, Uses, Bias/Risks/Limitations, How to Get Started, Training Details, Evaluation,
+Environmental Impact, Technical Specifications). This module only gathers the values the template
+shows. What the pipeline measured is filled in; what only a person can know (licence, intended use,
+developer) comes from the ``report:`` config section or is marked "not recorded", never guessed.
+
+The report stage writes the card into its own folder as ``model_card.md``; the ``publish`` stage copies
+it into the final model folder as ``README.md``.
+
+Kept as one module on purpose: it is one responsibility (the card's values, in the template's order),
+the prose lives in the template, and the numbers it shares with the report (results rows, cleaning
+totals, decontamination, quantization columns) are imported from ``results`` and ``sections``.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import yaml
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from dapt.eval.report import sections as S
 from dapt.eval.report.collect import RunData
 from dapt.eval.report.doc import (
     NR,
     Table,
-    flatten,
     fmt_bytes,
     fmt_count,
     fmt_float,
@@ -32,8 +39,24 @@ from dapt.eval.report.doc import (
     get,
     num,
 )
-from dapt.eval.report.render import md_escape, md_table
+from dapt.eval.report.render import environment
+from dapt.eval.report.results import (
+    delta_pct,
+    is_significant,
+    kind_rows,
+    redundant,
+    row_label,
+    row_metric,
+    row_target,
+    sig_word,
+    significance_level,
+)
+from dapt.eval.report.sections.funnel import clean_totals
+from dapt.eval.report.sections.mix import decontamination_tasks
+from dapt.eval.report.sections.quantization import metric_cell, quant_columns
+from dapt.eval.report.sections.training import hyperparameter_table
 
+TEMPLATE = "model_card.md.jinja"
 CARD_SECTIONS = [
     "Model Details",
     "Uses",
@@ -43,6 +66,17 @@ CARD_SECTIONS = [
     "Evaluation",
     "Environmental Impact",
     "Technical Specifications",
+]
+ARCH_KEYS = [
+    "model_type",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "vocab_size",
+    "max_position_embeddings",
+    "tie_word_embeddings",
 ]
 
 _DEFAULT_USE = (
@@ -67,68 +101,74 @@ def _looks_hub_id(name: Any) -> bool:
 
 
 def base_model(data: RunData) -> str | None:
-    base = get(data.m("tokenizer"), "base", "model")
+    """The base model the tokenizer stage loaded (its manifest), else the one the config names."""
+    tok = data.m("tokenizer")
+    base = get(tok, "base", "model") or get(tok, "base_model", "name_or_path")
     if base is None:
-        base = getattr(data.cfg.model, "name_or_path", None)
+        base = getattr(getattr(data.cfg, "model", None), "name_or_path", None)
     return base if isinstance(base, str) else None
 
 
-def front_matter(data: RunData, rcfg: Any, name: str) -> str:
-    meta: dict[str, Any] = {}
-    if rcfg.license:
-        meta["license"] = rcfg.license
-    meta["language"] = list(rcfg.language)
-    meta["library_name"] = "transformers"
-    meta["pipeline_tag"] = "text-generation"
-    meta["tags"] = ["dapt", "domain-adaptation", "continued-pretraining"]
-    base = base_model(data)
-    if _looks_hub_id(base):  # the Hub validates base_model against repo ids; a local path would fail it
-        meta["base_model"] = base
+def from_scratch(data: RunData) -> bool:
+    """The run trained from a random initialisation (a ``model.from_config``), not from a base model."""
+    tok = data.m("tokenizer")
+    if isinstance(get(tok, "base_model"), dict):
+        return get(tok, "base_model", "from_config") is not None and not base_model(data)
+    return getattr(getattr(data.cfg, "model", None), "from_config", None) is not None and not get(
+        tok, "base", "model"
+    )
+
+
+def card_data(data: RunData, rcfg: Any, name: str) -> ModelCardData:
+    """The metadata the Hub indexes; ``model-index`` holds the adapted model's results."""
     results = []
     for r in data.metric_rows():
         value = num(r.get("adapted"))
-        if value is None or S.redundant(r):
+        if value is None or redundant(r):
             continue
-        target = S.row_target(r)
+        target, bpb = row_target(r), r.get("kind") == "bpb"
         results.append(
-            {
-                "task": {
-                    "type": "text-generation",
-                    "name": "bits-per-byte" if r.get("kind") == "bpb" else target,
-                },
-                "dataset": {
-                    "name": f"held-out {target}" if r.get("kind") == "bpb" else target,
-                    "type": target,
-                },
-                "metrics": [{"type": S.row_metric(r), "value": round(value, 6), "name": S.row_label(r)}],
-            }
+            EvalResult(
+                task_type="text-generation",
+                task_name="bits-per-byte" if bpb else target,
+                dataset_type=target,
+                dataset_name=f"held-out {target}" if bpb else target,
+                metric_type=row_metric(r),
+                metric_value=round(value, 6),
+                metric_name=row_label(r),
+            )
         )
-    if results:
-        meta["model-index"] = [{"name": name, "results": results}]
-    return "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---\n"
-
-
-def _bullets(pairs: list[tuple[str, str]]) -> str:
-    return "\n".join(f"- **{md_escape(k)}:** {md_escape(v)}" for k, v in pairs)
+    base = base_model(data)
+    return ModelCardData(
+        license=rcfg.license or None,
+        language=list(rcfg.language),
+        library_name="transformers",
+        pipeline_tag="text-generation",
+        tags=["dapt", "domain-adaptation", "continued-pretraining"],
+        # The Hub validates base_model against repo ids; a local path would fail it.
+        base_model=base if _looks_hub_id(base) else None,
+        model_name=name if results else None,
+        eval_results=results or None,
+    )
 
 
 def risks(data: RunData, alpha: float) -> list[str]:
     """Limitations that follow from this run's own numbers, then the ones every such model has."""
     out: list[str] = []
     rows = data.metric_rows()
-    gen = S.kind_rows(data, rows, "general", pooled=False) or S.kind_rows(data, rows, "general", pooled=True)
+    gen = kind_rows(data, rows, "general", pooled=False) or kind_rows(data, rows, "general", pooled=True)
     for r in gen:
-        p = S.delta_pct(r)
+        p = delta_pct(r)
         if p is not None and p > 0:
-            sig = S.is_significant(r, alpha)
+            sig = is_significant(r, alpha)
             verdict = {
                 True: "general ability is measurably reduced",
                 False: "not a measurable loss at this evaluation size, but a possible one",
                 None: "whether this is a real loss is not known",
             }[sig]
             out.append(
-                f"Forgetting: bits-per-byte on general held-out text ({S.row_target(r)}) is {p:+.1f}% vs the base "
-                f"model ({S._sig_word(sig)}): {verdict}."
+                f"Forgetting: bits-per-byte on general held-out text ({row_target(r)}) is {p:+.1f}% vs the base "
+                f"model ({sig_word(sig)}): {verdict}."
             )
     if not gen:
         out.append(
@@ -140,7 +180,7 @@ def risks(data: RunData, alpha: float) -> list[str]:
             f"Scale: continued pretraining used {fmt_count(tokens)} tokens for {fmt_count(params)} parameters "
             f"({tokens / params:.3g} tokens per parameter); effects measured here may not hold at other scales."
         )
-    pii = {}
+    pii: dict[str, float] = {}
     for src in (data.m("clean").get("sources") or {}).values():
         for k, v in (src.get("pii") or {}).items() if isinstance(src, dict) else []:
             pii[k] = pii.get(k, 0) + (num(v) or 0)
@@ -155,7 +195,7 @@ def risks(data: RunData, alpha: float) -> list[str]:
         out.append(
             f"Licences not recorded for training sources: {', '.join(unlicensed)}. Check before redistribution."
         )
-    checked, unchecked = S.decontamination_tasks(data)
+    checked, unchecked = decontamination_tasks(data)
     if not checked:
         out.append(
             "Training data was not decontaminated against any evaluation task; benchmark scores may be inflated."
@@ -176,95 +216,14 @@ def risks(data: RunData, alpha: float) -> list[str]:
     return out
 
 
-def build_card(data: RunData, rcfg: Any, concl: list[str]) -> str:
-    alpha = S.significance_level(data, rcfg)
-    name = rcfg.model_name or data.run_name
-    tok, mix_m, train, clean = data.m("tokenizer"), data.m("mix"), data.m("train"), data.m("clean")
-    mc = data.model_config or {}
-    base = base_model(data)
-    if base is None and getattr(data.cfg.model, "from_config", None) is not None:
-        base = "none (randomly initialised from a config)"
-    parts: list[str] = [front_matter(data, rcfg, name), f"# Model Card for {md_escape(name)}"]
-    parts.append(
-        f"{md_escape(name)} is a causal language model adapted to the domain of "
-        + md_escape(", ".join(s.name for s in data.cfg.sources_of("domain")))
-        + (
-            " by training from a random initialisation"
-            if base and base.startswith("none (")
-            else f" by continued pretraining of {md_escape(fmt_value(base))}"
-        )
-        + " with the dapt pipeline (run "
-        + f"`{md_escape(data.run_name)}`). Every number below was recorded by the pipeline's stages."
-    )
-
-    # ---- Model Details
-    arch = mc.get("architectures") or [mc.get("model_type", NR)]
-    parts.append("## Model Details\n\n### Model Description")
-    parts.append(
-        _bullets(
-            [
-                ("Developed by", rcfg.developed_by or NR),
-                ("Model type", f"decoder-only causal language model ({fmt_value(arch)})"),
-                ("Language(s) (NLP)", ", ".join(rcfg.language)),
-                ("License", rcfg.license or NR),
-                ("Continued pretraining from model", fmt_value(base)),
-                (
-                    "Parameters",
-                    fmt_int(data.n_params) + f" ({fmt_count(data.n_params)})" if data.n_params else NR,
-                ),
-                (
-                    "Tokenizer",
-                    f"{fmt_value(tok.get('mode'))} mode, vocabulary {fmt_int(tok.get('vocab_size') or mc.get('vocab_size'))}"
-                    + (
-                        f", {fmt_int(_count(tok.get('added_tokens')))} added domain tokens"
-                        if _count(tok.get("added_tokens"))
-                        else ""
-                    ),
-                ),
-                (
-                    "Training context length",
-                    f"{fmt_int(mix_m.get('seq_len') or get(train, 'hyperparameters', 'seq_len'))} tokens",
-                ),
-            ]
-        )
-    )
-
-    # ---- Uses
-    parts.append("## Uses\n\n### Direct Use\n\n" + md_escape(rcfg.intended_use or _DEFAULT_USE))
-    parts.append(
-        "### Downstream Use\n\nFine-tuning (instruction tuning, task heads) on the same domain; evaluate the "
-        "fine-tuned model on your own held-out data, as this card does for the raw model."
-    )
-    parts.append("### Out-of-Scope Use\n\n" + md_escape(rcfg.out_of_scope_use or _DEFAULT_OUT_OF_SCOPE))
-
-    # ---- Bias, Risks, and Limitations
-    parts.append("## Bias, Risks, and Limitations")
-    parts.append("\n".join(f"- {md_escape(x)}" for x in risks(data, alpha)))
-    parts.append(
-        "### Recommendations\n\nEvaluate on your own domain tasks before use, keep a human in the loop for any "
-        "consequential output, and compare against the base model with the tables below."
-    )
-
-    # ---- How to Get Started
-    where = str(data.model_dir) if data.model_dir else "path/to/this/model"
-    parts.append(
-        "## How to Get Started with the Model\n\n```python\n"
-        "from transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
-        f"tokenizer = AutoTokenizer.from_pretrained({where!r})\n"
-        f"model = AutoModelForCausalLM.from_pretrained({where!r})\n"
-        'inputs = tokenizer("The quarterly dividend", return_tensors="pt")\n'
-        "print(tokenizer.decode(model.generate(**inputs, max_new_tokens=40)[0]))\n```"
-    )
-
-    # ---- Training Details
-    parts.append("## Training Details\n\n### Training Data")
-    srows = []
-    csrc = clean.get("sources") if isinstance(clean.get("sources"), dict) else {}
-    per = get(mix_m, "mix", "per_source") or {}
+def _training_data(data: RunData) -> Table:
+    csrc = data.m("clean").get("sources")
+    csrc = csrc if isinstance(csrc, dict) else {}
+    per = get(data.m("mix"), "mix", "per_source") or {}
+    rows = []
     for s in data.cfg.sources:
-        c = csrc.get(s.name) or {}
-        p = per.get(s.name) or {}
-        srows.append(
+        c, p = csrc.get(s.name) or {}, per.get(s.name) or {}
+        rows.append(
             [
                 s.name,
                 s.kind,
@@ -276,246 +235,177 @@ def build_card(data: RunData, rcfg: Any, concl: list[str]) -> str:
                 fmt_float(p.get("epochs"), 3),
             ]
         )
-    parts.append(
-        md_table(
-            Table(
-                [
-                    "source",
-                    "kind",
-                    "licence",
-                    "provenance",
-                    "docs kept",
-                    "bytes kept",
-                    "tokens used",
-                    "epochs",
-                ],
-                srows,
-                caption="Training data (after cleaning) and its share of the mix",
-                numeric=[False, False, False, False, True, True, True, True],
-            )
-        )
-    )
-    parts.append(
-        _bullets(
-            [
-                (
-                    "Domain fraction of training tokens",
-                    f"target {fmt_frac(get(mix_m, 'mix', 'target_domain_fraction'), 2)}, achieved {fmt_frac(get(mix_m, 'mix', 'achieved_domain_fraction'), 2)}",
-                ),
-                ("Training tokens", fmt_int(train.get("tokens"))),
-                (
-                    "Decontamination",
-                    fmt_value(mix_m.get("decontamination"))
-                    if isinstance(mix_m.get("decontamination"), dict)
-                    else NR,
-                ),
-            ]
-        )
-    )
-    parts.append("### Training Procedure\n\n#### Preprocessing")
-    rej = S._clean_totals(data)
-    parts.append(
-        "Documents were normalised, filtered, PII-redacted and deduplicated by the clean stage "
-        + (
-            f"(kept {fmt_int(rej.get('kept'))} of {fmt_int(rej.get('docs_in'))} documents; rejections: "
-            + md_escape(
-                ", ".join(f"{k} {fmt_int(v)}" for k, v in sorted(rej.get("rejected", {}).items())) or "none"
-            )
-            + ")"
-            if rej.get("docs_in")
-            else "(counts not recorded)"
-        )
-        + f", tokenized with the {md_escape(fmt_value(tok.get('mode')))}-mode tokenizer and packed into blocks of "
-        + f"{fmt_int(mix_m.get('seq_len'))} tokens with EOS between documents."
-    )
-    parts.append("#### Training Hyperparameters")
-    hp = train.get("hyperparameters")
-    if isinstance(hp, dict) and hp:
-        parts.append(
-            md_table(
-                Table(
-                    ["hyperparameter", "value"],
-                    [[k, fmt_value(v)] for k, v in flatten(hp).items()],
-                    numeric=[False, True],
-                )
-            )
-        )
-    else:
-        parts.append(f"Hyperparameters: {NR}.")
-    parts.append(
-        _bullets(
-            [
-                (
-                    "Training regime",
-                    f"{fmt_value(train.get('precision'))} precision, {fmt_value(train.get('sharding'))} sharding",
-                ),
-            ]
-        )
-    )
-    parts.append("#### Speeds, Sizes, Times")
-    mfu = num(train.get("mfu"))
-    parts.append(
-        _bullets(
-            [
-                ("Steps", fmt_int(train.get("steps"))),
-                ("Throughput", f"{fmt_sig(train.get('tokens_per_s'))} tokens/s"),
-                ("MFU", f"{100 * mfu:.1f}%" if mfu is not None else NR),
-                ("Peak memory per worker", fmt_bytes(train.get("peak_memory_bytes"))),
-                ("Wall time", fmt_seconds(train.get("wall_seconds"))),
-                ("Checkpoint size", fmt_bytes(_model_bytes(data))),
-            ]
-        )
+    return Table(
+        ["source", "kind", "licence", "provenance", "docs kept", "bytes kept", "tokens used", "epochs"],
+        rows,
+        caption="Training data (after cleaning) and its share of the mix",
+        numeric=[False, False, False, False, True, True, True, True],
     )
 
-    # ---- Evaluation
-    parts.append("## Evaluation\n\n### Testing Data, Factors & Metrics")
-    heldout = mix_m.get("heldout") if isinstance(mix_m.get("heldout"), dict) else {}
-    parts.append(
-        "Held-out test documents of every source (split off before training"
-        + (
-            ": " + md_escape(", ".join(f"{k} {fmt_int(get(v, 'test'))} docs" for k, v in heldout.items()))
-            if heldout
-            else ""
-        )
-        + "), scored as bits-per-byte (summed token negative log-likelihood / UTF-8 bytes / ln 2, comparable "
-        "across tokenizers), and the configured lm-eval tasks. Base and adapted models are compared with a "
-        "paired bootstrap over items."
-    )
-    parts.append("### Results")
+
+def _results(data: RunData, alpha: float) -> tuple[Table | None, Table | None]:
     rows = data.metric_rows()
+    results = None
     if rows:
-        trs = [
+        results = Table(
+            ["metric", "base", "adapted", "delta %", "p-value", "significant"],
             [
-                S.row_label(r),
-                fmt_float(r.get("base")),
-                fmt_float(r.get("adapted")),
-                fmt_pct(S.delta_pct(r), 2, signed=True),
-                fmt_p(r.get("p_value")),
-                {True: "yes", False: "no", None: NR}[S.is_significant(r, alpha)],
-            ]
-            for r in rows
-        ]
-        parts.append(
-            md_table(
-                Table(
-                    ["metric", "base", "adapted", "delta %", "p-value", "significant"],
-                    trs,
-                    caption="Base vs adapted",
-                    numeric=[False, True, True, True, True, False],
-                )
-            )
+                [
+                    row_label(r),
+                    fmt_float(r.get("base")),
+                    fmt_float(r.get("adapted")),
+                    fmt_pct(delta_pct(r), 2, signed=True),
+                    fmt_p(r.get("p_value")),
+                    {True: "yes", False: "no", None: NR}[is_significant(r, alpha)],
+                ]
+                for r in rows
+            ],
+            caption="Base vs adapted",
+            numeric=[False, True, True, True, True, False],
         )
-    else:
-        parts.append(f"Evaluation results: {NR}.")
+    quant = None
     q = data.quantization_rows()
     if q:
-        flat, cols = S._quant_columns(q)
-        parts.append(
-            md_table(
-                Table(
-                    ["precision", "in memory", "on disk", *cols],
-                    [
-                        [
-                            fmt_value(r.get("precision")),
-                            fmt_bytes(r.get("bytes_in_memory")),
-                            fmt_bytes(r.get("bytes_on_disk")),
-                        ]
-                        + [
-                            fmt_float(r.get(c)) if num(r.get(c)) is not None else fmt_value(r.get(c))
-                            for c in cols
-                        ]
-                        for r in flat
-                    ],
-                    caption="Quantized variants of this model",
-                )
-            )
-        )
-    parts.append("#### Summary")
-    parts.append("\n".join(f"- {md_escape(c)}" for c in concl) if concl else f"Conclusions: {NR}.")
-
-    # ---- Environmental Impact (what was measured; energy and carbon were not)
-    wall, workers = num(train.get("wall_seconds")), num(train.get("num_workers"))
-    parts.append("## Environmental Impact")
-    parts.append(
-        _bullets(
+        flat, cols = quant_columns(q)
+        quant = Table(
+            ["precision", "in memory", "on disk", *cols],
             [
-                ("Hardware Type", fmt_value(train.get("device"))),
-                (
-                    "Hours used",
-                    f"{wall / 3600:.3g} h wall time x {int(workers)} worker(s) = {wall * workers / 3600:.3g} "
-                    "worker-hours (training stage only)"
-                    if wall is not None and workers
-                    else NR,
-                ),
-                ("Carbon Emitted", f"{NR} (energy use is not measured by the pipeline)"),
-            ]
+                [
+                    fmt_value(r.get("precision")),
+                    fmt_bytes(r.get("bytes_in_memory")),
+                    fmt_bytes(r.get("bytes_on_disk")),
+                ]
+                + [metric_cell(r, c) for c in cols]
+                for r in flat
+            ],
+            caption="Quantized variants of this model",
         )
-    )
-
-    # ---- Technical Specifications
-    parts.append("## Technical Specifications\n\n### Model Architecture and Objective")
-    arch_keys = [
-        "model_type",
-        "hidden_size",
-        "intermediate_size",
-        "num_hidden_layers",
-        "num_attention_heads",
-        "num_key_value_heads",
-        "vocab_size",
-        "max_position_embeddings",
-        "tie_word_embeddings",
-    ]
-    parts.append(
-        (
-            _bullets([(k, fmt_value(mc.get(k))) for k in arch_keys if k in mc])
-            if mc
-            else f"Architecture: {NR}."
-        )
-        + "\n\nObjective: next-token prediction (causal language modelling), "
-        + (
-            "from a random initialisation (no pretrained base)."
-            if getattr(data.cfg.model, "from_config", None) is not None and not get(tok, "base", "model")
-            else "continued from the base model's weights."
-        )
-    )
-    parts.append("### Compute Infrastructure")
-    versions = next(
-        (m.get("versions") for m in data.manifests.values() if isinstance(m.get("versions"), dict)), {}
-    )
-    parts.append(
-        _bullets(
-            [
-                (
-                    "Hardware",
-                    f"{fmt_value(train.get('device'))}, {fmt_int(train.get('num_workers'))} worker(s)"
-                    if train.get("device") or train.get("num_workers")
-                    else NR,
-                ),
-                ("Software", ", ".join(f"{k} {v}" for k, v in versions.items()) or NR),
-                (
-                    "Pipeline revision",
-                    fmt_value(
-                        next(
-                            (m.get("git_revision") for m in data.manifests.values() if m.get("git_revision")),
-                            None,
-                        )
-                    ),
-                ),
-            ]
-        )
-    )
-    return "\n\n".join(parts) + "\n"
+    return results, quant
 
 
-def _model_bytes(data: RunData) -> int | None:
-    if data.model_dir is None:
+def _tokenizer_fit(tok: dict[str, Any]) -> str | None:
+    """What the tokenizer was fitted on (``trained_on`` of its manifest): the training split only."""
+    t = tok.get("trained_on")
+    if not isinstance(t, dict) or not t:
         return None
-    return sum(f.stat().st_size for f in data.model_dir.glob("*.safetensors")) or None
+    text = f"fitted on the {fmt_value(t.get('split') or 'train')} split only: {fmt_int(t.get('documents'))} documents"
+    if num(t.get("heldout_excluded")) is not None:
+        text += f", {fmt_int(t.get('heldout_excluded'))} held-out documents excluded"
+    return text
 
 
-def _count(value: Any) -> int | None:
-    """A count recorded either as a number or as the list of the things counted."""
-    if isinstance(value, list):
-        return len(value)
-    v = num(value)
-    return int(v) if v is not None else None
+def _context(data: RunData, rcfg: Any, concl: list[str], name: str) -> dict[str, Any]:
+    """Every value the template shows, already formatted (the template adds prose and Markdown)."""
+    alpha = significance_level(data, rcfg)
+    tok, mix_m, train = data.m("tokenizer"), data.m("mix"), data.m("train")
+    mc = data.model_config or {}
+    scratch = from_scratch(data)
+    base = "none (randomly initialised from a config)" if scratch else base_model(data)
+    added = tok.get("added_tokens")
+    n_added = len(added) if isinstance(added, list) else (int(num(added)) if num(added) is not None else None)
+    seq_len = mix_m.get("seq_len") or get(train, "hyperparameters", "seq_len")
+    mfu = num(train.get("mfu"))
+    wall, workers = num(train.get("wall_seconds")), num(train.get("num_workers"))
+    model_bytes = sum(f.stat().st_size for f in data.model_dir.glob("*.safetensors")) if data.model_dir else 0
+    heldout, _ = data.heldout_counts()
+    totals = clean_totals(data)
+    results, quant = _results(data, alpha)
+    hub_id = rcfg.model_name if _looks_hub_id(rcfg.model_name) else None
+    return {
+        "name": name,
+        "run_name": data.run_name,
+        "domain_sources": ", ".join(s.name for s in data.cfg.sources_of("domain")),
+        "from_scratch": scratch,
+        "base": fmt_value(base),
+        "details": [
+            ("Developed by", rcfg.developed_by or NR),
+            (
+                "Model type",
+                f"decoder-only causal language model ({fmt_value(mc.get('architectures') or [mc.get('model_type', NR)])})",
+            ),
+            ("Language(s) (NLP)", ", ".join(rcfg.language)),
+            ("License", rcfg.license or NR),
+            ("Continued pretraining from model", fmt_value(base)),
+            ("Parameters", f"{fmt_int(data.n_params)} ({fmt_count(data.n_params)})" if data.n_params else NR),
+            (
+                "Tokenizer",
+                f"{fmt_value(tok.get('mode'))} mode, vocabulary {fmt_int(tok.get('vocab_size') or mc.get('vocab_size'))}"
+                + (f", {fmt_int(n_added)} added domain tokens" if n_added else ""),
+            ),
+            ("Training context length", f"{fmt_int(seq_len)} tokens"),
+        ],
+        "direct_use": rcfg.intended_use or _DEFAULT_USE,
+        "out_of_scope_use": rcfg.out_of_scope_use or _DEFAULT_OUT_OF_SCOPE,
+        "risks": risks(data, alpha),
+        "where": repr(hub_id or "path/to/this/model"),
+        "where_note": "the model's Hub repository"
+        if hub_id
+        else "the folder this card is the README of (the publish stage's model folder)",
+        "training_data": _training_data(data),
+        "data_facts": [
+            (
+                "Domain fraction of training tokens",
+                f"target {fmt_frac(get(mix_m, 'mix', 'target_domain_fraction'), 2)}, "
+                f"achieved {fmt_frac(get(mix_m, 'mix', 'achieved_domain_fraction'), 2)}",
+            ),
+            ("Training tokens", fmt_int(train.get("tokens"))),
+            (
+                "Decontamination",
+                fmt_value(mix_m["decontamination"]) if isinstance(mix_m.get("decontamination"), dict) else NR,
+            ),
+        ],
+        "tokenizer_fit": _tokenizer_fit(tok),
+        "clean": {
+            "recorded": bool(totals.get("docs_in")),
+            "kept": fmt_int(totals.get("kept")),
+            "docs_in": fmt_int(totals.get("docs_in")),
+            "rejected": ", ".join(f"{k} {fmt_int(v)}" for k, v in sorted(totals.get("rejected", {}).items()))
+            or "none",
+        },
+        "tokenizer_mode": fmt_value(tok.get("mode")),
+        "block_len": fmt_int(mix_m.get("seq_len")),
+        "hyperparameters": hyperparameter_table(train),
+        "regime": f"{fmt_value(train.get('precision'))} precision, {fmt_value(train.get('sharding'))} sharding",
+        "speeds": [
+            ("Steps", fmt_int(train.get("steps"))),
+            ("Throughput", f"{fmt_sig(train.get('tokens_per_s'))} tokens/s"),
+            ("MFU", f"{100 * mfu:.1f}%" if mfu is not None else NR),
+            ("Peak memory per worker", fmt_bytes(train.get("peak_memory_bytes"))),
+            ("Wall time", fmt_seconds(train.get("wall_seconds"))),
+            ("Checkpoint size", fmt_bytes(model_bytes or None)),
+        ],
+        "heldout": [(k, fmt_int(get(v, "test"))) for k, v in heldout.items()],
+        "results": results,
+        "quantization": quant,
+        "conclusions": concl,
+        "environment": [
+            ("Hardware Type", fmt_value(train.get("device"))),
+            (
+                "Hours used",
+                f"{wall / 3600:.3g} h wall time x {int(workers)} worker(s) = {wall * workers / 3600:.3g} "
+                "worker-hours (training stage only)"
+                if wall is not None and workers
+                else NR,
+            ),
+            ("Carbon Emitted", f"{NR} (energy use is not measured by the pipeline)"),
+        ],
+        "architecture": [(k, fmt_value(mc.get(k))) for k in ARCH_KEYS if k in mc] if mc else None,
+        "infrastructure": [
+            (
+                "Hardware",
+                f"{fmt_value(train.get('device'))}, {fmt_int(train.get('num_workers'))} worker(s)"
+                if train.get("device") or train.get("num_workers")
+                else NR,
+            ),
+            ("Software", ", ".join(f"{k} {v}" for k, v in (data.recorded("versions") or {}).items()) or NR),
+            ("Pipeline revision", fmt_value(data.recorded("git_revision"))),
+        ],
+    }
+
+
+def build_card(data: RunData, rcfg: Any, concl: list[str]) -> str:
+    """The card's text (YAML metadata, then the Markdown body), as the Hub's ModelCard writes it."""
+    name = rcfg.model_name or data.run_name
+    body = environment().get_template(TEMPLATE).render(**_context(data, rcfg, concl, name))
+    card = ModelCard(f"---\n{card_data(data, rcfg, name).to_yaml()}\n---\n{body}")
+    return card.content

@@ -153,10 +153,28 @@ def load_model_config(name_or_path: str, revision: str | None = None, trust_remo
         ) from None
 
 
+def _section(cfg: Any, name: str) -> Any:
+    """A config section, or None. The train stage's ``ctx.cfg`` exposes only its declared sections
+    (``train``, ``plan``, ...) and raises AttributeError for the others; ``dapt plan`` has them all."""
+    try:
+        return getattr(cfg, name)
+    except AttributeError:
+        return None
+
+
 def _train(cfg: Any, name: str, default: Any) -> Any:
     """A train-section field, with a default: that section evolves, the planner must not break."""
-    v = getattr(getattr(cfg, "train", None), name, default)
+    v = getattr(_section(cfg, "train"), name, default)
     return default if v is None else v
+
+
+def run_seq_len(cfg: Any, seq_len: int | None = None) -> int:
+    """The block length: given (the train stage passes the mix manifest's), else the config's
+    ``mix.seq_len`` (``dapt plan --config``), else 2048."""
+    if seq_len:
+        return int(seq_len)
+    v = getattr(_section(cfg, "mix"), "seq_len", None)
+    return int(v) if v else 2048
 
 
 def _upstream_manifest(cfg: Any, stage: str) -> dict[str, Any] | None:
@@ -169,16 +187,15 @@ def _upstream_manifest(cfg: Any, stage: str) -> dict[str, Any] | None:
     return None
 
 
-def run_knobs(cfg: Any) -> dict[str, Any]:
-    """The training knobs the plan needs, read from ``cfg.train`` (with defaults) and ``cfg.plan``."""
+def run_knobs(cfg: Any, seq_len: int | None = None) -> dict[str, Any]:
+    """The training knobs the plan needs, read from ``cfg.train`` (with defaults) and ``cfg.plan``;
+    ``seq_len`` as :func:`run_seq_len` finds it."""
     pc = cfg.plan
     world = int(_train(cfg, "num_workers", 1))
-    seq_len = int(_train(cfg, "seq_len", 2048))
+    seq_len = run_seq_len(cfg, seq_len)
     micro = int(_train(cfg, "micro_batch_size", 1))
     gbt = _train(cfg, "global_batch_tokens", None)
-    accum = getattr(cfg.train, "grad_accum", None)
-    if not isinstance(accum, int):
-        accum = max(1, math.ceil(gbt / (micro * seq_len * world))) if gbt else 2
+    accum = max(1, math.ceil(gbt / (micro * seq_len * world))) if gbt else 2
     sharding = str(_train(cfg, "sharding", "zero3"))
     shard_group = _train(cfg, "hybrid_shard_size", None) or pc.gpus_per_node
     return {
@@ -232,11 +249,15 @@ def plan_for_run(
     device_mem_bytes: int | None = None,
     knob_overrides: dict[str, Any] | None = None,
     tokens: float | None = None,
+    seq_len: int | None = None,
+    pretraining_tokens: float | None = None,
 ) -> dict[str, Any]:
     """The plan of a configured run (``dapt plan --config`` and the preflight share it).
 
     ``knob_overrides`` replace run knobs read from the config (``run_knobs`` keys); ``tokens``
-    replaces the token budget the config implies."""
+    replaces the token budget the config implies. ``seq_len`` and ``pretraining_tokens`` are the
+    train stage's facts from upstream manifests (its config view has no ``mix`` or ``model``
+    section); without them they come from ``mix.seq_len`` and ``model.pretraining_tokens``."""
     pc = cfg.plan
     if model_config is None:
         model_config = model_config_from_run(cfg)
@@ -249,7 +270,7 @@ def plan_for_run(
             "model: cannot tell the model's size from its config (need vocab_size, hidden_size, "
             "num_hidden_layers, num_attention_heads)"
         )
-    knobs = run_knobs(cfg)
+    knobs = run_knobs(cfg, seq_len)
     knobs.update(knob_overrides or {})
     if gpu is None:
         try:
@@ -278,7 +299,8 @@ def plan_for_run(
             mfu=mfu,
             mfu_source=mfu_source,
             price_per_gpu_hour=pc.price_per_gpu_hour,
-            pretraining_tokens=getattr(cfg.model, "pretraining_tokens", None),
+            pretraining_tokens=pretraining_tokens
+            or getattr(_section(cfg, "model"), "pretraining_tokens", None),
             **knobs,
         )
     except ValueError as e:

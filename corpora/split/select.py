@@ -21,7 +21,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import xxhash
 
-from dapt.corpora.mix.config import SplitConfig
+from dapt.corpora.split.config import SplitConfig
 
 SPLIT_SEED = 0x5B1D_D4A7
 """Salt of the split hash (fixed: held-out sets must not depend on any run setting)."""

@@ -1,0 +1,166 @@
+"""Phases B and C of the clean stage: global dedup as Ray Data shuffles over ``meta`` only, never text.
+
+Exact duplicates by a ``groupby`` on hash buckets (``exact``); near-duplicate candidates by a
+``groupby`` on band-key buckets (``lsh``), verified by true shingle Jaccard in two passes keyed by the
+shard of each side (``verify``); connected components of exact + near edges by alternating large-star
+/ small-star shuffles (``components``). Every decision keeps the lowest rank. The decisions are
+written grouped by shard to ``work_dir/dedup/<n>.parquet`` for phase D. This module only wires the
+passes together; each pass is a module of plain numpy group functions, testable without Ray.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from dapt.corpora.clean.config import CleanConfig
+from dapt.corpora.clean.dedup.components import both_directions, labels_rows, star_group
+from dapt.corpora.clean.dedup.exact import exact_group, exact_rows
+from dapt.corpora.clean.dedup.keys import bucket
+from dapt.corpora.clean.dedup.lsh import band_group, explode_bands
+from dapt.corpora.clean.dedup.verify import verify_a, verify_b
+from dapt.corpora.clean.readers import ShardSpec
+from dapt.corpora.clean.schema import SHARD_BITS, decisions_path, shard_dir
+
+__all__ = ["dedup", "write_decisions"]
+
+
+def dedup(cc: CleanConfig, shards: list[ShardSpec], work: Path, log: logging.Logger) -> dict[str, Any]:
+    """Phase B+C over the ``meta`` tables of ``shards`` in ``work``: decisions to ``work_dir/dedup/``.
+    Returns dedup statistics for the manifest."""
+    import ray.data
+
+    nd = cc.near_dedup
+    P, B = cc.shuffle_partitions, cc.buckets
+    dd = work / "dedup"
+    if dd.exists():
+        shutil.rmtree(dd)
+    dd.mkdir()
+    metas = [str(shard_dir(work, s.shard) / "meta.parquet") for s in shards]
+    metas = [m for m in metas if Path(m).exists()]
+    stats: dict[str, Any] = {"exact_edges": 0, "candidate_pairs": 0, "near_edges": 0, "cc_rounds": 0}
+    if not metas:
+        return stats
+    t0 = time.perf_counter()
+    edge_sets = []
+    exact_ds = None
+    if cc.exact_dedup:
+        exact_ds = (
+            ray.data.read_parquet(metas, columns=["rank", "xhi", "xlo"])
+            .map_batches(lambda b: {**b, "bucket": bucket(b["xhi"], B)}, batch_format="numpy")
+            .groupby("bucket", num_partitions=P)
+            .map_groups(exact_group, batch_format="numpy")
+            .materialize()
+        )
+        stats["exact_edges"] = exact_ds.count()
+        if stats["exact_edges"]:
+            edge_sets.append(exact_ds)
+        log.info(
+            "exact dedup: %d duplicate documents (%.1fs)", stats["exact_edges"], time.perf_counter() - t0
+        )
+    if nd.enabled:
+        t1 = time.perf_counter()
+        cols = ["rank", "xhi", "source_idx", "has_sig"] + [f"b{b}" for b in range(nd.bands)]
+        cand = (
+            ray.data.read_parquet(metas, columns=cols)
+            .map_batches(
+                explode_bands,
+                fn_kwargs={"bands": nd.bands, "scope": nd.scope, "buckets": B},
+                batch_format="numpy",
+            )
+            .groupby("bucket", num_partitions=P)
+            .map_groups(
+                band_group,
+                fn_kwargs={"max_pairs": nd.max_bucket_pairs, "collapse_exact": cc.exact_dedup},
+                batch_format="numpy",
+            )
+            .materialize()
+        )
+        stats["candidate_pairs"] = cand.count()
+        if stats["candidate_pairs"] and not nd.verify:
+            near = cand  # every LSH candidate pair is an edge
+            stats["near_edges"] = stats["candidate_pairs"]
+            edge_sets.append(near)
+        elif stats["candidate_pairs"]:
+            near = (
+                cand.map_batches(lambda b: {**b, "sa": b["u"] >> SHARD_BITS}, batch_format="numpy")
+                .groupby("sa", num_partitions=P)
+                .map_groups(verify_a, fn_kwargs={"work": str(work), "ngram": nd.ngram}, batch_format="numpy")
+                .groupby("sb", num_partitions=P)
+                .map_groups(
+                    verify_b,
+                    fn_kwargs={"work": str(work), "ngram": nd.ngram, "threshold": nd.threshold},
+                    batch_format="numpy",
+                )
+                .materialize()
+            )
+            stats["near_edges"] = near.count()
+            if stats["near_edges"]:
+                edge_sets.append(near)
+        log.info(
+            "near dedup: %d candidate pairs, %d verified (%.1fs)",
+            stats["candidate_pairs"],
+            stats["near_edges"],
+            time.perf_counter() - t1,
+        )
+    if not edge_sets:
+        return stats
+    # Connected components: alternate large-star and small-star until the edge set is stable.
+    t2 = time.perf_counter()
+    edges = edge_sets[0] if len(edge_sets) == 1 else edge_sets[0].union(*edge_sets[1:])
+    edges = edges.select_columns(["u", "v"]).materialize()
+    prev = None
+    for rnd in range(cc.max_cc_rounds):
+        for large in (True, False):
+            edges = (
+                edges.map_batches(both_directions, fn_kwargs={"buckets": B}, batch_format="numpy")
+                .groupby("bucket", num_partitions=P)
+                .map_groups(star_group, fn_kwargs={"large": large}, batch_format="numpy")
+                .materialize()
+            )
+        n = edges.count()
+        check = (n, edges.sum("h") if n else 0)
+        stats["cc_rounds"] = rnd + 1
+        if check == prev:
+            break
+        prev = check
+    else:
+        raise RuntimeError(f"connected components did not converge in {cc.max_cc_rounds} rounds")
+    log.info("connected components: %d rounds (%.1fs)", stats["cc_rounds"], time.perf_counter() - t2)
+    rows = edges.map_batches(labels_rows, batch_format="numpy")
+    if exact_ds is not None and stats["exact_edges"]:
+        rows = rows.union(exact_ds.map_batches(exact_rows, batch_format="numpy"))
+    rows.groupby("shard", num_partitions=P).map_groups(
+        write_decisions, fn_kwargs={"work": str(work)}, batch_format="numpy"
+    ).materialize()
+    return stats
+
+
+def write_decisions(batch: dict[str, np.ndarray], work: str) -> dict[str, np.ndarray]:
+    """Group = one shard: per document rank, its cluster label and whether it goes (exact/near)."""
+    node, label, exact = batch["node"], batch["label"], batch["exact"]
+    if node.size == 0:
+        return {"shard": np.zeros(0, np.int64), "n": np.zeros(0, np.int64)}
+    shard = int(node[0] >> SHARD_BITS)
+    order = np.argsort(node, kind="stable")
+    node, label, exact = node[order], label[order], exact[order]
+    starts = np.flatnonzero(np.r_[True, node[1:] != node[:-1]])
+    n = node[starts]
+    lab = np.maximum.reduceat(label, starts)
+    ex = np.maximum.reduceat(exact, starts).astype(bool)
+    status = np.where(n == lab, "keeper", np.where(ex, "exact", "near"))
+    t = pa.table({"rank": n, "label": lab, "status": status.astype(str)})
+    d = Path(work) / "dedup"
+    d.mkdir(exist_ok=True)
+    tmp = d / f".{shard:06d}.parquet.tmp"
+    pq.write_table(t, tmp)
+    os.replace(tmp, decisions_path(work, shard))
+    return {"shard": np.array([shard]), "n": np.array([n.size])}

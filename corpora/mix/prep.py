@@ -1,0 +1,284 @@
+"""The mix stage's cached pass over every kept document (one Ray Data job).
+
+Each training document is dropped if the split stage holds it out, flagged if it is an exact or
+MinHash near-copy of held-out text or shares an n-gram with evaluation data, and otherwise tokenised
+with the tokenizer stage's fastest exact encoder. The result (``prep/docs/*.parquet``) depends on the
+clean, split and tokenizer outputs and the decontamination settings, not on the mix ratio, total or
+seed, so re-mixing reuses it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from dapt.corpora.mix.config import MixConfig
+from dapt.corpora.mix.decontam import NgramIndex, build_index, match_documents
+from dapt.corpora.mix.neardup import HeldoutShingles, best_matches
+from dapt.corpora.split.select import HeldoutDoc, split_key
+from dapt.corpora.split.stage import heldout_id
+from dapt.pipeline.fsutil import atomic_write_json
+from dapt.pipeline.ray_runtime import init_ray  # also sets Ray's loopback environment before ray is imported
+
+PREP_VERSION = 1
+"""Bump when the prep pass's output changes meaning, so stale caches are not reused."""
+
+_READ_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("source", pa.string()),
+        ("kind", pa.string()),
+        ("text", pa.string()),
+        ("date", pa.string()),
+    ]
+)
+OUT_SCHEMA = pa.schema(
+    [
+        ("source", pa.string()),
+        ("id", pa.string()),
+        ("kind", pa.string()),
+        ("key", pa.uint64()),
+        ("status", pa.string()),
+        ("n_tokens", pa.int64()),
+        ("n_bytes", pa.int64()),
+        ("tokens", pa.large_list(pa.uint32())),
+        ("near_dup_of", pa.string()),
+        ("contam", pa.list_(pa.string())),
+    ]
+)
+
+
+# ------------------------------------------------------------------------------------- Ray Data worker
+
+_WORKER_STATE: dict[str, Any] = {}
+
+
+def _state(ref_box: list) -> dict[str, Any]:
+    """The broadcast state (encoder, held-out tables, n-gram index), fetched once per worker process."""
+    import ray
+
+    key = ref_box[0].hex()
+    if key not in _WORKER_STATE:
+        _WORKER_STATE.clear()
+        _WORKER_STATE[key] = ray.get(ref_box[0])
+    return _WORKER_STATE[key]
+
+
+def _list_array(seqs: list[list[int]]) -> pa.Array:
+    lens = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
+    offsets = np.zeros(len(seqs) + 1, dtype=np.int64)
+    np.cumsum(lens, out=offsets[1:])
+    flat = np.fromiter(itertools.chain.from_iterable(seqs), dtype=np.uint32, count=int(offsets[-1]))
+    return pa.LargeListArray.from_arrays(pa.array(offsets, pa.int64()), pa.array(flat, pa.uint32()))
+
+
+def work_units(files: list[str], docs_per_task: int) -> list[dict[str, Any]]:
+    """Slices of the input files, ``(file, row group, start, stop)``, each one Ray task.
+
+    Why not ``ray.data.read_parquet``: on Ray 2.60 it packed a few small files into a single block, and
+    one block is one map task, so tokenisation ran on one core. Explicit slices make the parallelism
+    the number of slices whatever the file layout (a row group split in several slices is read once per
+    slice; reading is cheap next to tokenising).
+    """
+    units = []
+    for f in files:
+        meta = pq.ParquetFile(f).metadata
+        for rg in range(meta.num_row_groups):
+            n = meta.row_group(rg).num_rows
+            for start in range(0, n, docs_per_task):
+                units.append(
+                    {"file": f, "row_group": rg, "start": start, "stop": min(n, start + docs_per_task)}
+                )
+    return units
+
+
+def read_unit(unit: dict[str, Any]) -> pa.Table:
+    """The rows of one work unit, with the columns the prep pass reads (``date`` may be absent)."""
+    pf = pq.ParquetFile(unit["file"])
+    names = set(pf.schema_arrow.names)
+    cols = [c for c in _READ_SCHEMA.names if c in names]
+    t = pf.read_row_group(int(unit["row_group"]), columns=cols)
+    t = t.slice(int(unit["start"]), int(unit["stop"]) - int(unit["start"]))
+    if "date" not in names:
+        t = t.append_column("date", pa.nulls(t.num_rows, pa.string()))
+    return t.select(_READ_SCHEMA.names).cast(_READ_SCHEMA)
+
+
+def process_units(units: pa.Table, ref_box: list, batch_size: int) -> pa.Table:
+    """Ray Data UDF: read each unit's rows and run :func:`prep_batch` on them, ``batch_size`` at a time."""
+    st = _state(ref_box)
+    out = []
+    for unit in units.to_pylist():
+        rows = read_unit(unit)
+        for s in range(0, rows.num_rows, batch_size):
+            out.append(prep_batch(rows.slice(s, batch_size), st))
+    return pa.concat_tables(out) if out else OUT_SCHEMA.empty_table()
+
+
+def prep_batch(batch: pa.Table, st: dict[str, Any]) -> pa.Table:
+    """The per-batch work of the prep pass (pure function of the batch and the broadcast state)."""
+    d = batch.to_pydict()
+    n = batch.num_rows
+    held: frozenset[str] = st["heldout_ids"]
+    rows = [i for i in range(n) if heldout_id(d["source"][i], str(d["id"][i])) not in held]
+    texts = [d["text"][i] for i in rows]
+    keys = [split_key(t) for t in texts]
+    near: list[str | None] = [None] * len(rows)
+
+    # Exact copies of held-out text (by key, confirmed on the text itself).
+    hk: dict[int, list[int]] = st["heldout_keys"]
+    htexts: list[str] = st["heldout_texts"]
+    hids: list[str] = st["heldout_names"]
+    for j, k in enumerate(keys):
+        for h in hk.get(k, ()):
+            if htexts[h] == texts[j]:
+                near[j] = hids[h]
+                break
+
+    nd: HeldoutShingles | None = st["near_dedup"]
+    if nd is not None and texts:
+        for j, (h, _sim) in enumerate(best_matches(nd, texts, st["near_dedup_threshold"])):
+            if near[j] is None and h >= 0:
+                near[j] = hids[h]
+
+    index: NgramIndex | None = st["ngram_index"]
+    contam = match_documents(index, texts) if index is not None else [[] for _ in texts]
+    status = ["near_dup" if near[j] else ("contaminated" if contam[j] else "train") for j in range(len(rows))]
+    train_j = [j for j, s in enumerate(status) if s == "train"]
+    enc = st["encoder"]
+    ids = enc.encode_batch([texts[j] for j in train_j]) if train_j else []
+    tokens: list[list[int]] = [[] for _ in rows]
+    for j, t in zip(train_j, ids, strict=True):
+        tokens[j] = t
+    return pa.table(
+        {
+            "source": pa.array([d["source"][i] for i in rows], pa.string()),
+            "id": pa.array([str(d["id"][i]) for i in rows], pa.string()),
+            "kind": pa.array([d["kind"][i] for i in rows], pa.string()),
+            "key": pa.array(keys, pa.uint64()),
+            "status": pa.array(status, pa.string()),
+            "n_tokens": pa.array([len(t) for t in tokens], pa.int64()),
+            "n_bytes": pa.array([len(t.encode("utf-8", "surrogatepass")) for t in texts], pa.int64()),
+            "tokens": _list_array(tokens),
+            "near_dup_of": pa.array(near, pa.string()),
+            "contam": pa.array(contam, pa.list_(pa.string())),
+        },
+        schema=OUT_SCHEMA,
+    )
+
+
+# ------------------------------------------------------------------------------------------------ prep
+
+
+def build_prep(
+    ctx: Any,
+    files: dict[str, list[Path]],
+    heldout: list[HeldoutDoc],
+    tok_path: Path,
+    texts: dict[str, list[str]],
+    prep: Path,
+) -> None:
+    """Run the Ray Data pass into ``prep`` (a fresh folder); marks it done last."""
+    import ray
+
+    from dapt.tokenizer.encode import load_encoder
+
+    mcfg: MixConfig = ctx.cfg.mix
+    tmp = prep.with_name(prep.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+
+    # Probe the fast encode path on real text too (load_encoder checks it against the HF tokenizer).
+    probes = [h.text[:2000] for h in heldout[:64]]
+    t0 = time.perf_counter()
+    encoder = load_encoder(tok_path, probes=probes)
+    t_enc = time.perf_counter() - t0
+    ctx.log.info("encoder: %r (backend %s, eos %d)", encoder, encoder.backend, encoder.eos_id)
+
+    index = None
+    if texts:
+        dc = mcfg.decontamination
+        index = build_index(texts, dc.ngram, dc.min_words)
+        ctx.log.info("decontamination index: %d n-grams from %s", len(index), index.texts_used)
+
+    hkeys: dict[int, list[int]] = defaultdict(list)
+    for i, h in enumerate(heldout):
+        hkeys[h.key].append(i)
+    state = {
+        "encoder": encoder,
+        "heldout_ids": frozenset(heldout_id(h.source, h.id) for h in heldout),
+        "heldout_keys": dict(hkeys),
+        "heldout_texts": [h.text for h in heldout],
+        "heldout_names": [f"{h.source}/{h.id}" for h in heldout],
+        "near_dedup": (
+            HeldoutShingles.build([h.text for h in heldout], mcfg.near_dedup.ngram)
+            if mcfg.near_dedup.enabled
+            else None
+        ),
+        "near_dedup_threshold": mcfg.near_dedup.threshold,
+        "ngram_index": index,
+    }
+
+    all_files = [str(f) for fs in files.values() for f in fs]
+    t0 = time.perf_counter()
+    docs_dir = tmp / "docs"
+    t_init = 0.0
+    if all_files:
+        init_ray(ctx.cfg.ray)
+        t_init = time.perf_counter() - t0
+        import ray.data
+
+        dctx = ray.data.DataContext.get_current()
+        dctx.enable_progress_bars = False
+        ref = ray.put(state)
+        units = work_units(all_files, mcfg.docs_per_task)
+        ds = ray.data.from_items(units, override_num_blocks=len(units))
+        ds = ds.map_batches(
+            process_units,
+            fn_kwargs={"ref_box": [ref], "batch_size": mcfg.encode_batch_size},
+            batch_size=1,
+            batch_format="pyarrow",
+        )
+        ds.write_parquet(str(docs_dir))
+        del ref
+    docs_dir.mkdir(exist_ok=True)
+    if not any(docs_dir.glob("*.parquet")):
+        pq.write_table(OUT_SCHEMA.empty_table(), docs_dir / "empty.parquet")
+
+    t_ray = time.perf_counter() - t0
+    atomic_write_json(
+        tmp / "prep.json",
+        {
+            "seconds": {
+                "load_encoder": round(t_enc, 3),
+                "ray_init": round(t_init, 3),
+                "ray_pass": round(t_ray - t_init, 3),
+            },
+            "encoder": {
+                "backend": encoder.backend,
+                "eos_id": encoder.eos_id,
+                "vocab_size": encoder.vocab_size,
+            },
+            "decontamination": {
+                "tasks": sorted(texts),
+                "ngram": mcfg.decontamination.ngram,
+                "min_words": mcfg.decontamination.min_words,
+                "texts_used": index.texts_used if index else {},
+                "texts_ignored": index.texts_ignored if index else {},
+                "ngrams": len(index) if index else 0,
+            },
+        },
+    )
+    if prep.exists():
+        shutil.rmtree(prep)
+    tmp.rename(prep)
+    (prep / "_DONE").write_text("ok\n")

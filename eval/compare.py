@@ -1,0 +1,127 @@
+"""Base vs adapted comparison rows: one per held-out source, one pooled per source kind, one per
+task metric, each with a paired bootstrap (``significance``) where both models scored the same items.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dapt.eval.bpb import LN2
+from dapt.eval.significance import paired_bootstrap, paired_bootstrap_corpus
+
+
+def _row_common(base: float | None, adapted: float | None, higher_is_better: bool) -> dict[str, Any]:
+    delta = adapted - base if base is not None and adapted is not None else None
+    pct = 100.0 * delta / abs(base) if delta is not None and base else None
+    better = None if delta is None else (delta > 0) == higher_is_better and delta != 0
+    return {"delta": delta, "delta_pct": pct, "higher_is_better": higher_is_better, "improved": better}
+
+
+def bpb_rows(bpb: dict[str, dict], heldout: dict, iters: int, alpha: float, seed: int) -> list[dict]:
+    """One row per source plus one pooled row per source kind (domain / general)."""
+    groups: list[tuple[str, str, list[str], bool]] = [(s, h["kind"], [s], False) for s, h in heldout.items()]
+    for kind in sorted({h["kind"] for h in heldout.values()}):
+        members = [s for s, h in heldout.items() if h["kind"] == kind]
+        groups.append((f"all-{kind}", kind, members, True))
+    rows = []
+    for label, kind, members, pooled in groups:
+        a_items = [it for s in members for it in bpb["adapted"][s]["per_doc"]]
+        row: dict[str, Any] = {
+            "name": f"bpb/{label}",
+            "kind": "bpb",
+            "source": label,
+            "source_kind": kind,
+            "pooled": pooled,
+            "sources": members,
+            "metric": "bits_per_byte",
+            "n_items": len(a_items),
+        }
+        a_nll = [n for n, _ in a_items]
+        nbytes = [b for _, b in a_items]
+        if "base" in bpb:
+            b_items = [it for s in members for it in bpb["base"][s]["per_doc"]]
+            st = paired_bootstrap(
+                [n for n, _ in b_items], a_nll, nbytes, nbytes, scale=1 / LN2, iters=iters, seed=seed
+            )
+            row.update(
+                base=st["base"],
+                adapted=st["adapted"],
+                **_row_common(st["base"], st["adapted"], higher_is_better=False),
+                base_stderr=st["base_stderr"],
+                adapted_stderr=st["adapted_stderr"],
+                ci_low=st["ci_low"],
+                ci_high=st["ci_high"],
+                p_value=st["p_value"],
+                significant=st["p_value"] < alpha,
+            )
+        else:
+            st = paired_bootstrap(a_nll, a_nll, nbytes, nbytes, scale=1 / LN2, iters=iters, seed=seed)
+            row.update(
+                base=None,
+                adapted=st["adapted"],
+                **_row_common(None, st["adapted"], False),
+                base_stderr=None,
+                adapted_stderr=st["adapted_stderr"],
+                ci_low=None,
+                ci_high=None,
+                p_value=None,
+                significant=None,
+            )
+        rows.append(row)
+    return rows
+
+
+def task_rows(tasks: dict[str, dict], iters: int, alpha: float, seed: int) -> list[dict]:
+    rows = []
+    adapted = tasks.get("adapted", {})
+    base = tasks.get("base", {})
+    for name, a in adapted.items():
+        b = base.get(name)
+        for metric, am in a["metrics"].items():
+            bm = b["metrics"].get(metric) if b else None
+            row: dict[str, Any] = {
+                "name": f"{name}/{metric}",
+                "kind": "task",
+                "task": name,
+                "metric": metric,
+                "aggregation": am["aggregation"],
+                "version": a["version"],
+                "num_fewshot": a["num_fewshot"],
+                "base": bm["value"] if bm else None,
+                "adapted": am["value"],
+                **_row_common(bm["value"] if bm else None, am["value"], am["higher_is_better"]),
+                "base_stderr": bm["stderr"] if bm else None,
+                "adapted_stderr": am["stderr"],
+                "ci_low": None,
+                "ci_high": None,
+                "p_value": None,
+                "significant": None,
+                "n_items": len(a["items"].get(metric, {})) or (a["n_samples"] or {}).get("effective"),
+            }
+            ai = a["items"].get(metric)
+            bi = b["items"].get(metric) if b else None
+            ac = a.get("corpus", {}).get(metric)
+            bc = b.get("corpus", {}).get(metric) if b else None
+            st = None
+            if ai and bi:  # paired test over the items both models scored
+                ids = sorted(set(ai) & set(bi))
+                st = paired_bootstrap([bi[i] for i in ids], [ai[i] for i in ids], iters=iters, seed=seed)
+            elif ac and bc:  # corpus-level metric: its own aggregation on each resample
+                ids = sorted(set(ac["items"]) & set(bc["items"]))
+                st = paired_bootstrap_corpus(
+                    [bc["items"][i] for i in ids],
+                    [ac["items"][i] for i in ids],
+                    ac["fn"],
+                    iters=iters,
+                    seed=seed,
+                )
+            if st is not None:
+                row.update(
+                    ci_low=st["ci_low"],
+                    ci_high=st["ci_high"],
+                    p_value=st["p_value"],
+                    significant=st["p_value"] < alpha,
+                    n_items=len(ids),
+                )
+            rows.append(row)
+    return rows

@@ -1,0 +1,155 @@
+"""The lm-eval side of the eval stage: run loaded tasks on an in-memory model, turn lm-eval's result
+dict into per-task metrics with per-item values (for the paired bootstrap), and the cross-check of
+dapt's bits-per-byte against lm-eval's ``loglikelihood_rolling`` on the same text.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from typing import Any
+
+from dapt.eval.bpb import bits_per_byte
+from dapt.eval.tasks_registry import LoadedTasks, seeds, write_rolling_task
+from dapt.pipeline.stages import StageContext
+
+
+def _metric_value(res: dict, metric: str) -> tuple[float | None, float | None]:
+    """lm-eval's aggregated value and stderr of ``metric`` (keys ``metric,filter``)."""
+    for key, val in res.items():
+        if key.split(",")[0] == metric and "," in key:
+            filt = key.split(",", 1)[1]
+            se = res.get(f"{metric}_stderr,{filt}")
+            return (
+                float(val) if isinstance(val, int | float) else None,
+                float(se) if isinstance(se, int | float) else None,
+            )
+    return None, None
+
+
+def run_lm_eval(
+    model: Any, tok: Any, loaded: LoadedTasks, ctx: StageContext, max_length: int, device: str
+) -> dict[str, Any]:
+    """Run every loaded task on the in-memory model. Returns per leaf task: metrics (value, stderr,
+    aggregation, higher_is_better), per-item values by doc id, versions and sample counts."""
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+
+    from dapt.eval.lm_backend import DaptLM
+
+    e = ctx.cfg.eval
+    leaves: dict[str, Any] = {}
+    for group in loaded.tasks.values():
+        leaves.update(group)
+    if not leaves:
+        return {}
+    common = dict(
+        pretrained=model, tokenizer=tok, batch_size=e.batch_size, max_length=max_length, device=device
+    )
+    lm = DaptLM(**common, pack_tokens=e.pack_tokens) if e.lm_backend == "dapt" else HFLM(**common)
+    seed = ctx.cfg.seed
+    res = simple_evaluate(
+        model=lm,
+        tasks=list(leaves.values()),
+        num_fewshot=e.num_fewshot,
+        limit=e.limit,
+        bootstrap_iters=e.bootstrap_iters,
+        log_samples=True,
+        **seeds(seed),
+    )
+    return task_results(res, leaves)
+
+
+def task_results(res: dict[str, Any], leaves: dict[str, Any]) -> dict[str, Any]:
+    """Per leaf task of a ``simple_evaluate`` result (run with ``log_samples``): metrics (value, stderr,
+    aggregation, higher_is_better), per-item values by doc id for mean-aggregated metrics, and for
+    corpus-level metrics (weighted F1, MCC...) the raw per-item values with lm-eval's aggregation
+    function under ``corpus`` (in memory only), so both can get a paired bootstrap."""
+    from lm_eval.api.metrics import mean as lm_mean
+
+    out: dict[str, Any] = {}
+    for name in leaves:
+        r = res["results"].get(name, {})
+        conf = res.get("configs", {}).get(name, {})
+        try:
+            agg_fns = dict(leaves[name].aggregation())
+        except Exception:  # noqa: BLE001 - a task object without aggregation(): no corpus bootstrap
+            agg_fns = {}
+        metrics = {}
+        items: dict[str, dict[int, float]] = {}
+        corpus: dict[str, dict[str, Any]] = {}
+        samples = res.get("samples", {}).get(name, [])
+        for m in conf.get("metric_list", []):
+            mname = m["metric"] if isinstance(m["metric"], str) else str(m["metric"])
+            value, stderr = _metric_value(r, mname)
+            agg = m.get("aggregation")
+            metrics[mname] = {
+                "value": value,
+                "stderr": stderr,
+                "aggregation": agg if isinstance(agg, str) else "custom",
+                "higher_is_better": bool(m.get("higher_is_better", True)),
+            }
+            raw = {int(s["doc_id"]): s[mname] for s in samples if mname in s}
+            if agg == "mean" or agg_fns.get(mname) is lm_mean or (agg is None and mname not in agg_fns):
+                items[mname] = {i: float(v) for i, v in raw.items() if isinstance(v, int | float | bool)}
+            elif callable(agg_fns.get(mname)) and raw:
+                corpus[mname] = {"fn": agg_fns[mname], "items": raw}
+        out[name] = {
+            "metrics": metrics,
+            "items": items,
+            "corpus": corpus,
+            "version": res.get("versions", {}).get(name),
+            "n_samples": res.get("n-samples", {}).get(name),
+            "num_fewshot": res.get("n-shot", {}).get(name),
+        }
+    return out
+
+
+def crosscheck(model: Any, tok: Any, heldout: dict, ctx: StageContext, max_length: int, device: str) -> dict:
+    """dapt's bits-per-byte vs lm-eval's loglikelihood_rolling on the same text, same context handling
+    (disjoint windows, one prefix token, no BOS added by the tokenizer); both values and both times."""
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+
+    from dapt.eval.tasks_registry import task_manager
+
+    e = ctx.cfg.eval
+    inc = ctx.work_dir / "crosscheck"
+    if inc.exists():
+        shutil.rmtree(inc)
+    inc.mkdir(parents=True)
+    lm = HFLM(
+        pretrained=model,
+        tokenizer=tok,
+        batch_size=e.batch_size,
+        max_length=max_length,
+        device=device,
+        add_bos_token=False,
+    )
+    out = {}
+    for source, h in heldout.items():
+        data = inc / f"{source}.jsonl"
+        data.write_text("".join(json.dumps({"text": t}) + "\n" for t in h["texts"]), encoding="utf-8")
+        name = f"dapt_heldout_{source}".replace("-", "_").replace(".", "_")
+        write_rolling_task(inc / "tasks", name, data)
+        tm = task_manager(inc / "tasks", include_defaults=False)
+        t0 = time.perf_counter()
+        res = simple_evaluate(model=lm, tasks=[name], task_manager=tm, bootstrap_iters=0, log_samples=False)
+        lm_s = time.perf_counter() - t0
+        lm_bpb = _metric_value(res["results"][name], "bits_per_byte")[0]
+        t0 = time.perf_counter()
+        ours = bits_per_byte(
+            model, tok, h["texts"], max_length=max_length, stride=None, batch_size=e.batch_size
+        )
+        ours_s = time.perf_counter() - t0
+        out[source] = {
+            "dapt_bpb": ours["bpb"],
+            "lmeval_bpb": lm_bpb,
+            "rel_diff": abs(ours["bpb"] - lm_bpb) / lm_bpb if lm_bpb else None,
+            "dapt_seconds": round(ours_s, 3),
+            "lmeval_seconds": round(lm_s, 3),
+            "speedup": round(lm_s / ours_s, 3) if ours_s > 0 else None,
+        }
+        ctx.log.info("crosscheck %s: %s", source, out[source])
+    return out

@@ -1,0 +1,245 @@
+"""Worker setup: the process group, the device, and the model built, sharded and loaded.
+
+Model loading without N copies in CPU memory: every rank builds the model on the ``meta`` device
+(no memory), applies FSDP2 sharding, and allocates only its own shards (``to_empty``). Rank 0 alone
+loads the full pretrained weights and ``set_model_state_dict(..., broadcast_from_rank0=True)``
+scatters each tensor to the ranks that own it. For DDP every rank needs the full model anyway: rank 0
+loads it and DDP broadcasts it at construction.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from dapt.train.spec import TrainSpec
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+FSDP_MODES = ("zero2", "zero3", "hybrid")
+
+
+# ----------------------------------------------------------------------------------------------------
+# process group and device
+# ----------------------------------------------------------------------------------------------------
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size); (0, 1) without a process group."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def ensure_process_group(use_gpu: bool) -> None:
+    """Ray Train has set up the group already; under torchrun/mp the env vars say to; else: 1 process."""
+    if dist.is_initialized() or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return
+    dist.init_process_group("nccl" if use_gpu else "gloo")
+
+
+def device_for(use_gpu: bool, under_ray: bool) -> torch.device:
+    if not use_gpu:
+        return torch.device("cpu")
+    if under_ray:
+        import ray.train.torch
+
+        return ray.train.torch.get_device()
+    dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    torch.cuda.set_device(dev)
+    return dev
+
+
+def local_world_size(under_ray: bool) -> int:
+    if under_ray:
+        import ray.train
+
+        return ray.train.get_context().get_local_world_size()
+    return int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
+
+
+def all_reduce(t: torch.Tensor, device: torch.device, op: Any = None) -> torch.Tensor:
+    """Sum (or ``op``) over ranks, on the device the backend needs (nccl: CUDA); returned on CPU."""
+    if not dist.is_initialized():
+        return t
+    t = t.to(device) if device.type == "cuda" else t
+    dist.all_reduce(t, op=op or dist.ReduceOp.SUM)
+    return t.cpu()
+
+
+def is_sharded(spec: TrainSpec) -> bool:
+    """FSDP2 in use: a sharding mode that shards, and more than one rank to shard over."""
+    return spec.sharding in FSDP_MODES and world()[1] > 1
+
+
+# ----------------------------------------------------------------------------------------------------
+# model
+# ----------------------------------------------------------------------------------------------------
+
+
+def load_model_config(spec: TrainSpec):
+    """The ``transformers`` config of the model the spec trains (no weights loaded)."""
+    from transformers import AutoConfig, PretrainedConfig
+
+    if spec.model_path:
+        return AutoConfig.from_pretrained(spec.model_path, revision=spec.model_revision)
+    mc = dict(spec.model_config or {})
+    return PretrainedConfig.from_dict(mc) if "model_type" not in mc else AutoConfig.for_model(**mc)
+
+
+def reinit_rotary(model: torch.nn.Module, device: torch.device) -> None:
+    """Recompute rotary ``inv_freq`` buffers: they are non-persistent (not in any state dict), so a model
+    built on the meta device and ``to_empty``-ed has garbage in them."""
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    for m in model.modules():
+        if hasattr(m, "inv_freq") and hasattr(m, "rope_type") and hasattr(m, "config"):
+            if m.rope_type == "default" and hasattr(m, "compute_default_rope_parameters"):
+                fn = m.compute_default_rope_parameters
+            elif m.rope_type in ROPE_INIT_FUNCTIONS:
+                fn = ROPE_INIT_FUNCTIONS[m.rope_type]
+            else:  # older transformers: rope_init_fn on the module
+                fn = m.rope_init_fn
+            inv_freq, scaling = fn(m.config)  # computed on CPU, then moved
+            m.inv_freq = inv_freq.to(device)
+            if hasattr(m, "original_inv_freq"):
+                m.original_inv_freq = inv_freq.clone().to(device)
+            m.attention_scaling = scaling
+
+
+def _full_state_dict_rank0(spec: TrainSpec, config) -> dict[str, torch.Tensor]:
+    """The pretrained weights (fp32, CPU), materialised on rank 0 only."""
+    from transformers import AutoModelForCausalLM
+
+    if spec.model_path:
+        m = AutoModelForCausalLM.from_pretrained(
+            spec.model_path, revision=spec.model_revision, dtype=torch.float32
+        )
+    else:
+        torch.manual_seed(int(spec.init_seed))
+        m = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    return m.state_dict()
+
+
+def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The transformer blocks (HF causal LMs keep them in ``model.layers`` or similar)."""
+    for path in ("model.layers", "transformer.h", "model.decoder.layers", "gpt_neox.layers"):
+        obj: Any = model
+        try:
+            for part in path.split("."):
+                obj = getattr(obj, part)
+        except AttributeError:
+            continue
+        return list(obj)
+    raise ValueError(f"cannot find the transformer blocks of {type(model).__name__}")
+
+
+def _fully_shard(model: torch.nn.Module, spec: TrainSpec, device: torch.device, mode: str) -> dict:
+    """FSDP2 ``fully_shard`` per transformer block and on the root; returns the sharding kwargs."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
+
+    _, n = world()
+    if mode == "hybrid":
+        shard = int(spec.hybrid_shard_size or local_world_size(spec.under_ray))
+        mesh = init_device_mesh(device.type, (n // shard, shard), mesh_dim_names=("replicate", "shard"))
+    else:
+        mesh = init_device_mesh(device.type, (n,))
+    kw: dict[str, Any] = {"mesh": mesh, "reshard_after_forward": mode != "zero2"}
+    dtype = DTYPES[spec.precision]
+    if dtype != torch.float32:
+        kw["mp_policy"] = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
+    if spec.cpu_offload and device.type == "cuda":
+        kw["offload_policy"] = CPUOffloadPolicy()
+    for block in decoder_layers(model):
+        fully_shard(block, **kw)
+    fully_shard(model, **kw)
+    return kw
+
+
+def build_model(spec: TrainSpec, device: torch.device) -> torch.nn.Module:
+    """Build, shard and load the model as ``spec.sharding`` says (see the module docstring)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+    from transformers import AutoModelForCausalLM
+
+    rank, n = world()
+    config = load_model_config(spec)
+    mode = spec.sharding if n > 1 else "single"
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    if spec.activation_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False
+
+    if mode in FSDP_MODES:
+        kw = _fully_shard(model, spec, device, mode)
+        model.to_empty(device="cpu" if kw.get("offload_policy") else device)
+        reinit_rotary(model, device)
+        full = _full_state_dict_rank0(spec, config) if rank == 0 else {}
+        set_model_state_dict(
+            model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+        )
+        del full
+        return model
+
+    # single process or DDP: the full model on every rank.
+    model.to_empty(device=device)
+    if rank == 0:
+        model.load_state_dict(_full_state_dict_rank0(spec, config), strict=False, assign=False)
+    # (other ranks: DDP overwrites their empty model with rank 0's weights at construction)
+    if getattr(model.config, "tie_word_embeddings", False):
+        model.tie_weights()
+    reinit_rotary(model, device)
+    if mode == "ddp":
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        return DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+    return model
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return getattr(model, "module", model)
+
+
+def count_params(model: torch.nn.Module) -> tuple[int, int]:
+    """(total, this rank's local) parameter element counts."""
+    total = local = 0
+    for p in unwrap(model).parameters():
+        total += p.numel()
+        local += p.to_local().numel() if hasattr(p, "to_local") else p.numel()
+    return total, local
+
+
+# ----------------------------------------------------------------------------------------------------
+# optimizer
+# ----------------------------------------------------------------------------------------------------
+
+
+def build_optimizer(model: torch.nn.Module, spec: TrainSpec, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW; no weight decay on norms, biases and other 1-d parameters."""
+    decay, no_decay = [], []
+    for name, p in unwrap(model).named_parameters():
+        (no_decay if p.ndim < 2 or "norm" in name.lower() or "bias" in name else decay).append(p)
+    return torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": float(spec.weight_decay)},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=float(spec.lr),
+        betas=(float(spec.beta1), float(spec.beta2)),
+        eps=float(spec.eps),
+        foreach=device.type == "cuda",
+    )
+
+
+def build_scaler(spec: TrainSpec, device: torch.device) -> Any:
+    """Dynamic loss scaling for fp16 (sharded: all ranks agree on skipped steps); None otherwise."""
+    if spec.precision != "fp16":
+        return None
+    if is_sharded(spec):
+        from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+
+        return ShardedGradScaler(device=device.type)
+    return torch.amp.GradScaler(device.type)
