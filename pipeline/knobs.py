@@ -5,6 +5,12 @@ cadence, a licence string, how many checkpoints to keep) is declared with ``json
 NOT_FINGERPRINTED``; :func:`fingerprint_view` leaves such fields out, so changing them keeps the stage
 done and never discards its work. Everything not declared counts, so forgetting a declaration can only
 cost a rerun, never a stale result.
+
+A second, weaker declaration, ``CONTINUES_RUN``, is for knobs that do change the output but with which
+a stage may *continue* its saved state rather than start over: a training budget (``train.max_steps``)
+makes a new result, yet the checkpoints of the shorter run are the first steps of the longer one. Such
+fields stay in the fingerprint (the stage reruns) and are left out of the *state key*
+(:func:`state_view`), which is what a stage keys its resumable work by (``ctx.state_key``).
 """
 
 from __future__ import annotations
@@ -18,25 +24,59 @@ NOT_FINGERPRINTED: dict[str, Any] = {"fingerprint": False}
 """``Field(..., json_schema_extra=NOT_FINGERPRINTED)``: the field does not change the stage's output."""
 
 
-def is_fingerprinted(model_cls: type[BaseModel], name: str) -> bool:
+CONTINUES_RUN: dict[str, Any] = {"continues_run": True}
+"""``Field(..., json_schema_extra=CONTINUES_RUN)``: the field changes the output, but saved state of a
+run with another value may be continued (it is left out of ``ctx.state_key``)."""
+
+
+def _extra(model_cls: type[BaseModel], name: str) -> dict[str, Any]:
     extra = model_cls.model_fields[name].json_schema_extra
-    return not (isinstance(extra, dict) and extra.get("fingerprint") is False)
+    return extra if isinstance(extra, dict) else {}
+
+
+def is_fingerprinted(model_cls: type[BaseModel], name: str) -> bool:
+    return _extra(model_cls, name).get("fingerprint") is not False
+
+
+def continues_run(model_cls: type[BaseModel], name: str) -> bool:
+    return _extra(model_cls, name).get("continues_run") is True
+
+
+def _view(value: Any, keep: Any) -> Any:
+    if isinstance(value, BaseModel):
+        cls = type(value)
+        return {
+            name: _view(getattr(value, name), keep)
+            for name in cls.model_fields
+            if keep(cls, name) and not cls.model_fields[name].exclude
+        }
+    if isinstance(value, list | tuple):
+        return [_view(v, keep) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _view(v, keep) for k, v in value.items()}
+    return to_jsonable_python(value)
 
 
 def fingerprint_view(value: Any) -> Any:
     """``value`` as JSON-able data without the fields declared ``NOT_FINGERPRINTED`` (at any depth)."""
-    if isinstance(value, BaseModel):
-        cls = type(value)
-        return {
-            name: fingerprint_view(getattr(value, name))
-            for name in cls.model_fields
-            if is_fingerprinted(cls, name) and not cls.model_fields[name].exclude
-        }
-    if isinstance(value, list | tuple):
-        return [fingerprint_view(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): fingerprint_view(v) for k, v in value.items()}
-    return to_jsonable_python(value)
+    return _view(value, is_fingerprinted)
+
+
+def state_view(value: Any) -> Any:
+    """:func:`fingerprint_view` also without the ``CONTINUES_RUN`` fields: what resumable state depends on."""
+    return _view(value, lambda cls, name: is_fingerprinted(cls, name) and not continues_run(cls, name))
+
+
+def continuing_fields(model_cls: type[BaseModel], prefix: str = "") -> list[str]:
+    """Dotted names of the fields declared CONTINUES_RUN in ``model_cls`` and its sub-models."""
+    out = []
+    for name, f in model_cls.model_fields.items():
+        if continues_run(model_cls, name):
+            out.append(prefix + name)
+        ann = f.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            out.extend(continuing_fields(ann, f"{prefix}{name}."))
+    return out
 
 
 def ignored_fields(model_cls: type[BaseModel], prefix: str = "") -> list[str]:

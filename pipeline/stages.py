@@ -37,7 +37,7 @@ from dapt.pipeline.fsutil import (
     resolve_output,
     stable_hash,
 )
-from dapt.pipeline.knobs import fingerprint_view
+from dapt.pipeline.knobs import fingerprint_view, state_view
 
 DONE_MARKER = "_DONE"
 MANIFEST = "manifest.json"
@@ -191,13 +191,17 @@ def read_manifest(cfg: RunConfig, name: str) -> dict[str, Any]:
     return read_json(d / MANIFEST)
 
 
-def _config_view(cfg: RunConfig, spec: StageSpec) -> dict[str, Any]:
+def _config_view(cfg: RunConfig, spec: StageSpec, for_state: bool = False) -> dict[str, Any]:
     """The config sections that enter the stage's fingerprint (fields declared NOT_FINGERPRINTED left
-    out, unless the stage describes the config in its output)."""
-    view = {
-        k: cfg.section(k) if spec.describes_config else fingerprint_view(getattr(cfg, k))
-        for k in spec.config_keys
-    }
+    out, unless the stage describes the config in its output); ``for_state``: also without the
+    CONTINUES_RUN fields (the state key)."""
+    if for_state:
+        view = {k: state_view(getattr(cfg, k)) for k in spec.config_keys}
+    else:
+        view = {
+            k: cfg.section(k) if spec.describes_config else fingerprint_view(getattr(cfg, k))
+            for k in spec.config_keys
+        }
     for pattern in spec.ignore:
         top, _, leaf = pattern.split(".")
         for item in view.get(top) or []:
@@ -215,6 +219,12 @@ def compute_fingerprint(cfg: RunConfig, spec: StageSpec) -> tuple[str, dict[str,
         "upstream": {u: read_manifest(cfg, u)["fingerprint"] for u in spec.needs},
     }
     return stable_hash(parts), parts
+
+
+def compute_state_key(cfg: RunConfig, spec: StageSpec, parts: dict[str, Any]) -> str:
+    """What a stage's resumable state (checkpoints) depends on: the fingerprint's parts with the config
+    fields declared CONTINUES_RUN left out, so e.g. a longer training budget continues old checkpoints."""
+    return stable_hash({**parts, "config": _config_view(cfg, spec, for_state=True), "kind": "state"})
 
 
 def stage_status(cfg: RunConfig, name: str) -> str:
@@ -312,7 +322,10 @@ class StageContext:
     work_dir: Path
     log: logging.Logger
     fingerprint: str = ""
-    """Computed by the runner (stages never recompute it): keys resumable state in ``work_dir``."""
+    """Computed by the runner (stages never recompute it): what the output depends on."""
+    state_key: str = ""
+    """Computed by the runner: the fingerprint without the CONTINUES_RUN fields (pipeline/knobs.py);
+    key resumable state in ``work_dir`` (checkpoints) by this, so a run can be extended."""
     force: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
     run_config: RunConfig | None = field(default=None, repr=False)
@@ -396,6 +409,7 @@ def run_stage(
         work_dir=work,
         log=logger,
         fingerprint=fp,
+        state_key=compute_state_key(cfg, spec, parts),
         force=force,
         extra=dict(extra or {}),
         run_config=cfg,

@@ -111,3 +111,37 @@ def test_licence_change_statuses(done_run: list[str]) -> None:
     cfg = load_config(CONFIG, [*done_run, "sources.0.license=CC0-1.0"])
     status = {s: stage_status(cfg, s) for s in STAGE_ORDER}
     assert status == {**{s: "done" for s in STAGE_ORDER}, "report": "stale", "publish": "stale"}
+
+
+def test_continues_run_fields_change_the_fingerprint_but_not_the_state_key():
+    """A CONTINUES_RUN knob (a training budget) reruns the stage yet keeps its resumable state's key; a
+    NOT_FINGERPRINTED knob changes neither; a real knob changes both."""
+    from pydantic import BaseModel, Field
+
+    from dapt.pipeline.knobs import (
+        CONTINUES_RUN,
+        NOT_FINGERPRINTED,
+        continuing_fields,
+        fingerprint_view,
+        state_view,
+    )
+
+    class Inner(BaseModel):
+        steps: int = Field(default=10, json_schema_extra=CONTINUES_RUN)
+        every: int = Field(default=1, json_schema_extra=NOT_FINGERPRINTED)
+        lr: float = 0.1
+
+    class Section(BaseModel):
+        inner: Inner = Inner()
+
+    def keys(**kw):
+        s = Section(inner=Inner(**kw))
+        return fingerprint_view(s), state_view(s)
+
+    fp0, st0 = keys()
+    fp1, st1 = keys(steps=20)
+    assert fp1 != fp0 and st1 == st0
+    assert keys(every=5) == (fp0, st0)
+    fp2, st2 = keys(lr=0.2)
+    assert fp2 != fp0 and st2 != st0
+    assert continuing_fields(Section) == ["inner.steps"]

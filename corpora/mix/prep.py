@@ -13,6 +13,7 @@ import itertools
 import shutil
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,10 +59,29 @@ OUT_SCHEMA = pa.schema(
 
 # ------------------------------------------------------------------------------------- Ray Data worker
 
-_WORKER_STATE: dict[str, Any] = {}
+
+@dataclass(frozen=True)
+class PrepState:
+    """What every prep worker needs, put in the object store once and fetched once per worker process."""
+
+    encoder: Any
+    """The tokenizer stage's exact encoder (``dapt.tokenizer.encode.load_encoder``)."""
+    heldout_ids: frozenset[str]
+    """``split.stage.heldout_id`` of every held-out document: these never enter training."""
+    heldout_keys: dict[int, list[int]]
+    """Split key -> indices into ``heldout_texts`` (exact copies of held-out text, confirmed on the text)."""
+    heldout_texts: list[str]
+    heldout_names: list[str]
+    """``source/id`` of each held-out text, recorded as ``near_dup_of``."""
+    near_dedup: HeldoutShingles | None
+    near_dedup_threshold: float
+    ngram_index: NgramIndex | None
 
 
-def _state(ref_box: list) -> dict[str, Any]:
+_WORKER_STATE: dict[str, PrepState] = {}
+
+
+def _state(ref_box: list) -> PrepState:
     """The broadcast state (encoder, held-out tables, n-gram index), fetched once per worker process."""
     import ray
 
@@ -123,37 +143,37 @@ def process_units(units: pa.Table, ref_box: list, batch_size: int) -> pa.Table:
     return pa.concat_tables(out) if out else OUT_SCHEMA.empty_table()
 
 
-def prep_batch(batch: pa.Table, st: dict[str, Any]) -> pa.Table:
+def prep_batch(batch: pa.Table, st: PrepState) -> pa.Table:
     """The per-batch work of the prep pass (pure function of the batch and the broadcast state)."""
     d = batch.to_pydict()
     n = batch.num_rows
-    held: frozenset[str] = st["heldout_ids"]
+    held: frozenset[str] = st.heldout_ids
     rows = [i for i in range(n) if heldout_id(d["source"][i], str(d["id"][i])) not in held]
     texts = [d["text"][i] for i in rows]
     keys = [split_key(t) for t in texts]
     near: list[str | None] = [None] * len(rows)
 
     # Exact copies of held-out text (by key, confirmed on the text itself).
-    hk: dict[int, list[int]] = st["heldout_keys"]
-    htexts: list[str] = st["heldout_texts"]
-    hids: list[str] = st["heldout_names"]
+    hk: dict[int, list[int]] = st.heldout_keys
+    htexts: list[str] = st.heldout_texts
+    hids: list[str] = st.heldout_names
     for j, k in enumerate(keys):
         for h in hk.get(k, ()):
             if htexts[h] == texts[j]:
                 near[j] = hids[h]
                 break
 
-    nd: HeldoutShingles | None = st["near_dedup"]
+    nd: HeldoutShingles | None = st.near_dedup
     if nd is not None and texts:
-        for j, (h, _sim) in enumerate(best_matches(nd, texts, st["near_dedup_threshold"])):
+        for j, (h, _sim) in enumerate(best_matches(nd, texts, st.near_dedup_threshold)):
             if near[j] is None and h >= 0:
                 near[j] = hids[h]
 
-    index: NgramIndex | None = st["ngram_index"]
+    index: NgramIndex | None = st.ngram_index
     contam = match_documents(index, texts) if index is not None else [[] for _ in texts]
     status = ["near_dup" if near[j] else ("contaminated" if contam[j] else "train") for j in range(len(rows))]
     train_j = [j for j, s in enumerate(status) if s == "train"]
-    enc = st["encoder"]
+    enc = st.encoder
     ids = enc.encode_batch([texts[j] for j in train_j]) if train_j else []
     tokens: list[list[int]] = [[] for _ in rows]
     for j, t in zip(train_j, ids, strict=True):
@@ -213,20 +233,20 @@ def build_prep(
     hkeys: dict[int, list[int]] = defaultdict(list)
     for i, h in enumerate(heldout):
         hkeys[h.key].append(i)
-    state = {
-        "encoder": encoder,
-        "heldout_ids": frozenset(heldout_id(h.source, h.id) for h in heldout),
-        "heldout_keys": dict(hkeys),
-        "heldout_texts": [h.text for h in heldout],
-        "heldout_names": [f"{h.source}/{h.id}" for h in heldout],
-        "near_dedup": (
+    state = PrepState(
+        encoder=encoder,
+        heldout_ids=frozenset(heldout_id(h.source, h.id) for h in heldout),
+        heldout_keys=dict(hkeys),
+        heldout_texts=[h.text for h in heldout],
+        heldout_names=[f"{h.source}/{h.id}" for h in heldout],
+        near_dedup=(
             HeldoutShingles.build([h.text for h in heldout], mcfg.near_dedup.ngram)
             if mcfg.near_dedup.enabled
             else None
         ),
-        "near_dedup_threshold": mcfg.near_dedup.threshold,
-        "ngram_index": index,
-    }
+        near_dedup_threshold=mcfg.near_dedup.threshold,
+        ngram_index=index,
+    )
 
     all_files = [str(f) for fs in files.values() for f in fs]
     t0 = time.perf_counter()
