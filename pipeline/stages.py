@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from dapt.pipeline.config import RunConfig, dump_config
-from dapt.pipeline.errors import DaptError, StageMissingError
+from dapt.pipeline.errors import DaptError, InputError, StageMissingError
 from dapt.pipeline.fsutil import (
     atomic_write_json,
     atomic_write_text,
@@ -352,6 +352,17 @@ class StageContext:
         unless absolute); None when the manifest names none."""
         outputs = self.upstream_manifest(name).get("outputs") or {}
         return resolve_output(stage_dir(self.run_config, name), outputs.get(key))
+
+    def require_output(self, name: str, key: str, folder: bool = False) -> Path:
+        """Like :meth:`upstream_output`, but the path must exist (a file, or a folder if ``folder``);
+        InputError naming the manifest and the stage to rerun otherwise."""
+        path = self.upstream_output(name, key)
+        if path is None or not (path.is_dir() if folder else path.is_file()):
+            raise InputError(
+                f"{stage_dir(self.run_config, name) / MANIFEST}: outputs.{key} is missing or not a "
+                f"{'folder' if folder else 'file'} ({path}); re-run `dapt {name}`"
+            )
+        return path
 
     def _check_upstream(self, name: str) -> None:
         if name not in self.spec.needs:

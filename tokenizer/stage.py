@@ -234,11 +234,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         shutil.rmtree(child) if child.is_dir() else child.unlink()
 
     kept = kept_dir(ctx)
-    ids_file = ctx.upstream_output("split", "heldout_ids")
-    if ids_file is None or not ids_file.is_file():
-        raise InputError(
-            f"{ctx.upstream_dir('split')}/manifest.json: outputs.heldout_ids is missing (re-run `dapt split`)"
-        )
+    ids_file = ctx.require_output("split", "heldout_ids")
     heldout_ids = read_heldout_ids(ids_file)
     sources = [(s.name, s.kind, s.weight) for s in cfg.sources]
     sample = sample_corpus(kept, sources, t, cfg.seed, exclude=heldout_ids)

@@ -179,11 +179,7 @@ def run(ctx: Any) -> dict[str, Any]:
             raise ConfigError(f"mix: per-source setting for {name!r}, which is not a configured source")
 
     files = kept_files(ctx)
-    split_dir = ctx.upstream_output("split", "heldout")
-    if split_dir is None or not split_dir.is_dir():
-        raise InputError(
-            f"{ctx.upstream_dir('split')}/manifest.json: outputs.heldout is missing (re-run `dapt split`)"
-        )
+    split_dir = ctx.require_output("split", "heldout", folder=True)
     tok_path = tokenizer_path(ctx)
     texts, decontam_problem = eval_texts(ctx)
 
