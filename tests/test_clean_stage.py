@@ -238,8 +238,8 @@ def test_exact_and_near_duplicates_removed_keeping_first(cleaned):
     # cross-source: the web copies point to the fin documents' clusters
     web_rej = [r for r in rej.to_pylist() if r["source"] == "web"]
     by_line = {r["line"]: r for r in web_rej}
-    assert by_line[51]["reason"] == "duplicate:near"
-    assert by_line[55]["reason"] == "duplicate:exact"
+    assert by_line[51]["reason"] == "duplicate:near:fin"  # the reason names the source that kept it
+    assert by_line[55]["reason"] == "duplicate:exact:fin"
     clusters = dict(zip(kept.column("id").to_pylist(), kept.column("cluster_id").to_pylist(), strict=True))
     assert by_line[51]["cluster_id"] == clusters["fin-20"] is not None
     assert by_line[55]["cluster_id"] == clusters["fin-30"] is not None
@@ -399,5 +399,5 @@ clean: {{near_dedup: {{scope: {scope}}}}}
         )
         m = run_stage(load_config(cfg), "clean", echo=None)
         results[scope] = m["sources"]["b"]["rejected"]
-    assert results["source"] == {"duplicate:exact": 1}  # exact dedup is always global
-    assert results["global"] == {"duplicate:exact": 1, "duplicate:near": 2}
+    assert results["source"] == {"duplicate:exact:a": 1}  # exact dedup is always global
+    assert results["global"] == {"duplicate:exact:a": 1, "duplicate:near:a": 2}

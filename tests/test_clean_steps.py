@@ -16,6 +16,7 @@ from test_clean_data import finance_table, near_duplicate, prose
 
 from dapt.corpora.clean import config as C
 from dapt.corpora.clean import steps as S
+from dapt.corpora.clean.config import StepSpec
 from dapt.corpora.clean.minhash import MinHasher, band_keys, jaccard, shingle_array, shingles
 from dapt.corpora.clean.readers import ShardSpec, count_newlines, plan_file, read_shard
 
@@ -421,8 +422,99 @@ def test_exact_and_band_group_kernels():
     e = exact_group({"rank": rank, "xhi": xhi, "xlo": xlo})
     assert sorted(zip(e["u"].tolist(), e["v"].tolist(), strict=True)) == [(4, 3), (5, 3), (9, 7)]
     key = np.array([10, 10, 10, 10, 20], np.int64)
-    b = band_group({"key": key, "rank": rank, "xhi": xhi}, max_pairs=16, collapse_exact=True)
-    # identical texts (xhi 1: ranks 3, 4, 5) collapse to rank 3; bucket 10 -> {3, 9}
+    b = band_group({"key": key, "rank": rank, "khi": xhi}, max_pairs=16, collapse_exact=True)
+    # identical texts (khi 1: ranks 3, 4, 5) collapse to rank 3; bucket 10 -> {3, 9}
     assert sorted(zip(b["u"].tolist(), b["v"].tolist(), strict=True)) == [(3, 9)]
-    b = band_group({"key": key, "rank": rank, "xhi": xhi}, max_pairs=2, collapse_exact=False)
+    b = band_group({"key": key, "rank": rank, "khi": xhi}, max_pairs=2, collapse_exact=False)
     assert sorted(zip(b["u"].tolist(), b["v"].tolist(), strict=True)) == [(3, 4), (3, 5), (3, 9)]  # star
+
+
+def test_oversized_lsh_bucket_is_a_star_around_its_lowest_rank():
+    """A band key shared by more documents than ``max_bucket_pairs`` gives a star around the lowest
+    rank (the copy dedup keeps), whatever order the hashes put the members in: here the lowest rank
+    has the largest key-text hash, which the old sort (by hash, then rank) made the last member."""
+    from dapt.corpora.clean.dedup.lsh import band_group
+
+    rank = np.array([40, 10, 30, 20, 50], np.int64)
+    khi = np.array([1, 9, 2, 3, 4], np.uint64)  # rank 10 has the largest hash
+    key = np.full(5, 77, np.int64)
+    for collapse in (True, False):
+        b = band_group({"key": key, "rank": rank, "khi": khi}, max_pairs=3, collapse_exact=collapse)
+        assert b["u"].tolist() == [10, 10, 10, 10]
+        assert sorted(b["v"].tolist()) == [20, 30, 40, 50]
+    # two keys in one bucket: each its own star, each around its own lowest rank
+    key = np.array([1, 2, 1, 2, 1, 2, 1, 2], np.int64)
+    rank = np.array([8, 7, 6, 5, 4, 3, 2, 1], np.int64)
+    khi = np.array([1, 2, 3, 4, 5, 6, 7, 8], np.uint64)
+    b = band_group({"key": key, "rank": rank, "khi": khi}, max_pairs=3, collapse_exact=True)
+    pairs = sorted(zip(b["u"].tolist(), b["v"].tolist(), strict=True))
+    assert pairs == [(1, 3), (1, 5), (1, 7), (2, 4), (2, 6), (2, 8)]
+
+
+def test_exact_hashes_explode_key_and_cleaned_hash():
+    """Each document contributes its key-text hash, and its cleaned-text hash only where that differs,
+    so a copy matches another through either (cleaning diverged, or converged)."""
+    from dapt.corpora.clean.dedup.exact import exact_group, explode_hashes
+
+    batch = {
+        "rank": np.array([1, 2, 3], np.int64),
+        "khi": np.array([100, 100, 300], np.uint64),  # 1 and 2: same text before the profile edits
+        "klo": np.array([0, 0, 0], np.uint64),
+        "xhi": np.array([100, 200, 200], np.uint64),  # 2 and 3: same text after them
+        "xlo": np.array([0, 0, 0], np.uint64),
+    }
+    rows = explode_hashes(batch, buckets=4)
+    assert sorted(zip(rows["rank"].tolist(), rows["xhi"].tolist(), strict=True)) == [
+        (1, 100),
+        (2, 100),
+        (2, 200),
+        (3, 200),
+        (3, 300),
+    ]
+    e = exact_group({k: rows[k] for k in ("rank", "xhi", "xlo")})
+    assert sorted(zip(e["u"].tolist(), e["v"].tolist(), strict=True)) == [(2, 1), (3, 2)]
+
+
+def test_only_transform_steps_change_text():
+    """The dedup key text relies on it (``dedup.keytext``): a step outside ``TRANSFORMS`` returns the
+    text it was given, kept or rejected."""
+    from dapt.corpora.clean.config import STEP_PARAMS
+    from dapt.corpora.clean.steps import FACTORIES, TRANSFORMS
+
+    rng = random.Random(3)
+    texts = [
+        prose(rng),
+        "  Spaced   text\twith tabs  \n\n\n\n\nand lines.  ",
+        "Short.",
+        "Lorem ipsum {x} javascript cookie policy\nHeading without punctuation\n" + prose(rng, 1),
+        finance_table(rng),
+        "",
+    ]
+    for name, factory in FACTORIES.items():
+        if name in TRANSFORMS:
+            continue
+        fn = factory(STEP_PARAMS[name]())
+        for t in texts:
+            assert fn(t, Counter())[0] is t, name
+    assert set(FACTORIES) >= TRANSFORMS
+
+
+def test_key_text_is_the_cleaned_text_for_the_default_edit_chain():
+    from dapt.corpora.clean.config import default_profile, validate_steps
+    from dapt.corpora.clean.dedup.keytext import KeyText, cleaned_is_key
+    from dapt.corpora.clean.steps import apply_steps, build_steps
+
+    domain = validate_steps(default_profile("domain"), "d")
+    general = validate_steps(default_profile("general"), "g")
+    assert cleaned_is_key(domain) and not cleaned_is_key(general)
+    custom = validate_steps([StepSpec(name="normalize", params={"form": "NFKC"}), StepSpec(name="pii")], "c")
+    assert not cleaned_is_key(custom)
+    rng = random.Random(4)
+    doc = prose(rng) + "\nA heading without punctuation\nMail jane.roe@example.org today."
+    key = KeyText()(doc)
+    d_text, _, d_reason, _ = apply_steps(build_steps(domain), doc)
+    g_text, _, g_reason, _ = apply_steps(build_steps(general), doc)
+    assert d_reason is None and g_reason is None
+    assert d_text == key  # the domain profile's cleaned text is the key text
+    assert g_text != key and "A heading without punctuation" not in g_text  # C4 dropped the line
+    assert "<EMAIL>" in key and "jane.roe" not in key

@@ -241,7 +241,8 @@ class NearDedupConfig(BaseModel):
     """``global`` finds near-duplicates across sources (domain text also in the general corpus);
     ``source`` only within each source. Exact dedup is always global."""
     max_bucket_pairs: int = Field(default=16, ge=2, le=10_000)
-    """Buckets up to this size are verified pairwise; larger ones as a star around their minimum."""
+    """Buckets up to this size are verified pairwise; larger ones as a star around their lowest rank
+    (the copy dedup would keep), so each member is compared with the canonical one."""
 
 
 class CleanConfig(BaseModel):
@@ -264,3 +265,14 @@ class CleanConfig(BaseModel):
     """Rejected documents keep at most this many characters of text (0: none)."""
     max_cc_rounds: int = Field(default=40, ge=1, le=1000)
     """Upper bound on connected-components rounds (each is one shuffle)."""
+    on_bad_file: Literal["fail", "skip"] = "fail"
+    """A file that cannot be read as a whole (truncated or corrupt gzip/zstd, a broken Parquet footer or
+    page, unopenable): ``fail`` ends the stage with one line naming the file and how far reading got,
+    publishing nothing; ``skip`` leaves the whole file out and lists it with its reason under
+    ``skipped_files`` in the manifest (its documents count nowhere, so in = kept + rejected still holds
+    for what was read). Fail is the default: a silently smaller corpus is worse than a stopped run."""
+    dedup_prefer: Literal["domain", "general", "first"] = "domain"
+    """Which copy of a duplicate cluster is kept. ``domain``: a copy in a domain source wins over one in
+    a general source (a document in both is domain text that leaked into the general crawl, and the
+    domain side is what the run adapts to); ``general`` the reverse; ``first``: the first in config
+    order. Within a side, the first copy in config and file order wins."""

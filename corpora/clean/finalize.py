@@ -20,12 +20,31 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from dapt.corpora.clean.readers import ShardSpec
-from dapt.corpora.clean.schema import KEPT_SCHEMA, REJECTED_SCHEMA, decisions_path, shard_dir
+from dapt.corpora.clean.schema import KEPT_SCHEMA, REJECTED_SCHEMA, SHARD_BITS, decisions_path, shard_dir
 
 
-def finalize_shard(spec: ShardSpec, work: Path, out: Path, max_chars: int, batch_rows: int = 2048) -> dict:
+def dup_reasons(status: np.ndarray, keeper_source: np.ndarray, source: str) -> list[str]:
+    """``duplicate:<exact|near>`` for a copy kept in the same source, ``duplicate:<exact|near>:<source>``
+    naming the source that kept it otherwise: the manifest's per-reason counts then show how much of a
+    source was already in another one (cross-source overlap) while counts within a source keep their
+    plain names."""
+    return [
+        f"duplicate:{st}" if ks == source else f"duplicate:{st}:{ks}"
+        for st, ks in zip(status.tolist(), keeper_source.tolist(), strict=True)
+    ]
+
+
+def finalize_shard(
+    spec: ShardSpec,
+    work: Path,
+    out: Path,
+    max_chars: int,
+    shard_sources: list[str],
+    batch_rows: int = 2048,
+) -> dict:
     """Write one shard's kept and rejected Parquet files, streaming its documents in batches (memory
-    stays bounded even for a shard that is one huge compressed file); return what was written."""
+    stays bounded even for a shard that is one huge compressed file); return what was written.
+    ``shard_sources[n]`` is the source of shard ``n`` (a duplicate's reason names its keeper's)."""
     sd = shard_dir(work, spec.shard)
     dec_rank = np.zeros(0, np.int64)
     dec_status = np.zeros(0, object)
@@ -83,6 +102,9 @@ def finalize_shard(spec: ShardSpec, work: Path, out: Path, max_chars: int, batch
         didx = np.flatnonzero(~keep)
         if didx.size:
             st = status[didx]
+            if (label[didx] < 0).any():
+                raise RuntimeError(f"shard {spec.shard}: a duplicate without a cluster label")
+            keeper_src = np.asarray(shard_sources, dtype=object)[label[didx] >> SHARD_BITS]
             texts = docs.column("text").take(pa.array(didx)).to_pylist()
             dup = pa.table(
                 {
@@ -93,7 +115,7 @@ def finalize_shard(spec: ShardSpec, work: Path, out: Path, max_chars: int, batch
                     "file": pa.array([spec.path] * didx.size, pa.string()),
                     "line": docs.column("line").take(pa.array(didx)),
                     "step": pa.array([f"dedup_{s}" for s in st], pa.string()),
-                    "reason": pa.array([f"duplicate:{s}" for s in st], pa.string()),
+                    "reason": pa.array(dup_reasons(st, keeper_src, spec.source), pa.string()),
                     "cluster_id": pa.array(cluster[didx].tolist(), pa.string()),
                 },
                 schema=REJECTED_SCHEMA,
@@ -124,11 +146,13 @@ def finalize_shard(spec: ShardSpec, work: Path, out: Path, max_chars: int, batch
 
 
 def finalize_batch(
-    batch: dict[str, np.ndarray], work: str, out: str, max_chars: int
+    batch: dict[str, np.ndarray], work: str, out: str, max_chars: int, shard_sources: list[str]
 ) -> dict[str, np.ndarray]:
     """Ray Data ``map_batches`` body: each row's ``spec`` (ShardSpec JSON) through :func:`finalize_shard`."""
     res = [
-        json.dumps(finalize_shard(ShardSpec(**json.loads(s)), Path(work), Path(out), max_chars))
+        json.dumps(
+            finalize_shard(ShardSpec(**json.loads(s)), Path(work), Path(out), max_chars, shard_sources)
+        )
         for s in batch["spec"]
     ]
     return {"summary": np.array(res, dtype=object)}

@@ -2,30 +2,95 @@
 
 A *shard* is the unit of parallel work and of resumption: one file, or one byte range of a large
 uncompressed JSONL file, or a run of Parquet row groups. Shards are numbered in a fixed order
-(source order in the config, sorted files, ranges in file order), and a document's ``rank`` is
-``shard << 32 | position in shard``: the deterministic tie-break every dedup decision uses.
+(``plan``: sources in dedup-preference order, sorted files, ranges in file order), and a document's
+``rank`` is ``shard << 32 | position in shard``: the deterministic tie-break every dedup decision uses.
+Opening files and decompressing them is ``files``' job.
 
 Readers never raise on bad records: invalid JSON, invalid UTF-8, a non-object line, or a missing
 or non-string text field become :class:`Record` objects with ``reason='malformed:<what>'`` and
-their file and line, so docs in = kept + rejected holds for any input.
+their file and line, so docs in = kept + rejected holds for any input. A problem with the *file*
+(it cannot be opened, its gzip/zstd stream is truncated or corrupt, a Parquet footer or page is
+broken) is not a record's fault: it raises :class:`BadFileError`, one line naming the file and how far
+reading got (line and byte offset, or Parquet row group and rows), which the stage turns into a clean
+failure or, with ``clean.on_bad_file: skip``, a skipped file listed in the manifest.
 """
 
 from __future__ import annotations
 
-import gzip
-import io
 import json
-import os
+from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import xxhash
 
-from dapt.pipeline import remote
+from dapt.corpora.clean.files import (  # re-exported: the readers' public surface
+    READ_ERRORS,
+    BadFileError,
+    compression,
+    count_newlines,
+    detail_of,
+    file_size,
+    one_line,
+    open_binary,
+    open_raw,
+    parquet_columns,
+    parquet_file,
+    read_whole,
+    stream_error,
+    where_in_stream,
+)
 from dapt.pipeline.errors import InputError
 
-_ZSTD_WINDOW = 1 << 31
+__all__ = [
+    "BadFileError",
+    "FieldStats",
+    "Record",
+    "ShardSpec",
+    "compression",
+    "count_newlines",
+    "doc_id",
+    "file_size",
+    "one_line",
+    "open_binary",
+    "open_raw",
+    "parquet_columns",
+    "parquet_file",
+    "parquet_row_offsets",
+    "plan_file",
+    "range_starts",
+    "read_jsonl",
+    "read_parquet",
+    "read_shard",
+    "read_txt",
+]
+
+_KEY_SAMPLE = 100
+"""Objects lacking a configured field whose keys are sampled for the error message."""
+
+
+@dataclass
+class FieldStats:
+    """What the JSON objects of a shard held, so the stage can tell a wrong ``text_field`` / ``id_field``
+    (no object of a whole file has it: a config error) from some malformed records."""
+
+    objects: int = 0
+    with_text: int = 0
+    """Objects that have the ``text_field`` key (whatever its value)."""
+    with_id: int = 0
+    """Objects that have the ``id_field`` key (counted only when ``id_field`` is set)."""
+    keys: Counter = field(default_factory=Counter)
+    """Keys of the first objects that lack a configured field (what the file has instead)."""
+    sampled: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "objects": self.objects,
+            "with_text": self.with_text,
+            "with_id": self.with_id,
+            "keys": dict(self.keys),
+        }
 
 
 @dataclass
@@ -68,86 +133,9 @@ class ShardSpec:
         return dict(vars(self))
 
 
-def compression(path: str) -> str | None:
-    if path.endswith(".gz"):
-        return "gz"
-    if path.endswith(".zst"):
-        return "zst"
-    return None
-
-
-def open_raw(path: str) -> Any:
-    """A seekable binary file: local, or an object-storage / ``file://`` URI (``pipeline.remote``)."""
-    if remote.is_remote(path):  # buffered: pyarrow's NativeFile has no readline
-        return io.BufferedReader(remote.open_input(path), buffer_size=1 << 20)
-    try:
-        return open(path, "rb", buffering=1 << 20)  # noqa: SIM115 - the caller closes it
-    except OSError as e:
-        raise InputError(f"{path}: cannot open: {e}") from None
-
-
-def file_size(path: str) -> int:
-    if remote.is_remote(path):
-        return remote.stat(path)[0]
-    try:
-        return os.path.getsize(path)
-    except OSError as e:
-        raise InputError(f"{path}: cannot stat: {e}") from None
-
-
-def open_binary(path: str) -> io.BufferedIOBase:
-    """A buffered binary stream over the decompressed bytes of ``path`` (streaming, O(1) memory)."""
-    comp = compression(path)
-    raw = open_raw(path)
-    try:
-        if comp == "gz":
-            gz = gzip.GzipFile(fileobj=raw, mode="rb")
-            gz.myfileobj = raw  # closed with the GzipFile, as gzip.open(path) does for its own file
-            return gz  # type: ignore[return-value]
-        if comp == "zst":
-            import zstandard
-
-            dctx = zstandard.ZstdDecompressor(max_window_size=_ZSTD_WINDOW)
-            return io.BufferedReader(dctx.stream_reader(raw, closefd=True), buffer_size=1 << 20)  # type: ignore[arg-type]
-        return raw
-    except OSError as e:
-        raw.close()
-        raise InputError(f"{path}: cannot open: {e}") from None
-
-
-def parquet_file(path: str) -> Any:
-    """``pyarrow.parquet.ParquetFile`` of a local file or a URI; any failure is one clear input error."""
-    import pyarrow.parquet as pq
-
-    try:
-        if remote.is_remote(path):
-            fs, inner = remote.resolve(path)
-            return pq.ParquetFile(inner, filesystem=fs)
-        return pq.ParquetFile(path)
-    except InputError:
-        raise
-    except Exception as e:  # noqa: BLE001
-        raise InputError(f"{path}: cannot read Parquet: {e}") from None
-
-
 def doc_id(source: str, path: str, line: int) -> str:
     """Stable id of a document without an id field: hash of source, file and line."""
     return xxhash.xxh3_128_hexdigest(f"{source}\0{path}\0{line}".encode("utf-8", "surrogatepass"))
-
-
-def count_newlines(path: str, start: int, end: int) -> int:
-    """Newlines in ``[start, end)`` of an uncompressed file (used to number lines of later ranges)."""
-    n = 0
-    with open_raw(path) as f:
-        f.seek(start)
-        left = end - start
-        while left > 0:
-            buf = f.read(min(left, 1 << 24))
-            if not buf:
-                break
-            n += buf.count(b"\n")
-            left -= len(buf)
-    return n
 
 
 def range_starts(path: str, size: int, shard_bytes: int) -> list[tuple[int, int]]:
@@ -171,26 +159,33 @@ def _meta(obj: dict, field: str | None) -> str | None:
 
 
 def _iter_lines(spec: ShardSpec) -> Iterator[tuple[int, bytes]]:
-    """(line number, raw line without the newline) for the lines this shard owns."""
-    with open_binary(spec.path) as f:
-        pos = 0
-        line = spec.line0
-        if spec.start > 0:
-            f.seek(spec.start - 1)
-            skipped = f.readline()  # the tail of a line owned by the previous range (or just b"\n")
-            pos = spec.start - 1 + len(skipped)
-            if len(skipped) > 1:
-                line += 1  # the skipped tail's newline lies at or after ``start``: not counted in line0
-        end = spec.end
-        for raw in f:
-            if end >= 0 and pos >= end:
-                break
-            pos += len(raw)
-            yield line, raw.rstrip(b"\r\n")
-            line += 1
+    """(line number, raw line without the newline) for the lines this shard owns.
+
+    Every line yielded is complete: a stream that breaks off raises BadFileError naming the line that
+    was being read and its byte offset, and the partial line is not yielded."""
+    pos = 0
+    line = spec.line0
+    try:
+        with open_binary(spec.path) as f:
+            if spec.start > 0:
+                f.seek(spec.start - 1)
+                skipped = f.readline()  # the tail of a line owned by the previous range (or just b"\n")
+                pos = spec.start - 1 + len(skipped)
+                if len(skipped) > 1:
+                    line += 1  # the skipped tail's newline lies at or after ``start``: not counted in line0
+            end = spec.end
+            for raw in f:
+                if end >= 0 and pos >= end:
+                    break
+                pos += len(raw)
+                yield line, raw.rstrip(b"\r\n")
+                line += 1
+    except READ_ERRORS as e:
+        raise stream_error(spec.path, where_in_stream(spec.path, line, pos), e) from None
 
 
-def read_jsonl(spec: ShardSpec) -> Iterator[Record]:
+def read_jsonl(spec: ShardSpec, stats: FieldStats | None = None) -> Iterator[Record]:
+    """The records of a JSONL shard; ``stats`` (if given) counts which objects have the fields."""
     for line, raw in _iter_lines(spec):
         if not raw.strip():
             continue  # a blank line is not a record
@@ -208,6 +203,8 @@ def read_jsonl(spec: ShardSpec) -> Iterator[Record]:
         if not isinstance(obj, dict):
             yield Record(line, s, None, None, n, "malformed:not_object")
             continue
+        if stats is not None:
+            _count_fields(stats, obj, spec)
         text = obj.get(spec.text_field)
         if text is None:
             yield Record(line, s, None, None, n, "malformed:missing_text")
@@ -227,10 +224,21 @@ def read_jsonl(spec: ShardSpec) -> Iterator[Record]:
         yield Record(line, text, rid, _meta(obj, spec.date_field), nb)
 
 
+def _count_fields(stats: FieldStats, obj: dict, spec: ShardSpec) -> None:
+    stats.objects += 1
+    has_text = spec.text_field in obj
+    has_id = spec.id_field is not None and spec.id_field in obj
+    stats.with_text += has_text
+    stats.with_id += has_id
+    lacks = not has_text or (spec.id_field is not None and not has_id)
+    if lacks and stats.sampled < _KEY_SAMPLE:
+        stats.sampled += 1
+        stats.keys.update(str(k) for k in obj)
+
+
 def read_txt(spec: ShardSpec) -> Iterator[Record]:
     if spec.txt_mode == "file":
-        with open_binary(spec.path) as f:
-            raw = f.read()
+        raw = read_whole(spec.path)
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
@@ -261,6 +269,29 @@ def _block(first: int, lines: list[bytes]) -> Record:
         return Record(first, raw.decode("utf-8", "replace"), None, None, len(raw), "malformed:utf8")
 
 
+def _row_group_batches(
+    spec: ShardSpec, pf: Any, group: int, first_row: int, cols: list[str], batch_rows: int
+) -> Iterator[tuple[int, dict]]:
+    """(rows, columns as lists) per batch of one row group; a broken page (decompression, checksum,
+    invalid UTF-8 in a string column) is a BadFileError naming the row group and its rows."""
+    import pyarrow as pa
+
+    it = pf.iter_batches(batch_size=batch_rows, row_groups=[group], columns=cols or None)
+    while True:
+        try:
+            batch = next(it, None)
+            if batch is None:
+                return
+            d = batch.to_pydict() if cols else {}
+        except (OSError, ValueError, pa.ArrowException) as e:  # ArrowInvalid, UnicodeDecodeError, ...
+            last = first_row + pf.metadata.row_group(group).num_rows - 1
+            raise BadFileError(
+                spec.path,
+                f"cannot read Parquet row group {group} (rows {first_row}-{last}): {detail_of(spec.path, e)}",
+            ) from None
+        yield batch.num_rows, d
+
+
 def read_parquet(spec: ShardSpec, batch_rows: int = 4096) -> Iterator[Record]:
     pf = parquet_file(spec.path)
     names = set(pf.schema_arrow.names)
@@ -269,35 +300,33 @@ def read_parquet(spec: ShardSpec, batch_rows: int = 4096) -> Iterator[Record]:
     if spec.end >= 0:
         groups = groups[spec.start : spec.end]
     row = spec.line0
-    if not groups:
-        return
-    for batch in pf.iter_batches(batch_size=batch_rows, row_groups=groups, columns=cols or None):
-        n = batch.num_rows
-        d = batch.to_pydict() if cols else {}
-        texts = d.get(spec.text_field, [None] * n)
-        ids = d.get(spec.id_field) if spec.id_field else None
-        dates = d.get(spec.date_field) if spec.date_field else None
-        for i in range(n):
-            t = texts[i]
-            if t is None or not isinstance(t, str):
-                what = "missing_text" if t is None else "text_type"
-                yield Record(row, None if t is None else str(t), None, None, 0, f"malformed:{what}")
-            else:
-                rid = None if ids is None or ids[i] is None else str(ids[i])
-                if spec.id_field is not None and rid is None:
-                    yield Record(
-                        row, t, None, None, len(t.encode("utf-8", "replace")), "malformed:missing_id"
-                    )
+    for g in groups:
+        for n, d in _row_group_batches(spec, pf, g, row, cols, batch_rows):
+            texts = d.get(spec.text_field, [None] * n)
+            ids = d.get(spec.id_field) if spec.id_field else None
+            dates = d.get(spec.date_field) if spec.date_field else None
+            for i in range(n):
+                t = texts[i]
+                if t is None or not isinstance(t, str):
+                    what = "missing_text" if t is None else "text_type"
+                    yield Record(row, None if t is None else str(t), None, None, 0, f"malformed:{what}")
                 else:
-                    date = None if dates is None or dates[i] is None else str(dates[i])
-                    yield Record(row, t, rid, date, len(t.encode("utf-8", "surrogatepass")))
-            row += 1
+                    rid = None if ids is None or ids[i] is None else str(ids[i])
+                    if spec.id_field is not None and rid is None:
+                        yield Record(
+                            row, t, None, None, len(t.encode("utf-8", "replace")), "malformed:missing_id"
+                        )
+                    else:
+                        date = None if dates is None or dates[i] is None else str(dates[i])
+                        yield Record(row, t, rid, date, len(t.encode("utf-8", "surrogatepass")))
+                row += 1
 
 
-def read_shard(spec: ShardSpec) -> Iterator[Record]:
-    """The records of one shard, in file order."""
+def read_shard(spec: ShardSpec, stats: FieldStats | None = None) -> Iterator[Record]:
+    """The records of one shard, in file order. Raises BadFileError when the file itself is broken;
+    ``stats`` (JSONL only) counts which objects have the configured fields."""
     if spec.fmt == "jsonl":
-        return read_jsonl(spec)
+        return read_jsonl(spec, stats)
     if spec.fmt == "txt":
         return read_txt(spec)
     if spec.fmt == "parquet":

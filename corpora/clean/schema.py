@@ -45,9 +45,17 @@ DOCS_SCHEMA = pa.schema(
         ("date", pa.string()),
         ("pii", pa.string()),
         ("line", pa.int64()),
+        ("ktext", pa.string()),
     ]
 )
-"""Documents that passed the steps, waiting for dedup (work_dir only)."""
+"""Documents that passed the steps, waiting for dedup (work_dir only). ``ktext`` is the document's key
+text (``dedup.keytext``) where it differs from ``text`` and null where it is the same (the usual case):
+near-duplicate verification compares key texts, as the MinHash signatures do."""
+
+WORK_FORMAT = 2
+"""Version of the work-dir layout (shard files, meta columns, summaries). A work dir of another version
+is rebuilt: the stage fingerprint follows config and inputs, not code, so it cannot tell. 2: key-text
+hashes (``khi``/``klo``) and ``ktext``, file summaries (``file``, ``fields``, ``bad_file``)."""
 
 SHARD_BITS = 32
 """A document's rank is ``shard << SHARD_BITS | position in shard`` (see ``readers``)."""

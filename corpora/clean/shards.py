@@ -1,10 +1,15 @@
-"""Phase A of the clean stage: plan the shards and run each one through its source's steps.
+"""Phase A of the clean stage: run each shard through its source's steps.
 
-A shard is the unit of parallel work and of resumption. This module turns the config into shard
-specs and validated step lists, and streams one shard's records through the steps into
+A shard is the unit of parallel work and of resumption (``plan`` numbers them). This module turns the
+config into validated step lists and streams one shard's records through the steps into
 ``work_dir/shards/<n>/`` (surviving documents, rejected rows, the compact ``meta`` table the dedup
 shuffles read, and a summary). It knows nothing of dedup or of the final outputs: those phases only
 read the files it leaves, whose layout is in ``schema``.
+
+A file that breaks while its shard is read (``BadFileError``) is not an exception crossing Ray: the
+shard's summary carries it as ``bad_file`` and the driver decides (``clean.on_bad_file``). Ray Data
+wraps a task's exception in a multi-line ``RayTaskError(UserCodeException)`` that no longer holds the
+original error object (checked with Ray 2.60), so only data comes back intact.
 """
 
 from __future__ import annotations
@@ -23,15 +28,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dapt.corpora.clean.config import CleanConfig, StepSpec, default_profile, validate_steps
-from dapt.corpora.clean.readers import (
-    ShardSpec,
-    count_newlines,
-    parquet_row_offsets,
-    plan_file,
-    read_shard,
-)
+from dapt.corpora.clean.readers import FieldStats, ShardSpec, read_shard
 from dapt.corpora.clean.schema import BATCH_BYTES, DOCS_SCHEMA, REJECTED_SCHEMA, SHARD_BITS, shard_dir
-from dapt.pipeline.errors import ConfigError, InputError
+from dapt.pipeline.errors import ConfigError
 
 # ------------------------------------------------------------------------------------------------
 # configuration
@@ -77,6 +76,7 @@ class ShardParams:
 
     batch_docs: int
     rejected_text_chars: int
+    on_bad_file: str
     near_dedup: bool
     num_perm: int
     ngram: int
@@ -89,63 +89,13 @@ class ShardParams:
         return cls(
             batch_docs=cc.batch_docs,
             rejected_text_chars=cc.rejected_text_chars,
+            on_bad_file=cc.on_bad_file,
             near_dedup=nd.enabled,
             num_perm=nd.num_perm,
             ngram=nd.ngram,
             bands=nd.bands,
             rows=nd.rows,
         )
-
-
-# ------------------------------------------------------------------------------------------------
-# planning
-
-
-def plan_shards(cfg: Any) -> list[ShardSpec]:
-    """Shards in a fixed order. Line numbers of later JSONL/txt ranges come from newline counts
-    computed in parallel Ray tasks (only for files large enough to be split)."""
-    import ray
-
-    shard_bytes = max(1, int(cfg.clean.shard_mb * (1 << 20)))
-    pending: list[tuple[dict, tuple[str, int, int] | None]] = []
-    for si, src in enumerate(cfg.sources):
-        files = src.files()
-        if not files:
-            raise InputError(f"sources.{si}.paths: no file matches {src.paths}")
-        for f in files:
-            path = str(f)
-            ranges = plan_file(path, src.format, shard_bytes)
-            rows0 = parquet_row_offsets(path, ranges) if src.format == "parquet" else None
-            for k, (start, end) in enumerate(ranges):
-                base = dict(
-                    source_idx=si,
-                    source=src.name,
-                    kind=src.kind,
-                    path=path,
-                    fmt=src.format,
-                    start=start,
-                    end=end,
-                    line0=rows0[k] if rows0 else 1,
-                    txt_mode=src.txt_mode,
-                    text_field=src.text_field,
-                    id_field=src.id_field,
-                    date_field=src.date_field,
-                )
-                count = (path, ranges[k - 1][0], start) if (rows0 is None and k > 0) else None
-                pending.append((base, count))
-    counter = ray.remote(count_newlines)
-    refs = {i: counter.remote(*c) for i, (_, c) in enumerate(pending) if c is not None}
-    counts = dict(zip(refs, ray.get(list(refs.values())), strict=True)) if refs else {}
-    specs: list[ShardSpec] = []
-    line0: dict[str, int] = {}
-    for i, (base, c) in enumerate(pending):
-        if c is not None:
-            line0[base["path"]] += counts[i]
-            base["line0"] = line0[base["path"]]
-        elif base["fmt"] != "parquet":
-            line0[base["path"]] = 1
-        specs.append(ShardSpec(shard=i, **base))
-    return specs
 
 
 # ------------------------------------------------------------------------------------------------
@@ -171,17 +121,54 @@ def rejected_row(
     }
 
 
+def _hash128(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """128-bit xxh3 of each text's UTF-8 bytes as (high, low) uint64 arrays."""
+    import xxhash
+
+    hi = np.empty(len(texts), np.uint64)
+    lo = np.empty(len(texts), np.uint64)
+    for i, t in enumerate(texts):
+        h = xxhash.xxh3_128_intdigest(t.encode("utf-8"))
+        hi[i] = h >> 64
+        lo[i] = h & 0xFFFFFFFFFFFFFFFF
+    return hi, lo
+
+
+def _summary(spec: ShardSpec, **kw: Any) -> dict[str, Any]:
+    return {
+        "shard": spec.shard,
+        "source": spec.source,
+        "source_idx": spec.source_idx,
+        "file": spec.path,
+        **kw,
+    }
+
+
+def _publish(tmp: Path, dest: Path) -> None:
+    try:
+        os.rename(tmp, dest)  # the shard exists only once complete
+    except OSError:
+        if not (dest / "summary.json").exists():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)  # another attempt finished first: same content
+
+
 def process_shard(spec: ShardSpec, steps: list[dict], params: ShardParams, dest: Path) -> dict:
     """Read, clean and hash one shard; write it atomically to the folder ``dest``. Returns its summary.
 
-    ``steps`` is the source's step list as :func:`steps_json` data."""
-    import xxhash
-
+    ``steps`` is the source's step list as :func:`steps_json` data. Each kept document gets two exact
+    hashes, of its key text (``dedup.keytext``: before profile-specific edits) and of its cleaned text,
+    and MinHash band keys of its key text. A broken file (``BadFileError``) gives a summary with
+    ``bad_file`` and nothing else: with ``on_bad_file: skip`` that summary is the finished shard, with
+    ``fail`` nothing is written (a rerun reads the file again)."""
+    from dapt.corpora.clean.dedup.keytext import KeyText, cleaned_is_key
     from dapt.corpora.clean.minhash import MinHasher, band_keys
-    from dapt.corpora.clean.readers import doc_id
+    from dapt.corpora.clean.readers import BadFileError, doc_id
     from dapt.corpora.clean.steps import apply_batch, build_steps
 
-    step_fns = build_steps(steps_from_json(steps))
+    validated = steps_from_json(steps)
+    step_fns = build_steps(validated)
+    key_of = None if cleaned_is_key(validated) else KeyText()
     hasher = MinHasher(params.num_perm, params.ngram, seed=0) if params.near_dedup else None
     max_chars = params.rejected_text_chars
     batch_docs = params.batch_docs
@@ -195,33 +182,31 @@ def process_shard(spec: ShardSpec, steps: list[dict], params: ShardParams, dest:
     docs_in = bytes_in = 0
     reasons: Counter = Counter()
     base_rank = spec.shard << SHARD_BITS
+    fields = FieldStats() if spec.fmt == "jsonl" else None
 
-    def flush(kept: list[dict], rejected: list[dict]) -> None:
+    def flush(kept: list[dict], keys: list[str], rejected: list[dict]) -> None:
         nonlocal meta_w
         if rejected:
             rej_w.write_table(pa.Table.from_pylist(rejected, schema=REJECTED_SCHEMA))
         if not kept:
             return
         docs_w.write_table(pa.Table.from_pylist(kept, schema=DOCS_SCHEMA))
-        texts = [d["text"] for d in kept]
-        hi = np.empty(len(kept), np.uint64)
-        lo = np.empty(len(kept), np.uint64)
-        for i, t in enumerate(texts):
-            h = xxhash.xxh3_128_intdigest(t.encode("utf-8"))
-            hi[i] = h >> 64
-            lo[i] = h & 0xFFFFFFFFFFFFFFFF
+        khi, klo = _hash128(keys)
+        xhi, xlo = _hash128([d["text"] for d in kept]) if key_of is not None else (khi, klo)
         cols: dict[str, Any] = {
             "rank": pa.array([d["rank"] for d in kept], pa.int64()),
-            "xhi": pa.array(hi),
-            "xlo": pa.array(lo),
+            "khi": pa.array(khi),
+            "klo": pa.array(klo),
+            "xhi": pa.array(xhi),
+            "xlo": pa.array(xlo),
             "source_idx": pa.array(np.full(len(kept), spec.source_idx, np.int32)),
         }
         if hasher is not None:
-            sigs = hasher.signatures(texts)
+            sigs = hasher.signatures(keys)
             cols["has_sig"] = pa.array(MinHasher.has_shingles(sigs))
-            keys = band_keys(sigs, params.bands, params.rows)
+            bkeys = band_keys(sigs, params.bands, params.rows)
             for b in range(params.bands):
-                cols[f"b{b}"] = pa.array(keys[:, b])
+                cols[f"b{b}"] = pa.array(bkeys[:, b])
         table = pa.table(cols)
         if meta_w is None:
             meta_w = pq.ParquetWriter(tmp / "meta.parquet", table.schema)
@@ -231,13 +216,15 @@ def process_shard(spec: ShardSpec, steps: list[dict], params: ShardParams, dest:
     rejected: list[dict] = []
 
     def process() -> None:
-        kept = []
+        kept, keys = [], []
         results = apply_batch(step_fns, [rec.text or "" for _, rec in pending])
         for (rank, rec), (text, step, reason, pii) in zip(pending, results, strict=True):
             if reason is not None:
                 reasons[reason] += 1
                 rejected.append(rejected_row(spec, rec.id, text, rec.line, step or "", reason, max_chars))
                 continue
+            key = text if key_of is None else key_of(rec.text or "")
+            keys.append(key)
             kept.append(
                 {
                     "rank": rank,
@@ -247,45 +234,53 @@ def process_shard(spec: ShardSpec, steps: list[dict], params: ShardParams, dest:
                     "date": rec.date,
                     "pii": json.dumps(dict(sorted(pii.items())), separators=(",", ":")),
                     "line": rec.line,
+                    "ktext": None if key == text else key,
                 }
             )
-        flush(kept, rejected)
+        flush(kept, keys, rejected)
         pending.clear()
         rejected.clear()
 
     batch_bytes = 0
-    for pos, rec in enumerate(read_shard(spec)):
-        docs_in += 1
-        bytes_in += rec.nbytes
-        if rec.reason is not None:
-            reasons[rec.reason] += 1
-            rejected.append(rejected_row(spec, rec.id, rec.text, rec.line, "read", rec.reason, max_chars))
-        else:
-            pending.append((base_rank + pos, rec))
-            batch_bytes += rec.nbytes
-        if len(pending) + len(rejected) >= batch_docs or batch_bytes >= BATCH_BYTES:
-            process()
-            batch_bytes = 0
-    process()
+    try:
+        for pos, rec in enumerate(read_shard(spec, fields)):
+            docs_in += 1
+            bytes_in += rec.nbytes
+            if rec.reason is not None:
+                reasons[rec.reason] += 1
+                rejected.append(rejected_row(spec, rec.id, rec.text, rec.line, "read", rec.reason, max_chars))
+            else:
+                pending.append((base_rank + pos, rec))
+                batch_bytes += rec.nbytes
+            if len(pending) + len(rejected) >= batch_docs or batch_bytes >= BATCH_BYTES:
+                process()
+                batch_bytes = 0
+        process()
+    except BadFileError as e:
+        for w in (docs_w, rej_w, meta_w):
+            if w is not None:
+                w.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+        summary = _summary(spec, bad_file={"file": e.path, "reason": e.detail})
+        if params.on_bad_file == "skip":
+            tmp.mkdir(parents=True)
+            (tmp / "summary.json").write_text(json.dumps(summary))
+            _publish(tmp, dest)
+        return summary
     docs_w.close()
     rej_w.close()
     if meta_w is not None:
         meta_w.close()
-    summary = {
-        "shard": spec.shard,
-        "source": spec.source,
-        "docs_in": docs_in,
-        "bytes_in": bytes_in,
-        "rejected": dict(reasons),
-        "passed": docs_in - sum(reasons.values()),
-    }
+    summary = _summary(
+        spec,
+        docs_in=docs_in,
+        bytes_in=bytes_in,
+        rejected=dict(reasons),
+        passed=docs_in - sum(reasons.values()),
+        fields=fields.to_dict() if fields is not None else None,
+    )
     (tmp / "summary.json").write_text(json.dumps(summary))
-    try:
-        os.rename(tmp, dest)  # the shard exists only once complete
-    except OSError:
-        if not (dest / "summary.json").exists():
-            raise
-        shutil.rmtree(tmp, ignore_errors=True)  # another attempt finished first: same content
+    _publish(tmp, dest)
     return summary
 
 

@@ -3,9 +3,12 @@
 Exact duplicates by a ``groupby`` on hash buckets (``exact``); near-duplicate candidates by a
 ``groupby`` on band-key buckets (``lsh``), verified by true shingle Jaccard in two passes keyed by the
 shard of each side (``verify``); connected components of exact + near edges by alternating large-star
-/ small-star shuffles (``components``). Every decision keeps the lowest rank. The decisions are
-written grouped by shard to ``work_dir/dedup/<n>.parquet`` for phase D. This module only wires the
-passes together; each pass is a module of plain numpy group functions, testable without Ray.
+/ small-star shuffles (``components``). Every decision keeps the lowest rank, and shards are numbered
+in ``clean.dedup_prefer`` order (``plan``), so the lowest rank is the preferred copy. Keys come from
+each document's key text (``keytext``: before profile-specific edits), so copies in sources with
+different profiles still meet. The decisions are written grouped by shard to
+``work_dir/dedup/<n>.parquet`` for phase D. This module only wires the passes together; each pass is a
+module of plain numpy group functions, testable without Ray.
 """
 
 from __future__ import annotations
@@ -23,8 +26,7 @@ import pyarrow.parquet as pq
 
 from dapt.corpora.clean.config import CleanConfig
 from dapt.corpora.clean.dedup.components import both_directions, labels_rows, star_group
-from dapt.corpora.clean.dedup.exact import exact_group, exact_rows
-from dapt.corpora.clean.dedup.keys import bucket
+from dapt.corpora.clean.dedup.exact import exact_group, exact_rows, explode_hashes
 from dapt.corpora.clean.dedup.lsh import band_group, explode_bands
 from dapt.corpora.clean.dedup.verify import verify_a, verify_b
 from dapt.corpora.clean.readers import ShardSpec
@@ -54,8 +56,8 @@ def dedup(cc: CleanConfig, shards: list[ShardSpec], work: Path, log: logging.Log
     exact_ds = None
     if cc.exact_dedup:
         exact_ds = (
-            ray.data.read_parquet(metas, columns=["rank", "xhi", "xlo"])
-            .map_batches(lambda b: {**b, "bucket": bucket(b["xhi"], B)}, batch_format="numpy")
+            ray.data.read_parquet(metas, columns=["rank", "khi", "klo", "xhi", "xlo"])
+            .map_batches(explode_hashes, fn_kwargs={"buckets": B}, batch_format="numpy")
             .groupby("bucket", num_partitions=P)
             .map_groups(exact_group, batch_format="numpy")
             .materialize()
@@ -63,12 +65,10 @@ def dedup(cc: CleanConfig, shards: list[ShardSpec], work: Path, log: logging.Log
         stats["exact_edges"] = exact_ds.count()
         if stats["exact_edges"]:
             edge_sets.append(exact_ds)
-        log.info(
-            "exact dedup: %d duplicate documents (%.1fs)", stats["exact_edges"], time.perf_counter() - t0
-        )
+        log.info("exact dedup: %d edges (%.1fs)", stats["exact_edges"], time.perf_counter() - t0)
     if nd.enabled:
         t1 = time.perf_counter()
-        cols = ["rank", "xhi", "source_idx", "has_sig"] + [f"b{b}" for b in range(nd.bands)]
+        cols = ["rank", "khi", "source_idx", "has_sig"] + [f"b{b}" for b in range(nd.bands)]
         cand = (
             ray.data.read_parquet(metas, columns=cols)
             .map_batches(

@@ -14,10 +14,10 @@ from dapt.corpora.clean.dedup.keys import C1, bucket, empty_edges
 def explode_bands(
     batch: dict[str, np.ndarray], bands: int, scope: str, buckets: int
 ) -> dict[str, np.ndarray]:
-    """One row per (document, band): key, rank, exact hash; documents without shingles are left out."""
+    """One row per (document, band): key, rank, key-text hash; documents without shingles are left out."""
     ok = batch["has_sig"].astype(bool)
     rank = batch["rank"][ok]
-    xhi = batch["xhi"][ok]
+    khi = batch["khi"][ok]
     keys = np.stack([batch[f"b{b}"][ok] for b in range(bands)], axis=1).astype(np.uint64)
     if scope == "source":
         keys = keys ^ (batch["source_idx"][ok].astype(np.uint64)[:, None] + np.uint64(1)) * C1
@@ -25,7 +25,7 @@ def explode_bands(
     return {
         "key": key.view(np.int64),
         "rank": np.repeat(rank, bands),
-        "xhi": np.repeat(xhi, bands),
+        "khi": np.repeat(khi, bands),
         "bucket": bucket(key, buckets),
     }
 
@@ -33,17 +33,22 @@ def explode_bands(
 def band_group(batch: dict[str, np.ndarray], max_pairs: int, collapse_exact: bool) -> dict[str, np.ndarray]:
     """Candidate pairs (a < b) among documents that share a band key.
 
-    Identical texts are collapsed to their lowest rank first (the exact pass links them), so a
-    boilerplate document repeated a million times does not make a million-squared pair list.
+    Identical key texts are collapsed to their lowest rank first (the exact pass links them), so a
+    boilerplate document repeated a million times does not make a million-squared pair list. A key
+    shared by more than ``max_pairs`` documents gives a star around its lowest rank, the copy dedup
+    keeps, so every member is verified against the canonical one (pairs among the other members are
+    left to the bands they share with fewer documents).
     """
-    key, rank, xhi = batch["key"], batch["rank"], batch["xhi"]
+    key, rank, khi = batch["key"], batch["rank"], batch["khi"]
     if key.size < 2:
         return empty_edges()
-    order = np.lexsort((rank, xhi, key))
-    key, rank, xhi = key[order], rank[order], xhi[order]
     if collapse_exact:
-        first = np.r_[True, (key[1:] != key[:-1]) | (xhi[1:] != xhi[:-1])]
+        order = np.lexsort((rank, khi, key))
+        key, rank, khi = key[order], rank[order], khi[order]
+        first = np.r_[True, (key[1:] != key[:-1]) | (khi[1:] != khi[:-1])]
         key, rank = key[first], rank[first]
+    order = np.lexsort((rank, key))  # by key, then rank: each run's first member is its lowest rank
+    key, rank = key[order], rank[order]
     brk = np.flatnonzero(np.r_[True, key[1:] != key[:-1], True])
     sizes = np.diff(brk)
     us, vs = [], []

@@ -16,14 +16,18 @@ from dapt.corpora.clean.schema import SHARD_BITS, shard_dir
 
 
 def shard_texts(work: str, shard: int, ranks: np.ndarray) -> dict[int, str]:
-    """Texts of the given ranks of one shard, streamed in batches (never the whole shard at once)."""
+    """Key texts (``dedup.keytext``: what the MinHash signatures were computed from) of the given ranks
+    of one shard, streamed in batches (never the whole shard at once)."""
+    import pyarrow.compute as pc
+
     out: dict[int, str] = {}
     pf = pq.ParquetFile(shard_dir(work, shard) / "docs.parquet")
-    for batch in pf.iter_batches(batch_size=2048, columns=["rank", "text"]):
+    for batch in pf.iter_batches(batch_size=2048, columns=["rank", "text", "ktext"]):
         r = batch.column(0).to_numpy()
         idx = np.flatnonzero(np.isin(r, ranks))
         if idx.size:
-            texts = batch.column(1).take(pa.array(idx)).to_pylist()
+            take = pa.array(idx)
+            texts = pc.coalesce(batch.column(2).take(take), batch.column(1).take(take)).to_pylist()
             out.update(zip(r[idx].tolist(), texts, strict=True))
     return out
 

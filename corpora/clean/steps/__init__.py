@@ -26,6 +26,7 @@ from dapt.corpora.clean.steps.transforms import find_pii, iban_ok, luhn_ok, make
 
 __all__ = [
     "FACTORIES",
+    "TRANSFORMS",
     "StepFn",
     "apply_batch",
     "apply_steps",
@@ -55,6 +56,13 @@ FACTORIES: dict[str, Callable[[Any], StepFn]] = {
     "language": make_language,
     "pii": make_pii,
 }
+
+
+TRANSFORMS = frozenset({"normalize", "c4", "pii"})
+"""The steps that may change a document's text; every other step only keeps or rejects it. Dedup keys
+rely on this (``dedup.keytext``): a step list whose only transforms are the default normalise and PII
+keeps documents whose cleaned text is their key text. ``tests/test_clean_steps.py`` checks that the
+other steps return their input unchanged."""
 
 
 def build_steps(validated: list[tuple[str, Any]]) -> list[tuple[str, StepFn]]:

@@ -1,0 +1,119 @@
+"""Cross-source dedup on a real local Ray: copies whose cleaning diverged are still caught, and the
+preferred copy (``clean.dedup_prefer``, by default the domain one) is the one kept.
+
+The planted case is the one profiles create: the same document in a general and in a domain source,
+with lines that only the general profile removes (C4 drops lines without terminal punctuation), so the
+two cleaned texts differ. An exact copy and a near copy (a few words changed) are planted; for the
+near copy the test checks its own premise: the key texts are near-duplicates, the cleaned texts are
+not (Jaccard < 0.8), which is what the old keys of the cleaned text missed.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from test_clean_data import near_duplicate, prose, sentence
+
+from dapt.corpora.clean.config import default_profile, validate_steps
+from dapt.corpora.clean.dedup.keytext import KeyText
+from dapt.corpora.clean.minhash import jaccard
+from dapt.corpora.clean.steps import apply_steps, build_steps
+from dapt.pipeline.config import load_config
+from dapt.pipeline.stages import run_stage
+
+
+def _with_headings(rng: random.Random, per_paragraph: int = 3) -> str:
+    """Three prose paragraphs, each led by heading lines without terminal punctuation."""
+    out: list[str] = []
+    for _ in range(3):
+        out += [sentence(rng, 9, 12).rstrip(".!?") for _ in range(per_paragraph)]
+        out.append(" ".join(sentence(rng) for _ in range(6)))
+    return "\n".join(out)
+
+
+def _clean(kind: str, text: str) -> str:
+    out, _, reason, _ = apply_steps(build_steps(validate_steps(default_profile(kind), kind)), text)
+    assert reason is None, (kind, reason)
+    return out
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("xdedup")
+    rng = random.Random(11)
+    fin = [{"id": f"fin-{i}", "text": _with_headings(rng)} for i in range(10)]
+    web = [{"id": f"web-{i}", "text": prose(rng)} for i in range(10)]
+    exact = fin[0]["text"]
+    near = near_duplicate(fin[1]["text"], rng)
+    web.append({"id": "web-copy-exact", "text": exact})
+    web.append({"id": "web-copy-near", "text": near})
+    # the premise: the profiles clean the copies apart, the key texts stay together
+    assert _clean("domain", exact) != _clean("general", exact)
+    key = KeyText()
+    assert jaccard(key(fin[1]["text"]), key(near)) >= 0.8
+    assert jaccard(_clean("domain", fin[1]["text"]), _clean("general", near)) < 0.8
+    for name, docs in (("fin", fin), ("web", web)):
+        with open(root / f"{name}.jsonl", "w", encoding="utf-8") as f:
+            for d in docs:
+                f.write(json.dumps(d) + "\n")
+    return {"root": root, "fin": fin}
+
+
+def _run(corpus: dict, tmp: Path, extra: str = "") -> tuple[dict, pa.Table, pa.Table]:
+    root = corpus["root"]
+    cfg = tmp / "c.yaml"
+    # the general source comes first in the config: ``first`` would keep its copies
+    cfg.write_text(
+        f"""name: xdedup
+run_dir: {tmp / "run"}
+sources:
+  - {{name: web, kind: general, paths: ["{root}/web.jsonl"], id_field: id}}
+  - {{name: fin, kind: domain, paths: ["{root}/fin.jsonl"], id_field: id}}
+model: {{from_config: {{}}}}
+ray: {{num_cpus: 2, object_store_memory_gb: 1}}
+clean: {{shuffle_partitions: 2, buckets: 8{extra}}}
+""",
+        encoding="utf-8",
+    )
+    m = run_stage(load_config(cfg), "clean", echo=None)
+    out = tmp / "run" / "clean"
+
+    def read(d: Path) -> pa.Table:
+        return pa.concat_tables([pq.read_table(f) for f in sorted(d.rglob("*.parquet"))])
+
+    return m, read(out / "kept"), read(out / "rejected")
+
+
+def test_same_document_in_domain_and_general_source_kept_once_the_domain_copy(corpus, tmp_path, ray_local):
+    m, kept, rej = _run(corpus, tmp_path)
+    kept_ids = set(kept.column("id").to_pylist())
+    assert {d["id"] for d in corpus["fin"]} <= kept_ids  # every domain document, copies included
+    assert not {"web-copy-exact", "web-copy-near"} & kept_ids
+    reasons = {r["id"]: r for r in rej.to_pylist()}
+    assert reasons["web-copy-exact"]["reason"] == "duplicate:exact:fin"  # names the keeper's source
+    assert reasons["web-copy-near"]["reason"] == "duplicate:near:fin"
+    clusters = dict(zip(kept.column("id").to_pylist(), kept.column("cluster_id").to_pylist(), strict=True))
+    assert reasons["web-copy-exact"]["cluster_id"] == clusters["fin-0"] is not None
+    assert reasons["web-copy-near"]["cluster_id"] == clusters["fin-1"] is not None
+    # the kept copy is the domain profile's cleaning of it: its heading lines are still there
+    fin0 = next(r for r in kept.to_pylist() if r["id"] == "fin-0")
+    assert fin0["text"] == corpus["fin"][0]["text"]
+    assert m["sources"]["web"]["rejected"] == {"duplicate:exact:fin": 1, "duplicate:near:fin": 1}
+    assert m["sources"]["fin"]["rejected"] == {}
+    for s in m["sources"].values():
+        assert s["docs_in"] == s["kept"] + sum(s["rejected"].values())
+
+
+def test_dedup_prefer_first_keeps_the_copy_first_in_config_order(corpus, tmp_path, ray_local):
+    m, kept, rej = _run(corpus, tmp_path, ", dedup_prefer: first")
+    kept_ids = set(kept.column("id").to_pylist())
+    assert {"web-copy-exact", "web-copy-near"} <= kept_ids
+    assert not {"fin-0", "fin-1"} & kept_ids
+    reasons = {r["id"]: r["reason"] for r in rej.to_pylist()}
+    assert (reasons["fin-0"], reasons["fin-1"]) == ("duplicate:exact:web", "duplicate:near:web")
+    assert m["sources"]["fin"]["rejected"] == {"duplicate:exact:web": 1, "duplicate:near:web": 1}
