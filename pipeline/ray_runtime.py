@@ -4,6 +4,11 @@
 starts bound to 127.0.0.1 with a bounded object store. Ray 2.60 binds to the machine's external
 address unless RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 is set (verified on this kind of machine), so we
 set it before Ray is imported; a laptop run must never listen on the network.
+
+Token authentication is asked for explicitly (``RAY_AUTH_MODE=token``): Ray then creates
+``~/.ray/auth_token`` for a new local cluster and a client sends it, and it does not print its
+"token authentication is enabled by default" warning on every start. A user's own setting wins (a
+cluster started with auth disabled needs ``RAY_AUTH_MODE=disabled`` in the client's environment).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ _RAY_ENV_DEFAULTS = {
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
     "RAY_DEDUP_LOGS": "1",
+    "RAY_AUTH_MODE": "token",
 }
 
 log = logging.getLogger("dapt.ray")
