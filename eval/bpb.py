@@ -5,6 +5,12 @@ per-token perplexity rewards a tokenizer that cuts text into more, easier pieces
 summed negative log-likelihood of the whole text by its UTF-8 byte count makes models with different
 tokenizers comparable (BloombergGPT reports held-out bits-per-byte for this reason).
 
+Tokenisation: text is text, the rule the mix stage packed the training blocks by
+(``dapt.tokenizer.encode``): a document that spells ``<|endoftext|>`` or ``</s>`` is scored as those
+characters, never as the special id, so a model is scored on the ids it was trained on. The eval stage
+gives lm-eval the same rule (``text_only`` on its tokenizer), so dapt and ``loglikelihood_rolling`` see
+identical ids.
+
 Context handling. Each document is encoded without special tokens and preceded by one prefix token
 (BOS, else EOS), so the first real token has something to condition on, exactly as lm-eval's
 ``loglikelihood_rolling`` does. Documents longer than ``max_length`` are scored with sliding windows:
@@ -78,11 +84,11 @@ def _prefix_id(tokenizer: Any) -> int:
 
 
 def encode_texts(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
-    """Token ids of each text, without special tokens (the prefix token is added by the windows)."""
-    if not texts:
-        return []
-    enc = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
-    return [list(e) for e in enc]
+    """Token ids of each text, no special tokens added and none parsed from the text (the prefix token
+    is added by the windows); ``tokenizer`` itself is left as it is."""
+    from dapt.tokenizer.encode import encode_texts as plain_ids
+
+    return plain_ids(tokenizer, list(texts))
 
 
 def _forward_scored(model: Any, batch: list[Window], pad_id: int, device: Any) -> list[float]:

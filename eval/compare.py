@@ -1,13 +1,23 @@
 """Base vs adapted comparison rows: one per held-out source, one pooled per source kind, one per
-task metric, each with a paired bootstrap (``significance``) where both models scored the same items.
+task metric, each with a paired bootstrap (``significance``) where both models scored the same items,
+and Holm-adjusted p-values per family of rows (``adjust_rows``).
+
+Families are the rows behind one conclusion of the report: the per-source bits-per-byte rows of one
+source kind ("the adapted model is better on the domain sources", "general ability was lost"), each
+pooled row alone (one test: all bytes of a kind together), and all task metrics together. A row's
+``significant`` is the family-wise decision (adjusted p < alpha); ``significant_raw`` keeps the
+single-test one.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from dapt.eval.bpb import LN2
-from dapt.eval.significance import paired_bootstrap, paired_bootstrap_corpus
+from dapt.eval.significance import holm, paired_bootstrap, paired_bootstrap_corpus
+
+P_ADJUST_METHOD = "holm"
 
 
 def _row_common(base: float | None, adapted: float | None, higher_is_better: bool) -> dict[str, Any]:
@@ -124,4 +134,37 @@ def task_rows(tasks: dict[str, dict], iters: int, alpha: float, seed: int) -> li
                     n_items=len(ids),
                 )
             rows.append(row)
+    return rows
+
+
+def p_family(row: dict[str, Any], kind: str | None = None) -> str:
+    """The family a row's p-value is corrected in (``kind``: its source kind, when the row lacks one)."""
+    if row.get("kind") == "bpb":
+        kind = row.get("source_kind") or kind or "unknown"
+        return f"bpb/all-{kind}" if row.get("pooled") else f"bpb/{kind} sources"
+    return "tasks"
+
+
+def adjust_rows(
+    rows: list[dict[str, Any]], alpha: float, family: Callable[[dict[str, Any]], str] = p_family
+) -> list[dict[str, Any]]:
+    """Holm within each family, in place: ``p_adjusted``, ``p_adjust_method``, ``p_family``,
+    ``p_family_size`` (tests in the family), ``significant`` (adjusted p < alpha) and ``significant_raw``
+    (p < alpha) on every row; rows without a p-value get ``None`` for the p's and flags."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault(family(r), []).append(r)
+    for name, members in groups.items():
+        adjusted = holm([r.get("p_value") for r in members])
+        size = sum(1 for a in adjusted if a is not None)
+        for r, a in zip(members, adjusted, strict=True):
+            p = r.get("p_value")
+            r.update(
+                p_adjusted=a,
+                p_adjust_method=P_ADJUST_METHOD,
+                p_family=name,
+                p_family_size=size,
+                significant=None if a is None else a < alpha,
+                significant_raw=None if a is None else p < alpha,
+            )
     return rows

@@ -59,7 +59,9 @@ class EvalConfig(BaseModel):
     bootstrap_iters: int = Field(default=1000, ge=100, le=100_000)
     """Resamples for the paired bootstrap test and for lm-eval's standard errors."""
     alpha: float = Field(default=0.05, gt=0, lt=1)
-    """A delta is marked significant when its paired-bootstrap p-value is below alpha."""
+    """A delta is marked significant when its Holm-adjusted paired-bootstrap p-value is below alpha
+    (Holm within the rows behind one conclusion: the per-source bpb rows of a source kind, each pooled
+    row alone, all task metrics); ``significant_raw`` keeps the uncorrected decision."""
 
     precisions: list[Literal["fp32", "bf16", "fp16", "int8"]] = Field(
         default_factory=lambda: ["fp32", "bf16", "fp16", "int8"]

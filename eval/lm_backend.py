@@ -20,6 +20,10 @@ continuation longer than ``max_length + 1``), and on a sliding-window model requ
 window, go through ``HFLM``'s own code unchanged, so truncation and windowing are lm-eval's. Everything
 else in ``HFLM`` (generation, rolling windows' bookkeeping, chat templates, the request cache) is
 inherited.
+
+Tokenisation is inherited too (``HFLM.tok_encode`` calls the tokenizer object), so the rule it follows is
+the tokenizer's: the eval stage passes one made ``dapt.tokenizer.encode.text_only``, and a prompt that
+spells ``</s>`` is then scored as characters, the ids training and bits-per-byte use.
 """
 
 from __future__ import annotations

@@ -8,9 +8,22 @@ Every metric here is a ratio of sums over items, ``scale * sum(num) / sum(den)``
 ``num = correct, den = 1``; bits-per-byte is ``num = NLL in nats, den = bytes, scale = 1 / ln 2``
 (a corpus-level ratio, not a mean of per-document ratios, so it is resampled the same way).
 
-The p-value is two-sided, from the bootstrap distribution of the delta: twice the smaller share of
-resampled deltas on either side of zero, with the +1 correction so it is never exactly 0
-(Efron & Tibshirani's percentile test; Koehn 2004 / Berg-Kirkpatrick et al. 2012 use the same resampling).
+The p-value is two-sided and comes from the same resamples, by the *shifted-null* paired bootstrap of
+Berg-Kirkpatrick, Burkett & Klein (2012, "An Empirical Investigation of Statistical Significance in NLP"):
+the resampled deltas ``d*`` are spread around the observed
+delta ``d``, so ``d* - d`` approximates how the delta varies when the true difference is zero, and
+``p = (1 + #{|d* - d| >= |d|}) / (iters + 1)`` (the paper's one-sided count ``d* > 2d`` taken on both
+sides; the +1 keeps it from being exactly 0). Checked against the null (``tests/test_eval_significance.py``):
+on two models that differ only by chance it rejects at about the nominal rate. (It is not the inversion
+of the percentile interval, ``2 * min(share d* <= 0, share d* >= 0)``, which dapt used before: that
+counts the tail of ``d*`` beyond zero instead of the tails of ``d* - d`` beyond ``|d|``, and the two
+agree only when the bootstrap distribution is symmetric.)
+
+Several comparisons behind one conclusion ("general ability was lost" over five general sources) need a
+multiple-comparison correction, or one source in twenty is "significant" by chance: ``holm`` gives
+Holm's step-down adjusted p-values (controls the family-wise error rate under any dependence between the
+tests, which the sources of one run have: the same model scores them all).
+
 Metrics that are not ratios of sums (weighted F1 and the like) go through ``paired_bootstrap_corpus``,
 which calls the metric's own aggregation function on each resample.
 """
@@ -42,7 +55,7 @@ def paired_bootstrap(
 
     Returns ``base``, ``adapted``, ``delta`` (point estimates on all items), ``base_stderr``,
     ``adapted_stderr``, ``delta_stderr`` (bootstrap standard deviations), ``ci_low``/``ci_high``
-    (95% percentile interval of the delta) and ``p_value`` (two-sided, H0: delta = 0).
+    (95% percentile interval of the delta) and ``p_value`` (two-sided, H0: delta = 0, shifted-null).
     """
     bn = np.asarray(base_num, dtype=np.float64)
     an = np.asarray(adapted_num, dtype=np.float64)
@@ -75,12 +88,12 @@ def paired_bootstrap(
 
 def _summary(base: float, adapted: float, b: np.ndarray, a: np.ndarray) -> dict[str, float]:
     """Point estimates on all items plus what the resampled statistics ``b`` and ``a`` (one per
-    resample, paired) say: standard errors, the 95% percentile interval of the delta and the p-value."""
+    resample, paired) say: standard errors, the 95% percentile interval of the delta and the
+    shifted-null p-value."""
     iters = len(b)
     deltas = a - b
-    le = int(np.sum(deltas <= 0))
-    ge = int(np.sum(deltas >= 0))
-    p = min(1.0, 2.0 * (min(le, ge) + 1) / (iters + 1))
+    observed = adapted - base
+    p = shifted_null_p(deltas, observed)
     if np.all(deltas == 0):  # identical models/items: no evidence of any difference
         p = 1.0
     return {
@@ -94,6 +107,36 @@ def _summary(base: float, adapted: float, b: np.ndarray, a: np.ndarray) -> dict[
         "ci_high": float(np.percentile(deltas, 97.5)),
         "p_value": float(p),
     }
+
+
+def shifted_null_p(deltas: np.ndarray, observed: float) -> float:
+    """Two-sided p-value of H0 "true delta = 0" from paired bootstrap deltas around ``observed``
+    (Berg-Kirkpatrick et al. 2012): the share of ``|d* - observed| >= |observed|``, +1 corrected.
+    Resamples whose statistic is undefined (NaN: a resample with zero denominator) are left out."""
+    d = np.asarray(deltas, dtype=np.float64)
+    d = d[np.isfinite(d)]
+    if not np.isfinite(observed) or len(d) == 0:
+        return float("nan")
+    if observed == 0:
+        return 1.0
+    extreme = int(np.sum(np.abs(d - observed) >= abs(observed)))
+    return float(min(1.0, (extreme + 1) / (len(d) + 1)))
+
+
+def holm(p_values: Sequence[float | None]) -> list[float | None]:
+    """Holm's step-down adjusted p-values, in the input order.
+
+    The ``k``-th smallest of the ``m`` p-values becomes ``max over j <= k of min(1, (m - j + 1) * p_(j))``;
+    rejecting where the adjusted p is below alpha controls the chance of any false rejection in the
+    family at alpha. ``None``/NaN entries are not tests: they stay ``None`` and do not count in ``m``."""
+    tests = [i for i, p in enumerate(p_values) if p is not None and np.isfinite(p)]
+    m = len(tests)
+    out: list[float | None] = [None] * len(p_values)
+    running = 0.0
+    for k, i in enumerate(sorted(tests, key=lambda i: float(p_values[i]))):  # type: ignore[arg-type]
+        running = max(running, min(1.0, (m - k) * float(p_values[i])))  # type: ignore[arg-type]
+        out[i] = running
+    return out
 
 
 def paired_bootstrap_corpus(

@@ -16,7 +16,7 @@ import time
 from typing import Any
 
 from dapt.eval.bpb import LN2, bits_per_byte
-from dapt.eval.compare import bpb_rows, task_rows
+from dapt.eval.compare import adjust_rows, bpb_rows, task_rows
 from dapt.eval.harness import crosscheck, run_lm_eval
 from dapt.eval.inputs import read_heldout, resolve_models
 from dapt.eval.tasks_registry import LoadedTasks, load_tasks, prepare_include_dir
@@ -38,9 +38,15 @@ def _device(name: str) -> str:
 
 
 def load_model(path: str, tokenizer: str, device: str) -> tuple[Any, Any]:
-    """An fp32 causal LM and its tokenizer; InputError with the path when either cannot be loaded."""
+    """An fp32 causal LM and its tokenizer; InputError with the path when either cannot be loaded.
+
+    The tokenizer is made ``text_only`` (``dapt.tokenizer.encode``): bits-per-byte, lm-eval's tasks and
+    the cross-check then all encode a text that spells a special token as characters, as the mix stage
+    did when it built the training blocks."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from dapt.tokenizer.encode import text_only
 
     try:
         tok = AutoTokenizer.from_pretrained(tokenizer)
@@ -51,7 +57,7 @@ def load_model(path: str, tokenizer: str, device: str) -> tuple[Any, Any]:
             f"cannot load model {path!r} / tokenizer {tokenizer!r}: {first} "
             "(set eval.base_model to a local folder, or eval.compare_base: false)"
         ) from None
-    return model.to(device).eval(), tok
+    return model.to(device).eval(), text_only(tok, tokenizer)
 
 
 def _n_params(model: Any) -> int:
@@ -94,6 +100,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     import torch
 
     from dapt.eval.quantize import memory_bytes, save_variant, variant
+    from dapt.tokenizer.encode import vocab_rows
 
     cfg, e = ctx.cfg, ctx.cfg.eval
     device = _device(e.device)
@@ -136,7 +143,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
             raise ConfigError(
                 f"eval.max_length: {max_length} exceeds {role} model's max_position_embeddings ({pos})"
             )
-        info.update(params=_n_params(model), vocab_size=len(tok), model_type=model.config.model_type)
+        info.update(params=_n_params(model), vocab_size=vocab_rows(tok), model_type=model.config.model_type)
         cmp_model = model if e.dtype == "fp32" else variant(model, e.dtype)
         t0 = time.perf_counter()
         bpb[role] = measure_bpb(cmp_model, tok, heldout, max_length, stride, e.batch_size, device)
@@ -188,6 +195,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     rows = bpb_rows(bpb, heldout, e.bootstrap_iters, e.alpha, cfg.seed) + task_rows(
         tasks, e.bootstrap_iters, e.alpha, cfg.seed
     )
+    adjust_rows(rows, e.alpha)  # Holm per family: `significant` is the family-wise decision
     task_status = {n: {"status": "ok", "tasks": sorted(g)} for n, g in loaded.tasks.items()}
     task_status.update({n: {"status": "unavailable", "error": err} for n, err in loaded.unavailable.items()})
     results = {
@@ -203,6 +211,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
             "device": device,
             "bootstrap_iters": e.bootstrap_iters,
             "alpha": e.alpha,
+            "p_value_method": "paired bootstrap, shifted null (Berg-Kirkpatrick et al. 2012), two-sided",
+            "p_adjust_method": "holm",
             "seed": cfg.seed,
             "num_fewshot": e.num_fewshot,
             "limit": e.limit,
@@ -256,6 +266,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "delta",
         "delta_pct",
         "p_value",
+        "p_adjusted",
+        "p_family",
         "significant",
     )
     return _finite(

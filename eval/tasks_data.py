@@ -2,7 +2,9 @@
 
 A benchmark item that also appears in the training mix measures memorisation, not ability. The mix stage
 removes training text sharing long n-grams with these texts, so each item contributes its question (the
-prompt lm-eval shows, without few-shot examples) together with its answer choices or target.
+prompt lm-eval shows, without few-shot examples) together with its answer choices or target. The items
+include the few-shot pool (``task_docs``): an example shown in every few-shot prompt is as much a
+contamination risk as a scored item.
 """
 
 from __future__ import annotations
@@ -42,13 +44,25 @@ def doc_texts(task: Any, doc: dict) -> str:
 
 
 def task_docs(task: Any) -> list[dict]:
-    """Every item a run could score or show as a few-shot example: test, validation (and the few-shot
-    split when it is another one)."""
+    """Every item a run could score or show as a few-shot example: test, validation, and the docs lm-eval's
+    few-shot sampler draws from (``task.fewshot_docs()``: the task's ``fewshot_split``, such as ``train``
+    for the shipped financial tasks, its fixed ``samples``, else training/validation docs).
+
+    Few-shot examples are in every prompt of a few-shot run, so a training document containing one
+    inflates every item's score, not just one. ``fewshot_docs()`` is the sampler's own source (lm-eval
+    builds the sampler from it), so this is exactly the pool a run can show."""
     docs: list[dict] = []
     if task.has_test_docs():
         docs.extend(task.test_docs())
     if task.has_validation_docs():
         docs.extend(task.validation_docs())
+    try:
+        fewshot = task.fewshot_docs()
+    except Exception as e:  # noqa: BLE001 - a task without a usable few-shot pool: nothing more to add
+        log.debug("task %s: no few-shot docs (%s)", getattr(task, "config", {}), e)
+        fewshot = None
+    if fewshot is not None:  # may repeat the validation docs: task_texts drops repeated texts
+        docs.extend(fewshot)
     return docs
 
 
@@ -72,6 +86,7 @@ def task_texts(task_names: list[str], task_dirs: list[str | Path] | None = None)
             texts: list[str] = []
             for task in loaded.tasks.get(name, {}).values():
                 texts.extend(t for t in (doc_texts(task, d) for d in task_docs(task)) if t)
+            texts = list(dict.fromkeys(texts))  # the same item in two splits is one text
             if name in loaded.unavailable:
                 log.warning("no decontamination texts for %s: %s", name, loaded.unavailable[name])
             out[name] = texts

@@ -140,3 +140,34 @@ def test_public_finance_tasks_run_with_flare_schema(local_finance_tasks, sp_toke
     rows = task_rows({"base": per, "adapted": per}, iters=100, alpha=0.05, seed=0)
     tested = {(row["task"], row["metric"]) for row in rows if row["p_value"] is not None}
     assert {("fin_fpb", "f1"), ("fin_ner", "entity_f1"), ("fin_fpb", "acc")} <= tested
+
+
+def test_decontamination_texts_include_the_few_shot_pool(tmp_path):
+    """Issue 19, item 6: the items handed to the mix stage's decontamination include the few-shot
+    examples. The shipped financial tasks draw them from ``train`` (not test or validation), so a train
+    item that only ever appears as a 5-shot example must be in the texts too."""
+    from dapt.eval.tasks_data import task_texts
+
+    src = SHIPPED_TASKS / "finance"
+    dest = tmp_path / "tasks" / "local"
+    dest.mkdir(parents=True)
+    for name in ("_mc_common.yaml", "utils.py", "__init__.py"):
+        shutil.copyfile(src / name, dest / name)
+    files = {}
+    for split, n in (("train", 8), ("test", 3)):
+        rows = _rows("fin_fpb", n)
+        if split == "train":  # text that occurs nowhere else
+            for i, r in enumerate(rows):
+                r["query"] = f"Analyze the sentiment.\nText: few-shot-only example number {i} zebra\nAnswer:"
+        f = tmp_path / "data" / f"{split}.jsonl"
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        files[split] = f
+    text = (src / "fin_fpb.yaml").read_text(encoding="utf-8").replace("task: fin_fpb", "task: local_fpb")
+    (dest / "local_fpb.yaml").write_text(with_local_data(text, files), encoding="utf-8")
+
+    texts = task_texts(["local_fpb"], task_dirs=[tmp_path / "tasks"])["local_fpb"]
+    fewshot = [t for t in texts if "few-shot-only example" in t]
+    assert len(fewshot) == 8  # every train item: the sampler may show any of them
+    assert len(texts) == 8 + 3
+    assert all(t.endswith("negative neutral positive") for t in fewshot)  # with the choices

@@ -161,7 +161,7 @@ def test_markdown_images_are_files_next_to_it(report_run: dict[str, Any]) -> Non
     assert "```text\nmemory per GPU (rank 0)\n  PREDICTED PEAK   0.65 GiB  -> fits <80 GiB>\n```" in md
     # A pipe table row of the benchmark table, escaped properly.
     assert (
-        "| bpb fin | bpb | fin | 2.0000 ± 0.0200 | 1.7540 ± 0.0180 | -0.2460 | [-0.2820, -0.2100] | -12.30% | <0.001 | yes \\* | lower |"
+        "| bpb fin | bpb | fin | 2.0000 ± 0.0200 | 1.7540 ± 0.0180 | -0.2460 | [-0.2820, -0.2100] | -12.30% | <0.001 | <0.001 (1) | yes \\* | lower |"
         in md
     )
     # The split stage's held-out counts, and what the tokenizer was fitted on (the training split only).
@@ -199,7 +199,7 @@ def test_model_card_filled_from_the_records(report_run: dict[str, Any]) -> None:
     assert "**Developed by:** dapt tests" in card
     assert "| fin | domain | GFDL-1.3 | Debian gnucash-docs | 1,000 | 2.86 MiB | 117,234 | 0.234 |" in card
     assert "| wiki | general | not recorded |" in card
-    assert "| bpb fin | 2.0000 | 1.7540 | -12.30% | <0.001 | yes |" in card
+    assert "| bpb fin | 2.0000 | 1.7540 | -12.30% | <0.001 | <0.001 | yes |" in card
     assert "**Peak memory per worker:** 700.00 MiB" in card
     assert "**Hardware:** NVIDIA H100 80GB HBM3, 2 worker(s)" in card
     assert (

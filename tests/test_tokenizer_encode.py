@@ -11,7 +11,7 @@ from test_tokenizer_helpers import corpus, make_bytelevel_bpe
 
 from dapt.pipeline.errors import InputError
 from dapt.tokenizer.config import TokenizerConfig
-from dapt.tokenizer.encode import DEFAULT_PROBES, load_encoder
+from dapt.tokenizer.encode import DEFAULT_PROBES, encode_texts, load_encoder, text_only, vocab_rows
 from dapt.tokenizer.train import sp_to_hf, train_sentencepiece, train_with_sweep, write_lines
 
 HARD = [
@@ -44,7 +44,7 @@ def test_trained_tokenizer_ids_match_sentencepiece_and_round_trip(trained):
     lines = lines + [s for ln in lines for s in ln.split(". ") if s]
     assert len(lines) >= 1000
     sp = spm.SentencePieceProcessor(model_file=str(folder / "tokenizer.model"))
-    tok = AutoTokenizer.from_pretrained(str(folder))
+    tok = text_only(AutoTokenizer.from_pretrained(str(folder)))  # text is text
     hf = [tok(ln, add_special_tokens=False)["input_ids"] for ln in lines]
     assert sp.encode(lines, out_type=int) == hf
     for ln, ids in zip(lines, hf, strict=True):
@@ -61,7 +61,7 @@ def test_encoder_default_is_exact_hf_and_sentencepiece_is_opt_in(trained):
     from transformers import AutoTokenizer
 
     folder, lines = trained
-    tok = AutoTokenizer.from_pretrained(str(folder))
+    tok = text_only(AutoTokenizer.from_pretrained(str(folder)))  # text is text
     reference = [tok(x, add_special_tokens=False)["input_ids"] for x in lines]
     enc = load_encoder(folder)
     assert enc.backend == "hf_fast"
@@ -69,7 +69,7 @@ def test_encoder_default_is_exact_hf_and_sentencepiece_is_opt_in(trained):
     assert fast.backend == "sentencepiece"
     for e in (enc, fast):
         assert e.eos_id == tok.eos_token_id == 2
-        assert e.vocab_size == len(tok) == 600
+        assert e.vocab_size == vocab_rows(tok) == 600
         clone = pickle.loads(pickle.dumps(e))
         assert clone.backend == e.backend
         assert clone.encode_batch(lines) == reference
@@ -85,7 +85,7 @@ def test_sentencepiece_path_reorders_tied_runs_like_hf(trained):
 
     folder, _ = trained
     sp = spm.SentencePieceProcessor(model_file=str(folder / "tokenizer.model"))
-    tok = AutoTokenizer.from_pretrained(str(folder))
+    tok = text_only(AutoTokenizer.from_pretrained(str(folder)))  # text is text
     fast = load_encoder(folder, exact=False)
     runs = [c * n + " x" for c in ("=", "-", " ") for n in range(1, 40)]
     runs += [f"Title\n{'=' * n}\n{' ' * m}- item" for n in range(1, 30) for m in (0, 4, 8, 9)]
@@ -157,3 +157,58 @@ def test_bpe_algorithm_option_converts_exactly(tmp_path):
     hf = [tok(ln, add_special_tokens=False)["input_ids"] for ln in lines]
     assert sp.encode(lines, out_type=int) == hf
     assert all(tok.decode(ids) == ln for ln, ids in zip(lines, hf, strict=True))
+
+
+SPELLED = [
+    "a <s> b </s> c <unk> d",
+    "end of text: <|endoftext|> and </s></s> glued<s>to words",
+    "<s>",
+]
+
+
+def test_text_that_spells_special_tokens_is_encoded_as_text(trained, tmp_path):
+    """One rule (issue 19): a spelled-out special token is characters, never its id, on every path:
+    the encoder (HF and sentencepiece backends), ``encode_texts`` and a ``text_only`` tokenizer. HF
+    alone gets this wrong twice: without ``split_special_tokens`` it extracts ``<s>``, and with it a
+    Unigram model still picks its ``<s>`` vocabulary piece (score 0) for the characters."""
+    import sentencepiece as spm
+    from transformers import AutoTokenizer
+
+    folder, lines = trained
+    stock = AutoTokenizer.from_pretrained(str(folder))
+    special = set(stock.all_special_ids)
+    assert special & set(stock("a <s> b", add_special_tokens=False)["input_ids"])
+    split = stock("a <s> b", add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    assert special & set(split)  # the Unigram trap: split_special_tokens is not enough
+    normal = [ln for ln in lines if "<" not in ln][:300]
+    before = stock(normal, add_special_tokens=False)["input_ids"]
+
+    sp = spm.SentencePieceProcessor(model_file=str(folder / "tokenizer.model"))
+    ref = sp.encode(SPELLED, out_type=int)  # sentencepiece never matches its control pieces
+    assert not special & {i for ids in ref for i in ids}
+    enc, fast = load_encoder(folder), load_encoder(folder, exact=False)
+    assert fast.backend == "sentencepiece"
+    assert enc.encode_batch(SPELLED) == fast.encode_batch(SPELLED) == ref
+    assert encode_texts(stock, SPELLED) == ref
+    assert stock(normal, add_special_tokens=False)["input_ids"] == before  # encode_texts left it alone
+    assert encode_texts(stock, normal) == before  # and ordinary text keeps its ids
+
+    tok = text_only(AutoTokenizer.from_pretrained(str(folder)))
+    assert tok(SPELLED, add_special_tokens=False)["input_ids"] == ref
+    assert [tok.encode(t, add_special_tokens=False) for t in SPELLED] == ref
+    assert tok(normal, add_special_tokens=False)["input_ids"] == before
+    assert (tok.bos_token_id, tok.eos_token_id, tok.vocab_size, vocab_rows(tok)) == (1, 2, 600, 600)
+    assert tok.decode(ref[0]) == SPELLED[0] and enc.decode(ref[0]) == SPELLED[0]
+    assert tok.convert_ids_to_tokens([1, 2]) == ["<s>", "</s>"]
+    assert text_only(tok)(SPELLED, add_special_tokens=False)["input_ids"] == ref  # idempotent
+
+    # byte-level BPE (GPT-2 style): the merges never rebuild <|endoftext|>, so only the added-token
+    # layer needs switching off, and the encoder, encode_texts and text_only agree
+    bpe = make_bytelevel_bpe(tmp_path / "bpe")
+    bstock = AutoTokenizer.from_pretrained(str(bpe))
+    eos = bstock.eos_token_id
+    assert eos in bstock("x <|endoftext|> y", add_special_tokens=False)["input_ids"]
+    ids = load_encoder(bpe).encode_batch(SPELLED)
+    assert eos not in {i for x in ids for i in x}
+    assert encode_texts(bstock, SPELLED) == ids
+    assert text_only(bstock)(SPELLED, add_special_tokens=False)["input_ids"] == ids

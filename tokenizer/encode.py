@@ -11,10 +11,18 @@ fix this by reordering such runs the HF way), and (2) rare float near-ties betwe
 segmentations (~0.1% of documents on the demo corpus) that cannot be detected without running HF.
 So sentencepiece is used only when asked for (``exact=False``) and after agreeing on probe strings.
 
-One deliberate difference from ``AutoTokenizer.__call__``: text that happens to spell a special token
-(``</s>``, ``<|endoftext|>``) is encoded as ordinary text, never as the special id. Documents must not
-be able to inject document boundaries; sentencepiece behaves that way natively and the HF path is set
-to match (``encode_special_tokens``).
+One deliberate difference from ``AutoTokenizer.__call__``, and one rule for every stage that turns text
+into ids (the mix stage's packing, the training monitor, eval's bits-per-byte and lm-eval tasks): **text
+is text**. A document that spells a special token (``</s>``, ``<|endoftext|>``) is encoded as those
+characters, never as the special id, so documents cannot inject document boundaries and a model is
+scored on exactly the characters it was trained on. Sentencepiece behaves that way natively (its control
+pieces are never matched). HF needs two things (``text_only_backend``): the added-token layer must not
+extract special tokens (``encode_special_tokens``, i.e. ``split_special_tokens=True``), *and*, for
+Unigram models, the special pieces must leave the Viterbi search, because HF keeps ``<s>``/``</s>`` in
+the Unigram vocabulary with score 0 and would otherwise pick them for the spelled-out text even with
+``split_special_tokens=True`` (ids unchanged: their vocabulary strings are replaced by unreachable ones).
+Eval makes its tokenizer objects follow the rule with ``text_only``; ``encode_texts`` encodes any HF
+tokenizer by it.
 
 An ``Encoder`` pickles to its serialized model (a few MB at most), not to a path, so it can be shipped
 to Ray Data workers on other machines that cannot see the folder.
@@ -50,9 +58,102 @@ DEFAULT_PROBES: tuple[str, ...] = (
     "",
     " ",
     "\n",
+    "special spellings: <s> </s> <unk> <pad> <|endoftext|> <|im_start|>user<|im_end|> [CLS] [SEP]",
 )
 """Strings on which the sentencepiece and HF paths must agree before the fast path is trusted:
-whitespace runs, newlines, digits, currency signs, non-ASCII, emoji, code."""
+whitespace runs, newlines, digits, currency signs, non-ASCII, emoji, code, and text that spells
+special tokens (encoded as characters on both paths)."""
+
+UNREACHABLE = "\U0010fffe"
+"""A Unicode noncharacter (reserved for internal use, never in interchange text) that brackets the
+replacement vocabulary strings of special Unigram pieces, so no text can spell them."""
+
+
+def _special_ids(backend: Any) -> dict[int, str]:
+    """``{id: content}`` of the backend's special added tokens (``<s>``, ``</s>``, ``<|endoftext|>``...)."""
+    return {int(i): t.content for i, t in backend.get_added_tokens_decoder().items() if t.special}
+
+
+def text_only_backend(backend: Any, where: str = "tokenizer") -> Any:
+    """Make a ``tokenizers.Tokenizer`` encode text as text, in place, and return it.
+
+    Special tokens are not extracted from the text (``encode_special_tokens``) and, in a Unigram model,
+    the special pieces get unreachable vocabulary strings (same ids, same scores; decoding still
+    goes through the added-token table and prints ``<s>``). Other models (BPE, WordPiece) keep their
+    vocabulary: their merges / word splits do not rebuild a special token from its characters, which
+    is checked here. Raises ``InputError`` (naming ``where``) if a special id can still come from text.
+    """
+    special = _special_ids(backend)
+    backend.encode_special_tokens = True
+    if special:
+        model = json.loads(backend.to_str()).get("model") or {}
+        unk = model.get("unk_id") if model.get("type") == "Unigram" else None
+        if unk is None and isinstance(model.get("unk_token"), str):
+            unk = backend.token_to_id(model["unk_token"])
+        if model.get("type") == "Unigram":
+            from tokenizers.models import Unigram
+
+            vocab = [
+                (f"{UNREACHABLE}{i}{UNREACHABLE}" if i in special else piece, score)
+                for i, (piece, score) in enumerate(model["vocab"])
+            ]
+            backend.model = Unigram(vocab, model.get("unk_id"), bool(model.get("byte_fallback", False)))
+        spelled = [e.ids for e in backend.encode_batch(list(special.values()), add_special_tokens=False)]
+        reachable = special.keys() - {unk}  # <unk> for characters the vocabulary lacks is not spelled
+        for content, ids in zip(special.values(), spelled, strict=True):
+            if reachable & set(ids):
+                raise InputError(
+                    f"{where}: the text {content!r} still encodes to a special token id {ids}; dapt encodes "
+                    "text as text (special tokens only where a stage inserts them) and cannot with this model"
+                )
+    return backend
+
+
+def text_only(tokenizer: Any, where: str | None = None) -> Any:
+    """Make an HF tokenizer object follow the text-is-text rule, in place (idempotent), and return it.
+
+    Every later call (``tok(texts)``, ``tok.encode``, lm-eval's ``tok_encode``) then treats spelled-out
+    special tokens as characters; ``add_special_tokens=True`` still inserts BOS/EOS where the
+    post-processor does; ids, ``tok.vocab_size``, ``bos_token_id`` and decoding are unchanged. Meant for
+    tokenizers loaded for one run: never serialise the result (``save_pretrained``, ``to_str``, pickle):
+    written out, a Unigram model carries the replacement strings, and read back, ``tokenizers`` gives the
+    special tokens (and every added token after them) new ids. Count embedding rows with
+    :func:`vocab_rows`, because ``len(tok)`` of a Unigram tokenizer now also counts the replacement
+    strings. A tokenizer without a Rust backend only gets ``split_special_tokens=True``.
+    """
+    tokenizer.split_special_tokens = True
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        text_only_backend(backend, where or str(getattr(tokenizer, "name_or_path", "tokenizer")))
+    return tokenizer
+
+
+def vocab_rows(tokenizer: Any) -> int:
+    """Embedding rows the tokenizer's ids need (1 + the largest id): ``len(tokenizer)`` for an ordinary
+    tokenizer, and still right after :func:`text_only`."""
+    added = getattr(tokenizer, "added_tokens_decoder", None) or {}
+    return max(int(tokenizer.vocab_size), max((int(i) for i in added), default=-1) + 1)
+
+
+def encode_texts(tokenizer: Any, texts: list[str]) -> list[list[int]]:
+    """Ids of each text under the text-is-text rule, no BOS/EOS, without changing ``tokenizer``.
+
+    Through a copy of its Rust backend (what ``AutoTokenizer`` calls for a fast tokenizer, so the ids are
+    the HF ids of the plain text); a tokenizer already made :func:`text_only` (which must not be copied
+    through ``to_str``) or without a Rust backend is called itself with ``split_special_tokens=True``.
+    """
+    texts = list(texts)
+    if not texts:
+        return []
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    js = backend.to_str() if backend is not None else ""
+    if backend is None or UNREACHABLE in js:
+        enc = tokenizer(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        return [list(e) for e in enc]
+    from tokenizers import Tokenizer
+
+    plain = text_only_backend(Tokenizer.from_str(js), str(getattr(tokenizer, "name_or_path", "")))
+    return [e.ids for e in plain.encode_batch(texts, add_special_tokens=False)]
 
 
 class Encoder:
@@ -85,8 +186,7 @@ class Encoder:
             raise ValueError(f"unknown encoder backend {self.backend!r}")
         from tokenizers import Tokenizer
 
-        tok = Tokenizer.from_str(self._hf_json)
-        tok.encode_special_tokens = True
+        tok = text_only_backend(Tokenizer.from_str(self._hf_json), self.path)
         self._hf = tok
         self._impl = tok
         if self.backend == "sentencepiece":
@@ -177,15 +277,9 @@ def _periodic_groups(sp: Any) -> list[int]:
 
 
 def _hf_ids(tok: Any, texts: list[str]) -> list[list[int]]:
-    """Reference ids from the HF tokenizer object itself, special-token text split like the encoder."""
-    out = []
-    for t in texts:
-        try:
-            ids = tok(t, add_special_tokens=False, split_special_tokens=True)["input_ids"]
-        except TypeError:  # older tokenizers without split_special_tokens
-            ids = tok(t, add_special_tokens=False)["input_ids"]
-        out.append(list(ids))
-    return out
+    """Reference ids from the HF tokenizer object itself (made text-only, like the encoder), one text
+    per call: catches Python-side preprocessing that the Rust backend alone would not do."""
+    return [list(tok(t, add_special_tokens=False)["input_ids"]) for t in texts]
 
 
 def load_encoder(path: str | Path, probes: list[str] | None = None, exact: bool = True) -> Encoder:
@@ -207,10 +301,11 @@ def load_encoder(path: str | Path, probes: list[str] | None = None, exact: bool 
         raise InputError(f"{folder}: cannot load a Hugging Face tokenizer: {e}") from None
     if not getattr(tok, "is_fast", False) or getattr(tok, "backend_tokenizer", None) is None:
         raise InputError(f"{folder}: tokenizer {type(tok).__name__} has no fast (Rust) backend")
+    hf_json = tok.backend_tokenizer.to_str()  # before text_only: the encoder applies the rule itself
+    vocab_size = len(tok)  # before text_only too (see vocab_rows)
+    text_only(tok, str(folder))
     texts = list(DEFAULT_PROBES) + list(probes or [])
     reference = _hf_ids(tok, texts)
-    vocab_size = len(tok)
-    hf_json = tok.backend_tokenizer.to_str()
 
     sp_eos = -1
     sp_file = folder / SP_FILE

@@ -8,6 +8,10 @@ and every token is predicted exactly once. Windows do not overlap, so tokens jus
 boundary see less context than the eval stage's sliding windows give them: the monitor is slightly
 pessimistic in absolute terms and meant for trends (domain vs general, step vs step), not for the
 final numbers, which come from the eval stage.
+
+Tokenisation is the mix stage's own encoder (``dapt.tokenizer.encode.load_encoder``), so the monitor sees
+exactly the ids training sees: text is text (a document spelling ``<|endoftext|>`` is scored as those
+characters, not as the end-of-document id), the rule eval's bits-per-byte follows too.
 """
 
 from __future__ import annotations
@@ -83,23 +87,26 @@ def build_monitor_file(
     heldout_dir: Path, tokenizer_path: str, seq_len: int, max_tokens: int, sep_id: int, out: Path
 ) -> dict[str, Any]:
     """Write ``out`` (.npz) with ``<kind>_inputs``, ``<kind>_targets``, ``<kind>_bytes`` for both kinds."""
-    from transformers import AutoTokenizer
+    from dapt.tokenizer.encode import load_encoder
 
-    tok = AutoTokenizer.from_pretrained(tokenizer_path)
+    enc = load_encoder(tokenizer_path)
     texts = read_heldout(heldout_dir)
     arrays: dict[str, Any] = {}
     summary: dict[str, Any] = {}
     for kind in ("domain", "general"):
         docs = texts.get(kind, [])
-        # Tokenise only about what the cap can use (documents are small relative to the cap).
-        ids = []
+        # Tokenise only about what the cap can use (documents are small relative to the cap), in batches.
+        ids: list[list[int]] = []
         total = 0
-        used = []
-        for t in docs:
-            enc = tok(t, add_special_tokens=False)["input_ids"]
-            ids.append(enc)
-            used.append(t)
-            total += len(enc)
+        used: list[str] = []
+        for start in range(0, len(docs), 64):
+            batch = docs[start : start + 64]
+            for t, e in zip(batch, enc.encode_batch(batch), strict=True):
+                ids.append(e)
+                used.append(t)
+                total += len(e)
+                if total > max_tokens:
+                    break
             if total > max_tokens:
                 break
         w = make_windows(ids, used, seq_len, max_tokens, sep_id)

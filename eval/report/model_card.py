@@ -41,8 +41,8 @@ from dapt.eval.report.doc import (
 )
 from dapt.eval.report.render import environment
 from dapt.eval.report.results import (
+    adjusted,
     delta_pct,
-    is_significant,
     kind_rows,
     redundant,
     row_label,
@@ -157,10 +157,11 @@ def risks(data: RunData, alpha: float) -> list[str]:
     out: list[str] = []
     rows = data.metric_rows()
     gen = kind_rows(data, rows, "general", pooled=False) or kind_rows(data, rows, "general", pooled=True)
+    sigs = {id(r): x for r, x in zip(rows, adjusted(data, rows, alpha), strict=True)}
     for r in gen:
         p = delta_pct(r)
         if p is not None and p > 0:
-            sig = is_significant(r, alpha)
+            sig = sigs[id(r)].significant  # Holm over the general sources, as the conclusions
             verdict = {
                 True: "general ability is measurably reduced",
                 False: "not a measurable loss at this evaluation size, but a possible one",
@@ -247,21 +248,23 @@ def _results(data: RunData, alpha: float) -> tuple[Table | None, Table | None]:
     rows = data.metric_rows()
     results = None
     if rows:
+        sigs = adjusted(data, rows, alpha)
         results = Table(
-            ["metric", "base", "adapted", "delta %", "p-value", "significant"],
+            ["metric", "base", "adapted", "delta %", "p-value", "Holm p", "significant"],
             [
                 [
                     row_label(r),
                     fmt_float(r.get("base")),
                     fmt_float(r.get("adapted")),
                     fmt_pct(delta_pct(r), 2, signed=True),
-                    fmt_p(r.get("p_value")),
-                    {True: "yes", False: "no", None: NR}[is_significant(r, alpha)],
+                    fmt_p(x.p),
+                    fmt_p(x.p_adjusted),
+                    {True: "yes", False: "no", None: NR}[x.significant],
                 ]
-                for r in rows
+                for r, x in zip(rows, sigs, strict=True)
             ],
-            caption="Base vs adapted",
-            numeric=[False, True, True, True, True, False],
+            caption="Base vs adapted (paired bootstrap p; Holm-adjusted within each family of rows)",
+            numeric=[False, True, True, True, True, True, False],
         )
     quant = None
     q = data.quantization_rows()

@@ -5,10 +5,13 @@ can never disagree about a row.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
+from dapt.eval.compare import p_family
 from dapt.eval.report.collect import RunData
-from dapt.eval.report.doc import NR, get, num
+from dapt.eval.report.doc import NR, fmt_p, get, num
+from dapt.eval.significance import holm
 
 _LOWER_IS_BETTER = ("bpb", "bits_per_byte", "perplexity", "loss", "nll", "byte_perplexity", "word_perplexity")
 
@@ -47,7 +50,9 @@ def lower_is_better(row: dict[str, Any]) -> bool:
 
 
 def is_significant(row: dict[str, Any], alpha: float) -> bool | None:
-    """The eval stage's flag; else p < alpha when a p-value was recorded; else unknown (None)."""
+    """One row on its own: the eval stage's flag (the Holm decision since results carry ``p_adjusted``);
+    else p < alpha when a p-value was recorded; else unknown (None). Sections that show a family of
+    rows use :func:`adjusted` instead, which also corrects rows of older results."""
     if isinstance(row.get("significant"), bool):
         return row["significant"]
     p = num(row.get("p_value"))
@@ -92,3 +97,53 @@ def kind_rows(data: RunData, rows: list[dict[str, Any]], kind: str, pooled: bool
 def significance_level(data: RunData, rcfg: Any) -> float:
     """The eval stage's alpha when it recorded one (its ``significant`` flags use it), else the config's."""
     return num(get(data.results, "settings", "alpha")) or rcfg.significance_level
+
+
+@dataclass(frozen=True)
+class Sig:
+    """A row's multiple-comparison-controlled significance."""
+
+    significant: bool | None
+    p: float | None
+    """The raw (single-test) p-value."""
+    p_adjusted: float | None
+    """Holm-adjusted within ``family``: recorded by the eval stage, else computed here."""
+    family: str
+    family_size: int
+    """Tests in the family (rows with a p-value)."""
+
+    def p_text(self) -> str:
+        """``p=0.030`` or, for a family of several tests, ``p=0.030, Holm-adjusted p=0.090 over 3``."""
+        if self.p is None:
+            return ""
+        p = fmt_p(self.p)
+        out = f"p{p}" if p.startswith("<") else f"p={p}"
+        if self.p_adjusted is not None and self.family_size > 1:
+            a = fmt_p(self.p_adjusted)
+            out += f", Holm-adjusted p{a if a.startswith('<') else '=' + a} over {self.family_size}"
+        return out
+
+
+def adjusted(data: RunData, rows: list[dict[str, Any]], alpha: float) -> list[Sig]:
+    """Per row of ``rows`` (all of them: families are formed among these), its Holm-adjusted significance.
+
+    Families are the eval stage's (``dapt.eval.compare.p_family``): the per-source bpb rows of one source
+    kind, each pooled row alone, all task metrics together. A recorded ``p_adjusted`` is used as it is;
+    a family of rows from an older ``results.json`` (raw p-values only) is adjusted here with the same
+    Holm procedure, so a conclusion over several sources is never drawn from one raw p < alpha."""
+    fams: dict[str, list[int]] = {}
+    for i, r in enumerate(rows):
+        fams.setdefault(p_family(r, row_kind(data, r)), []).append(i)
+    out: list[Sig | None] = [None] * len(rows)
+    for fam, idx in fams.items():
+        raw = [num(rows[i].get("p_value")) for i in idx]
+        computed = holm(raw)
+        size = sum(1 for p in raw if p is not None)
+        for i, p, c in zip(idx, raw, computed, strict=True):
+            r = rows[i]
+            rec = num(r.get("p_adjusted"))
+            padj = rec if rec is not None else c
+            n = int(num(r.get("p_family_size")) or size) if rec is not None else size
+            sig = padj < alpha if padj is not None else is_significant(r, alpha)
+            out[i] = Sig(sig, p, padj, str(r.get("p_family") or fam), n)
+    return out  # type: ignore[return-value]

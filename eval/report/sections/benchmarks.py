@@ -23,8 +23,9 @@ from dapt.eval.report.doc import (
     num,
 )
 from dapt.eval.report.results import (
+    Sig,
+    adjusted,
     delta_pct,
-    is_significant,
     lower_is_better,
     row_label,
     row_target,
@@ -39,10 +40,10 @@ def _pm(v: Any, se: Any) -> str:
     return fmt_float(v) + (f" ± {fmt_float(se)}" if num(se) is not None else "")
 
 
-def _comparison(rows: list[dict[str, Any]], alpha: float) -> Table:
+def _comparison(rows: list[dict[str, Any]], sigs: list[Sig]) -> Table:
     trs = []
-    for r in rows:
-        sig = is_significant(r, alpha)
+    for r, s in zip(rows, sigs, strict=True):
+        sig = s.significant
         trs.append(
             [
                 row_label(r),
@@ -55,7 +56,8 @@ def _comparison(rows: list[dict[str, Any]], alpha: float) -> Table:
                 if num(r.get("ci_low")) is not None and num(r.get("ci_high")) is not None
                 else NR,
                 fmt_pct(delta_pct(r), 2, signed=True),
-                fmt_p(r.get("p_value")),
+                fmt_p(s.p),
+                fmt_p(s.p_adjusted) + (f" ({s.family_size})" if s.p_adjusted is not None else ""),
                 {True: "yes *", False: "no", None: NR}[sig],
                 "lower" if lower_is_better(r) else "higher",
             ]
@@ -71,12 +73,16 @@ def _comparison(rows: list[dict[str, Any]], alpha: float) -> Table:
             "delta 95% CI",
             "delta %",
             "p-value",
+            "Holm p (tests)",
             "significant",
             "better",
         ],
         trs,
-        caption="Base vs adapted (± standard error; CI and p from a paired bootstrap over items)",
-        numeric=[False, False, False, True, True, True, True, True, True, False, False],
+        caption=(
+            "Base vs adapted (± standard error; CI and p from a paired bootstrap over items, shifted null; "
+            "Holm p adjusted within the row's family)"
+        ),
+        numeric=[False, False, False, True, True, True, True, True, True, True, False, False],
     )
 
 
@@ -124,11 +130,14 @@ def build(inp: Inputs) -> Section:
     rows = data.metric_rows()
     if not rows:
         return s.add(missing("Benchmark results (eval results.json)"))
+    sigs = adjusted(data, rows, alpha)
     s.add(
-        _comparison(rows, alpha),
+        _comparison(rows, sigs),
         Para(
-            "* significant: the eval stage's paired bootstrap over items rejected 'no difference' "
-            f"(rows without a recorded flag use p < {alpha}).",
+            f"* significant: the Holm-adjusted p-value is below {alpha}. Families (the rows behind one "
+            "conclusion): the per-source bits-per-byte rows of one source kind, each pooled row alone, all "
+            "task metrics together; '(tests)' is the family's size. p-value is the single-row paired "
+            "bootstrap p (shifted null, two-sided).",
             kind="note",
         ),
     )
@@ -136,7 +145,7 @@ def build(inp: Inputs) -> Section:
     better = [
         p is not None and p != 0 and (p < 0) == lower_is_better(r) for p, r in zip(pcts, rows, strict=True)
     ]
-    sig = [is_significant(r, alpha) for r in rows]
+    sig = [x.significant for x in sigs]
     png = plots.delta_plot([row_label(r) for r in rows], pcts, better, sig, inp.dpi)
     if png:
         s.add(Figure("benchmarks.png", png, "Relative change adapted vs base per metric."))

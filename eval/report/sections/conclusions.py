@@ -3,6 +3,11 @@
 They come in a fixed order, so two runs' reports can be compared line by line, and no sentence can claim
 more than the data shows. The list is computed before any section (the summary shows the headline) and
 also goes into the stage's manifest and the model card.
+
+Significance is family-wise (``results.adjusted``): a conclusion drawn over several sources ("general
+ability was lost" over five general sources) uses Holm-adjusted p-values over exactly those sources, so
+one source that is significant at 0.05 by chance (about a 23% chance with five under the null) does not
+make a loss. Sentences name both the raw and the adjusted p.
 """
 
 from __future__ import annotations
@@ -11,10 +16,11 @@ from typing import Any
 
 from dapt.eval.report import plots
 from dapt.eval.report.collect import RunData
-from dapt.eval.report.doc import NR, Bullets, Para, Section, fmt_count, fmt_float, fmt_int, fmt_p, get, num
+from dapt.eval.report.doc import NR, Bullets, Para, Section, fmt_count, fmt_float, fmt_int, get, num
 from dapt.eval.report.results import (
+    Sig,
+    adjusted,
     delta_pct,
-    is_significant,
     kind_rows,
     lower_is_better,
     redundant,
@@ -33,10 +39,10 @@ from dapt.eval.report.sections.tokenizer import token_reductions
 ID, TITLE = "conclusions", "Conclusions"
 
 
-def _kind_summary(data: RunData, rows: list[dict[str, Any]], kind: str, alpha: float) -> str | None:
+def _kind_summary(data: RunData, rows: list[dict[str, Any]], kind: str, sig: dict[int, Sig]) -> str | None:
     """``domain bits-per-byte -12.3% (significant)``: the pooled row of the kind when the eval stage
     recorded one (all its held-out bytes together, as BloombergGPT reports), else the single source,
-    else the mean over the sources (said so)."""
+    else the mean over the sources (said so, with how many are significant after Holm)."""
     pooled = [(r, delta_pct(r)) for r in kind_rows(data, rows, kind, pooled=True)]
     pooled = [(r, p) for r, p in pooled if p is not None]
     per = [(r, delta_pct(r)) for r in kind_rows(data, rows, kind, pooled=False)]
@@ -45,21 +51,43 @@ def _kind_summary(data: RunData, rows: list[dict[str, Any]], kind: str, alpha: f
         r, p = pooled[0]
         n = len(r.get("sources") or []) or len(per)
         over = f"; pooled over {n} sources" if n > 1 else ""
-        return f"{kind} bits-per-byte {p:+.1f}% ({sig_word(is_significant(r, alpha))}{over})"
+        return f"{kind} bits-per-byte {p:+.1f}% ({sig_word(sig[id(r)].significant)}{over})"
     if not per:
         return None
     if len(per) == 1:
         r, p = per[0]
-        return f"{kind} bits-per-byte {p:+.1f}% ({sig_word(is_significant(r, alpha))})"
+        return f"{kind} bits-per-byte {p:+.1f}% ({sig_word(sig[id(r)].significant)})"
     mean = sum(p for _, p in per) / len(per)
-    n_sig = sum(1 for r, _ in per if is_significant(r, alpha))
-    return f"{kind} bits-per-byte {mean:+.1f}% (mean over {len(per)} sources; significant on {n_sig})"
+    n_sig = sum(1 for r, _ in per if sig[id(r)].significant)
+    return (
+        f"{kind} bits-per-byte {mean:+.1f}% (mean over {len(per)} sources; significant on {n_sig} "
+        "after Holm correction)"
+    )
 
 
-def _headline(data: RunData, rows: list[dict[str, Any]], alpha: float) -> list[str]:
+def _family_note(rows: list[dict[str, Any]], sig: dict[int, Sig], sep: str = " (") -> str:
+    """`` (Holm-adjusted over the 5 sources)`` when several tests stand behind one conclusion
+    (``sep="; "``: the same inside parentheses already open)."""
+    n = max((sig[id(r)].family_size for r in rows), default=0)
+    if n < 2:
+        return ""
+    return f"{sep}Holm-adjusted over the {n} sources" + (")" if sep == " (" else "")
+
+
+def _raw_only(rows: list[dict[str, Any]], sig: dict[int, Sig], alpha: float) -> list[dict[str, Any]]:
+    """Rows significant on their own p but not after the correction: named, so the reader sees them."""
+    out = []
+    for r in rows:
+        s = sig[id(r)]
+        if s.p is not None and s.p < alpha and s.significant is False:
+            out.append(r)
+    return out
+
+
+def _headline(data: RunData, rows: list[dict[str, Any]], alpha: float, sig: dict[int, Sig]) -> list[str]:
     """The user's question: better on the domain? how much general ability lost?"""
     out: list[str] = []
-    parts = [s for s in (_kind_summary(data, rows, k, alpha) for k in ("domain", "general")) if s]
+    parts = [s for s in (_kind_summary(data, rows, k, sig) for k in ("domain", "general")) if s]
     if parts:
         out.append("Adapted vs base: " + ", ".join(parts) + ".")
     dom = kind_rows(data, rows, "domain", pooled=False) or kind_rows(data, rows, "domain", pooled=True)
@@ -67,37 +95,57 @@ def _headline(data: RunData, rows: list[dict[str, Any]], alpha: float) -> list[s
     dom = [r for r in dom if delta_pct(r) is not None]
     gen = [r for r in gen if delta_pct(r) is not None]
     if dom:
-        better = [r for r in dom if (delta_pct(r) or 0) < 0 and is_significant(r, alpha)]
-        worse = [r for r in dom if (delta_pct(r) or 0) > 0 and is_significant(r, alpha)]
+        better = [r for r in dom if (delta_pct(r) or 0) < 0 and sig[id(r)].significant]
+        worse = [r for r in dom if (delta_pct(r) or 0) > 0 and sig[id(r)].significant]
+        note = _family_note(dom, sig)
         if better and not worse:
             out.append(
                 f"The adapted model is significantly better than the base on the domain held-out text "
-                f"({len(better)} of {len(dom)} domain sources)."
+                f"({len(better)} of {len(dom)} domain sources{_family_note(dom, sig, '; ')})."
             )
         elif worse:
             out.append(
                 f"The adapted model is significantly WORSE than the base on {len(worse)} of {len(dom)} "
-                "domain sources: adaptation did not work as intended."
+                f"domain sources{note}: adaptation did not work as intended."
             )
         else:
-            out.append("No significant difference between adapted and base on the domain held-out text.")
+            out.append(
+                "No significant difference between adapted and base on the domain held-out text"
+                + _not_after_holm(dom, sig, alpha)
+                + "."
+            )
     if gen:
-        worse = [r for r in gen if (delta_pct(r) or 0) > 0 and is_significant(r, alpha)]
+        worse = [r for r in gen if (delta_pct(r) or 0) > 0 and sig[id(r)].significant]
         if worse:
             worst = max(worse, key=lambda r: delta_pct(r) or 0)
             out.append(
                 f"General ability was lost: general bits-per-byte rose significantly on {len(worse)} of "
-                f"{len(gen)} general sources (worst: {row_target(worst)} {delta_pct(worst):+.1f}%)."
+                f"{len(gen)} general sources "
+                f"(worst: {row_target(worst)} {delta_pct(worst):+.1f}%{_family_note(gen, sig, '; ')})."
             )
         else:
+            rose = [r for r in gen if (delta_pct(r) or 0) > 0]
             out.append(
-                "No significant loss on general held-out text (bits-per-byte did not rise significantly)."
+                "No significant loss on general held-out text (bits-per-byte did not rise significantly"
+                + _not_after_holm(rose, sig, alpha)
+                + ")."
             )
     return out
 
 
-def _per_metric(rows: list[dict[str, Any]], alpha: float) -> list[str]:
-    """One sentence per row with both values (a pooled row over a single source repeats that source's)."""
+def _not_after_holm(rows: list[dict[str, Any]], sig: dict[int, Sig], alpha: float) -> str:
+    """``; raw p < 0.05 on wiki (p=0.030), not after Holm over 5 sources (adjusted p=0.150)``, or ""."""
+    raw = _raw_only(rows, sig, alpha)
+    if not raw:
+        return ""
+    n = max(sig[id(r)].family_size for r in raw)
+    names = ", ".join(f"{row_target(r)} ({sig[id(r)].p_text()})" for r in raw)
+    return f"; raw p < {alpha:g} on {names}, not significant after Holm correction over {n} sources"
+
+
+def _per_metric(rows: list[dict[str, Any]], sig: dict[int, Sig]) -> list[str]:
+    """One sentence per row with both values (a pooled row over a single source repeats that source's),
+    its family-wise significance and both p-values."""
     out: list[str] = []
     for r in rows:
         if redundant(r):
@@ -109,14 +157,12 @@ def _per_metric(rows: list[dict[str, Any]], alpha: float) -> list[str]:
         direction = ""
         if adapted != base:
             direction = " better" if (adapted < base) == lower_is_better(r) else " worse"
-        pv = ""
-        if num(r.get("p_value")) is not None:
-            p_text = fmt_p(r.get("p_value"))
-            pv = f", p{p_text}" if p_text.startswith("<") else f", p={p_text}"
+        s = sig[id(r)]
+        pv = f", {s.p_text()}" if s.p is not None else ""
         pct = f" ({p:+.1f}%)" if p is not None else ""
         out.append(
-            f"{row_label(r)}: {fmt_float(base)} -> {fmt_float(adapted)}{pct},{direction} "
-            f"({sig_word(is_significant(r, alpha))}{pv})."
+            f"{row_label(r)}: {fmt_float(base)} -> {fmt_float(adapted)}{pct}{',' + direction if direction else ''} "
+            f"({sig_word(s.significant)}{pv})."
         )
     return out
 
@@ -234,9 +280,10 @@ def _plan(data: RunData) -> list[str]:
 
 def conclusions(data: RunData, alpha: float) -> list[str]:
     rows = data.metric_rows()
+    sig = {id(r): s for r, s in zip(rows, adjusted(data, rows, alpha), strict=True)}
     return [
-        *_headline(data, rows, alpha),
-        *_per_metric(rows, alpha),
+        *_headline(data, rows, alpha, sig),
+        *_per_metric(rows, sig),
         *_eval_status(data),
         *_training(data),
         *_data(data),
