@@ -24,7 +24,9 @@ from dapt.pipeline.errors import ConfigError, InputError
 from dapt.pipeline.stages import StageContext
 
 RESULTS = "results.json"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2: rows carry p_adjusted (Holm within each conclusion's family), p_adjust_method, p_family and
+significant_raw; p_value is the shifted-null paired bootstrap. Readers of version 1 files still work."""
 
 
 # ---------------------------------------------------------------------------------------------- inputs
