@@ -25,6 +25,9 @@ _RAY_ENV_DEFAULTS = {
     "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
     "RAY_DEDUP_LOGS": "1",
     "RAY_AUTH_MODE": "token",
+    # Ray Train's placement-group cleaner polls the State API every second; a local Ray without a
+    # dashboard has none, so it logs this line each time. Only this message is dropped.
+    "RAY_DEDUP_LOGS_SKIP_REGEX": "Failed to query Ray Train Controller actor state",
 }
 
 log = logging.getLogger("dapt.ray")

@@ -19,11 +19,11 @@ import pytest
 import torch
 from conftest import make_docs
 
-from dapt.train.checkpoint import discard_foreign, list_checkpoints
 from dapt.train.data import BlockStream, micro_batch_start
 from dapt.train.flops import flops_per_token, mfu, peak_flops
 from dapt.train.loop import train_loop
 from dapt.train.monitor import bits_per_byte, make_windows
+from dapt.train.resume import list_checkpoints
 from dapt.train.schedule import lr_factor, warmup_steps
 from dapt.train.spec import TrainSpec
 
@@ -232,17 +232,6 @@ def test_flops_and_mfu() -> None:
     assert mfu(1000, 1e9, 1e13, 2) == pytest.approx(0.05)
 
 
-def test_checkpoint_discard_foreign(tmp_path: Path) -> None:
-    for step, fp in ((2, "a"), (4, "b"), (6, "a")):
-        p = tmp_path / f"step-{step:08d}"
-        p.mkdir()
-        (p / "trainer.json").write_text(json.dumps({"fingerprint": fp, "step": step}))
-    (tmp_path / ".tmp-step-00000008").mkdir()
-    assert [s for s, _ in list_checkpoints(tmp_path, "a")] == [2, 6]
-    discard_foreign(tmp_path, "a")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000002", "step-00000006"]
-
-
 # ----------------------------------------------------------------------------------------------------
 # single process: resume and export
 # ----------------------------------------------------------------------------------------------------
@@ -335,17 +324,6 @@ def test_two_workers_match_one_worker_shard_and_resume(train_data, tmp_path: Pat
     assert (tmp_path / "export" / "model.safetensors").exists()
 
 
-def test_early_stop_on_general_regression(train_data, tmp_path: Path) -> None:
-    """A huge LR wrecks the model: the monitor sees general bits-per-byte regress and stops the run."""
-    spec = make_spec(
-        train_data, tmp_path / "es", steps=20, lr=0.5, monitor_every=2, max_general_regression=0.05
-    )
-    s = train_loop(spec)
-    assert s["early_stopped"] and s["steps"] < 20
-    assert s["final_monitor"]["general_bpb"] > s["base_monitor"]["general_bpb"] * 1.05
-    assert [x for x, _ in list_checkpoints(Path(spec.checkpoint_dir), "fp-test")] == [s["steps"]]
-
-
 @pytest.mark.slow
 def test_two_workers_fp16_activation_checkpointing_and_tied_embeddings(train_data, tmp_path: Path) -> None:
     """fp16 with loss scaling (ShardedGradScaler), activation checkpointing (same losses as without),
@@ -398,7 +376,7 @@ def test_train_config_validation_and_accumulation() -> None:
 
 
 def test_which_train_and_plan_knobs_are_fingerprinted() -> None:
-    from dapt.pipeline.knobs import fingerprint_view, ignored_fields
+    from dapt.pipeline.knobs import continuing_fields, fingerprint_view, ignored_fields, state_view
     from dapt.train.config import TrainConfig
     from dapt.train.plan.config import PlanConfig
 
@@ -416,6 +394,23 @@ def test_which_train_and_plan_knobs_are_fingerprinted() -> None:
     assert fingerprint_view(TrainConfig(lr=1e-3)) != base
     assert fingerprint_view(TrainConfig(monitor_every=7)) != base  # early stopping is decided there
     assert fingerprint_view(PlanConfig(gpu="A100-80GB", mfu=0.3, price_per_gpu_hour=2.0)) == {}
+
+    # budget, schedule shape and early-stop threshold rerun the stage but continue its checkpoints
+    assert set(continuing_fields(TrainConfig)) == {
+        "tokens",
+        "max_steps",
+        "schedule",
+        "warmup_fraction",
+        "warmup_steps_min",
+        "decay_fraction",
+        "min_lr_ratio",
+        "max_general_regression",
+    }
+    longer = TrainConfig(max_steps=30, schedule="wsd", max_general_regression=0.2)
+    assert fingerprint_view(longer) != fingerprint_view(TrainConfig(max_steps=20))
+    assert state_view(longer) == state_view(TrainConfig(max_steps=20))
+    assert state_view(TrainConfig(lr=1e-3)) != state_view(TrainConfig())
+    assert state_view(TrainConfig(seed=3)) != state_view(TrainConfig())
 
 
 def test_train_spec_is_typed_frozen_and_strict(tmp_path: Path) -> None:

@@ -29,8 +29,9 @@ def _done(stage: Path, manifest: dict[str, Any]) -> None:
     (stage / "_DONE").write_text(f"fp-{stage.name}\n")
 
 
-def make_run(tmp_path: Path, model_dir: Path, train: dict[str, Any]) -> Path:
-    """A run folder with finished tokenizer and mix stages, and its config file."""
+def make_run(tmp_path: Path, model_dir: Path, train: dict[str, Any], heldout: bool = True) -> Path:
+    """A run folder with finished tokenizer and mix stages, and its config file (``heldout=False``: the
+    mix has no held-out split, so the forgetting monitor is off)."""
     from transformers import AutoTokenizer
 
     run = tmp_path / "run"
@@ -56,7 +57,7 @@ def make_run(tmp_path: Path, model_dir: Path, train: dict[str, Any]) -> Path:
     n = len(stream) // (SEQ + 1)
     blocks = np.asarray(stream[: n * (SEQ + 1)], dtype=np.uint32).reshape(n, SEQ + 1)
     np.save(mix / "train" / "tokens.npy", blocks[np.random.default_rng(0).permutation(n)])
-    for name, kind in (("fin", "domain"), ("gen", "general")):
+    for name, kind in (("fin", "domain"), ("gen", "general")) if heldout else ():
         (mix / "heldout" / name).mkdir(parents=True)
         for split, seed in (("validation", 7), ("test", 8)):
             lines = [
@@ -185,3 +186,100 @@ def test_two_worker_fit_survives_a_worker_crash_and_exports(
     assert fingerprint(*cosmetic) == man["fingerprint"]
     assert fingerprint("train.lr=0.001") != man["fingerprint"]
     assert fingerprint("train.monitor_every=3") != man["fingerprint"]
+
+
+# Console noise that must not reach a user: Ray Train's placement-group cleaner polling the State API
+# (unavailable without a dashboard) every second, and torch's deprecation warning that every worker's
+# torchao import logs (train/quiet.py).
+NOISE = ("Failed to query Ray Train Controller actor state", "is an Enum subclass")
+
+
+def _small(**train: Any) -> dict[str, Any]:
+    """One CPU worker, tiny batches: a fit costs Ray Train's fixed start-up and little else."""
+    return {
+        "num_workers": 1,
+        "cpus_per_worker": 1,
+        "precision": "fp32",
+        "micro_batch_size": 2,
+        "global_batch_tokens": 2 * SEQ,
+        "lr": 3e-3,
+        "monitor_every": 10,
+        "monitor_max_tokens": 2000,
+        "log_every": 1,
+        **train,
+    }
+
+
+def _train(path: Path, *overrides: str, **extra: Any) -> dict[str, Any]:
+    cfg = load_config(path, list(overrides))
+    return run_stage(cfg, "train", echo=None, extra={"preflight": False, "progress": False, **extra})
+
+
+def _rows(run: Path) -> list[str]:
+    return (run / "train" / "metrics.jsonl").read_text().splitlines()
+
+
+def test_raising_max_steps_continues_from_the_last_checkpoint(
+    tmp_path: Path, tiny_model_dir: Path, ray_local: dict, capfd: pytest.CaptureFixture
+) -> None:
+    """20 -> 30 steps: the rerun resumes the step-20 checkpoint (keyed by the state key, which leaves the
+    budget out) and trains steps 21-30 only, with the new cosine schedule, saying so in log and manifest."""
+    from dapt.train.resume import list_checkpoints
+
+    path = make_run(tmp_path, tiny_model_dir, _small(max_steps=20, checkpoint_every=10), heldout=False)
+    run = tmp_path / "run"
+    first = _train(path)
+    assert first["steps"] == 20 and first["resumed"] is None
+    rows_20 = _rows(run)
+
+    longer = _train(path, "train.max_steps=30")
+    assert longer["fingerprint"] != first["fingerprint"] and longer["steps"] == 30
+    resumed = longer["resumed"]
+    assert resumed["from_step"] == 20 and resumed["continued"] and resumed["previous_steps"] == 20
+    assert resumed["previous_max_steps"] == 20 and resumed["changed"] == {"train.max_steps": [20, 30]}
+    assert resumed["exact"] is False  # cosine: a longer run decays more slowly than the 20-step one did
+    assert resumed["lr"]["at_resume"] > resumed["lr"]["last_trained"]
+    assert longer["resumed_from_step"] == 20 and longer["set_aside"] == []
+    assert [h["from_step"] for h in longer["schedule_history"]] == [0, 20]
+    rows = _rows(run)
+    assert [json.loads(r)["step"] for r in rows] == list(range(1, 31))
+    assert rows[:20] == rows_20  # the very rows of the first run (wall-clock included): not recomputed
+    ckpts = run / ".work" / "train" / "checkpoints"
+    assert [s for s, _ in list_checkpoints(ckpts)] == [20, 30]
+    log = (run / "logs" / "train.log").read_text()
+    assert "continuing from checkpoint step 20 of a 20-step run with the new schedule" in log
+
+    # Only meaningful when worker output reaches the driver and this is the machine's only Ray: with
+    # other local Ray instances the cleaner's State API client connects to one of those instead.
+    out, err = capfd.readouterr()
+    for line in NOISE:
+        assert line not in out + err
+
+
+@pytest.mark.slow  # three fits (about 80 s on the shared 2-core box)
+def test_an_interrupted_run_resumes_after_a_log_every_change_and_an_lr_change_moves_checkpoints_aside(
+    tmp_path: Path, tiny_model_dir: Path, ray_local: dict
+) -> None:
+    """A cosmetic knob keeps the checkpoints of a crashed run resumable; a real change (lr) never deletes
+    them silently: they are moved aside, named in the manifest, and removed only after the new run's own
+    first checkpoint."""
+    path = make_run(
+        tmp_path, tiny_model_dir, _small(max_steps=10, checkpoint_every=5, max_failures=0), heldout=False
+    )
+    run = tmp_path / "run"
+    with pytest.raises(Exception, match="injected failure at step 7"):
+        _train(path, fail_at_step=7)  # no marker: it fails every time, and max_failures is 0
+    assert not (run / "train").exists()
+
+    resumed = _train(path, "train.log_every=2")
+    assert resumed["resumed"] == {"from_step": 5, "continued": False} and resumed["steps"] == 10
+    assert [json.loads(r)["step"] for r in _rows(run)] == [1, 2, 3, 4, 5, 6, 8, 10]
+
+    changed = _train(path, "train.lr=0.001")
+    assert changed["resumed"] is None and changed["resumed_from_step"] is None and changed["steps"] == 10
+    (aside,) = changed["set_aside"]
+    assert aside["reason"] == "state" and aside["changed"] == {"train.lr": [0.003, 0.001]}
+    assert aside["steps"] == [5, 10] and aside["removed"] and not Path(aside["path"]).exists()
+    assert [json.loads(r)["step"] for r in _rows(run)] == list(range(1, 11))
+    log = (run / "logs" / "train.log").read_text()
+    assert "changed: train.lr" in log and "moved aside" in log

@@ -1,23 +1,26 @@
-"""Distributed (DCP) sharded checkpoints: atomic, fingerprinted, the last K kept.
+"""Distributed (DCP) sharded checkpoints: atomic, keyed by the run state, the last K kept.
 
 Layout under ``<work_dir>/checkpoints/``::
 
     step-00000040/            a complete checkpoint (renamed into place only once complete)
         .metadata, __0_0.distcp ...   DCP shards: model + optimizer, each rank writes its own part
-        trainer.json          step, tokens, monitor baseline, run fingerprint (written last by rank 0)
+        trainer.json          step, tokens, state key, schedule history, monitor baseline and last row,
+                              early stop, the config it depends on (written last by rank 0)
         rng-<rank>.pt         each rank's RNG state
     .tmp-step-00000040/       an interrupted save: ignored and removed
 
 Atomicity: every rank writes into the ``.tmp-`` folder, a barrier makes sure all shards are on disk,
 rank 0 writes ``trainer.json`` and renames the folder. A run killed at any moment leaves the previous
 complete checkpoint usable. On a multi-node cluster ``work_dir`` must be on a shared filesystem.
+
+Which checkpoints a run may resume, and what happens to the others, is decided by the driver before
+the workers start (``train.resume``); here a run resumes the newest checkpoint of its state key.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import warnings
 from contextlib import contextmanager
@@ -29,8 +32,7 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-_STEP_RE = re.compile(r"^step-(\d{8})$")
-TRAINER_STATE = "trainer.json"
+from dapt.train.resume import TRAINER_STATE, read_checkpoints
 
 
 def _distributed() -> bool:
@@ -53,43 +55,6 @@ def _barrier() -> None:
 
 def _rank() -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-
-
-def list_checkpoints(root: Path, fingerprint: str | None = None) -> list[tuple[int, Path]]:
-    """Complete checkpoints as (step, path), oldest first; only those of ``fingerprint`` if given."""
-    out = []
-    if not root.is_dir():
-        return out
-    for p in root.iterdir():
-        m = _STEP_RE.match(p.name)
-        if not m or not (p / TRAINER_STATE).is_file():
-            continue
-        if fingerprint is not None:
-            try:
-                meta = json.loads((p / TRAINER_STATE).read_text())
-            except (OSError, json.JSONDecodeError):
-                continue
-            if meta.get("fingerprint") != fingerprint:
-                continue
-        out.append((int(m.group(1)), p))
-    return sorted(out)
-
-
-def discard_foreign(root: Path, fingerprint: str) -> list[Path]:
-    """Delete checkpoints of another run fingerprint and interrupted saves (called by the driver only).
-
-    A checkpoint of a different config or upstream data must never be resumed: its data position and
-    schedule mean something else.
-    """
-    removed = []
-    if not root.is_dir():
-        return removed
-    keep = {p for _, p in list_checkpoints(root, fingerprint)}
-    for p in root.iterdir():
-        if p.is_dir() and p not in keep:
-            shutil.rmtree(p, ignore_errors=True)
-            removed.append(p)
-    return removed
 
 
 def save_checkpoint(
@@ -123,24 +88,35 @@ def save_checkpoint(
         if final.exists():  # a rerun of the same step after a crash between rename and prune
             shutil.rmtree(final)
         os.replace(tmp, final)
-        fp = trainer_state.get("fingerprint")
-        for _, old in list_checkpoints(root, fp)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+        _prune(root, trainer_state.get("state_key"), keep)
     _barrier()
     return final
 
 
+def _prune(root: Path, key: str | None, keep: int) -> None:
+    """Delete this state's checkpoints beyond the newest ``keep``, except the newest ``wsd`` branch
+    point (the checkpoint at the start of the decay), from which a longer run continues exactly."""
+    mine = [c for c in read_checkpoints(root) if c.key == key]
+    branches = [c for c in mine if c.state.get("branch")]
+    protected = {branches[-1].path} if branches else set()
+    prunable = [c for c in mine if c.path not in protected]
+    for c in prunable[: max(len(prunable) - keep, 0)]:
+        # trainer.json first: a deletion cut short leaves no resumable half (train.resume clears it)
+        (c.path / TRAINER_STATE).unlink(missing_ok=True)
+        shutil.rmtree(c.path, ignore_errors=True)
+
+
 def resume(
-    root: Path, fingerprint: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: Any = None
+    root: Path, key: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: Any = None
 ) -> tuple[dict[str, Any], int | None]:
-    """Restore the newest checkpoint of ``fingerprint`` into model, optimizer and loss scaler. Collective.
+    """Restore the newest checkpoint of state ``key`` into model, optimizer and loss scaler. Collective.
 
     Returns the trainer state (a fresh one when there is nothing to resume) and the step resumed from
     (None for a fresh start)."""
-    existing = list_checkpoints(root, fingerprint)
+    existing = [c for c in read_checkpoints(root) if c.key == key]
     if not existing:
         return {"step": 0, "tokens": 0, "base_general_bpb": None, "base": None}, None
-    state = load_checkpoint(existing[-1][1], model, optimizer)
+    state = load_checkpoint(existing[-1].path, model, optimizer)
     if scaler is not None and state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
     return state, int(state["step"])

@@ -6,7 +6,14 @@ manifest, where the train stage reads it (config version 1 had ``train.seq_len``
 
 Fields declared ``json_schema_extra=NOT_FINGERPRINTED`` (log and checkpoint cadence, retention, retries,
 threads per worker) cannot change the trained weights, so changing them keeps a finished train stage
-done and keeps its checkpoints resumable (they are keyed by the stage's fingerprint).
+done and an interrupted run resumes its checkpoints.
+
+Fields declared ``CONTINUES_RUN`` (the budget ``tokens`` / ``max_steps``, the schedule shape, the early-
+stop threshold) change the result, so the stage reruns, but they are left out of the state key that
+checkpoints are keyed by (``ctx.state_key``): the rerun continues from the last checkpoint with the new
+value (train/schedule.py says what that means for each schedule; the manifest's ``resumed`` records it).
+Every other field (``lr``, ``seed``, the batch geometry, the optimizer, ...) changes what a checkpoint
+means: its checkpoints are moved aside, never resumed (train/resume.py).
 
 Defaults follow the continued-pretraining literature (see docs/training.md): re-warm the learning rate
 over ~1% of the steps to a modest peak (3e-5..1e-4 for 1B-7B models, well below the original
@@ -20,7 +27,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from dapt.pipeline.knobs import NOT_FINGERPRINTED
+from dapt.pipeline.knobs import CONTINUES_RUN, NOT_FINGERPRINTED
 
 
 class TrainConfig(BaseModel):
@@ -55,23 +62,29 @@ class TrainConfig(BaseModel):
     """Tokens per optimizer step over all workers; gradient accumulation makes up the difference. Rounded
     up to a multiple of ``micro_batch_size * seq_len * num_workers`` (``seq_len``: the mix manifest's
     block length; the manifest records the result)."""
-    tokens: int | None = Field(default=None, ge=1, le=1 << 50)
-    """Training tokens; default one pass over the packed blocks. Rounded up to whole steps."""
-    max_steps: int | None = Field(default=None, ge=1, le=1 << 31)
-    """Hard cap on optimizer steps (wins over ``tokens``)."""
+    tokens: int | None = Field(default=None, ge=1, le=1 << 50, json_schema_extra=CONTINUES_RUN)
+    """Training tokens; default one pass over the packed blocks. Rounded up to whole steps. Raising it
+    continues the last checkpoint."""
+    max_steps: int | None = Field(default=None, ge=1, le=1 << 31, json_schema_extra=CONTINUES_RUN)
+    """Hard cap on optimizer steps (wins over ``tokens``). Raising it continues the last checkpoint."""
 
     # --- optimisation --------------------------------------------------------------------------------
     lr: float = Field(default=5e-5, gt=0, le=1.0)
     """Peak learning rate after re-warming. Continued pretraining uses a modest peak (Gupta et al. 2023;
     Ibrahim et al. 2024): high enough to adapt, low enough to limit forgetting."""
-    min_lr_ratio: float = Field(default=0.1, ge=0, le=1)
+    min_lr_ratio: float = Field(default=0.1, ge=0, le=1, json_schema_extra=CONTINUES_RUN)
     """Final learning rate as a fraction of ``lr`` (re-decay to 10%)."""
-    schedule: Literal["cosine", "linear", "constant", "wsd"] = "cosine"
-    """Shape after warmup. wsd: warmup-stable-decay, constant until the last ``decay_fraction``."""
-    warmup_fraction: float = Field(default=0.01, ge=0, le=1)
-    """Re-warm steps as a fraction of all steps (at least ``warmup_steps_min``)."""
-    warmup_steps_min: int = Field(default=0, ge=0, le=1 << 31)
-    decay_fraction: float = Field(default=0.2, gt=0, le=1)
+    schedule: Literal["cosine", "linear", "constant", "wsd"] = Field(
+        default="cosine", json_schema_extra=CONTINUES_RUN
+    )
+    """Shape after warmup. wsd: warmup-stable-decay, constant until the last ``decay_fraction``; the run
+    that extends it continues exactly from the checkpoint at the start of the decay. The schedule knobs
+    continue a run like the budget does: the updates already made keep the old schedule."""
+    warmup_fraction: float = Field(default=0.01, ge=0, le=1, json_schema_extra=CONTINUES_RUN)
+    """Re-warm steps as a fraction of all steps (at least ``warmup_steps_min``). A continued run past
+    the old warmup keeps the old warmup length."""
+    warmup_steps_min: int = Field(default=0, ge=0, le=1 << 31, json_schema_extra=CONTINUES_RUN)
+    decay_fraction: float = Field(default=0.2, gt=0, le=1, json_schema_extra=CONTINUES_RUN)
     """wsd only: fraction of steps spent decaying (linearly) to ``min_lr``."""
     weight_decay: float = Field(default=0.1, ge=0, le=10)
     beta1: float = Field(default=0.9, ge=0, lt=1)
@@ -94,8 +107,10 @@ class TrainConfig(BaseModel):
     can change where training stops, and ``monitor.jsonl`` is an output."""
     monitor_max_tokens: int = Field(default=65536, ge=16, le=1 << 32)
     """Validation tokens per side (domain / general) used by the monitor: a cheap, fixed subsample."""
-    max_general_regression: float | None = Field(default=None, gt=0, le=10)
-    """Stop early when general bits-per-byte exceeds the base model's by more than this fraction."""
+    max_general_regression: float | None = Field(default=None, gt=0, le=10, json_schema_extra=CONTINUES_RUN)
+    """Stop early when general bits-per-byte exceeds the base model's by more than this fraction. The
+    stop is saved in the checkpoint: a rerun does not train past it, unless this is raised or removed
+    (the stored regression is re-checked against the new value and the run continues)."""
     export_dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
     """Dtype of the exported weights. fp32 (default) reproduces the trained model's loss exactly; bf16
     halves the export for serving."""

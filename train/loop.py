@@ -25,11 +25,14 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from dapt.pipeline import quiet
 from dapt.train.checkpoint import resume, save_checkpoint
 from dapt.train.data import BlockStream
 from dapt.train.export import export
 from dapt.train.flops import flops_per_token, mfu, peak_flops
 from dapt.train.logs import Writers, peak_memory, progress_bar
+from dapt.train.resume import delete_folder
+from dapt.train.schedule import decay_start
 from dapt.train.setup import (
     build_model,
     build_optimizer,
@@ -71,6 +74,7 @@ def train_loop(spec: TrainSpec | Mapping[str, Any]) -> dict[str, Any]:
     accepted and checked field by field (:meth:`TrainSpec.from_dict`).
     """
     spec = as_spec(spec)
+    quiet.install()  # before transformers (and through it torchao) is imported in this process
     t_start = time.perf_counter()
     use_gpu = bool(spec.use_gpu) and torch.cuda.is_available()
     ensure_process_group(use_gpu)
@@ -95,8 +99,13 @@ def train_loop(spec: TrainSpec | Mapping[str, Any]) -> dict[str, Any]:
     scaler = build_scaler(spec, device)
 
     ckpt_root, log_dir = Path(spec.checkpoint_dir), Path(spec.log_dir)
-    trainer_state, resumed_from = resume(ckpt_root, spec.fingerprint, model, optimizer, scaler)
+    trainer_state, resumed_from = resume(ckpt_root, spec.checkpoint_key, model, optimizer, scaler)
     start_step = int(trainer_state["step"])
+    history = _schedule_history(spec, trainer_state, start_step)
+    branch_step = _branch_step(spec)
+    if rank == 0 and resumed_from is not None:
+        note = "" if len(history) < 2 or history[-1]["from_step"] != start_step else ", with the new schedule"
+        print(f"[dapt.train] resuming from checkpoint step {start_step}{note}", file=sys.stderr, flush=True)
 
     stream = BlockStream(spec.data_path, int(spec.seed))
     total_steps = int(spec.steps)
@@ -122,18 +131,31 @@ def train_loop(spec: TrainSpec | Mapping[str, Any]) -> dict[str, Any]:
         trainer_state["base"] = base
         trainer_state["base_general_bpb"] = base["general_bpb"] if base else None
 
+    # An early stop is part of the run's state: a restarted or rerun train does not train past it
+    # (unless the threshold, a CONTINUES_RUN knob, was raised or removed since).
+    stop = trainer_state.get("early_stop")
+    early_stopped = bool(stop) and _regressed(spec, trainer_state, stop)
+    if early_stopped and rank == 0:
+        print(
+            f"[dapt.train] the run stopped early at step {start_step} (general bits-per-byte "
+            f"{stop['general_bpb']:.4f} vs base {trainer_state.get('base_general_bpb'):.4f}): not training further",
+            file=sys.stderr,
+            flush=True,
+        )
+
     pbar = progress_bar(rank == 0 and spec.progress, total_steps, start_step, spec.under_ray)
     model.train()
     train_time = 0.0
     window_tokens, window_time = 0, 0.0
-    early_stopped = False
     last_monitor: dict[str, Any] | None = None
+    stored_monitor = trainer_state.get("last_monitor")
+    discarded: list[str] | None = None
     step = start_step
     losses: list[float] = []
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
-    while step < total_steps:
+    while step < total_steps and not early_stopped:
         _maybe_fail(spec, step, rank, n)
         t0 = time.perf_counter()
         res = train_step(model, optimizer, scaler, stream, spec, step, device)
@@ -165,22 +187,33 @@ def train_loop(spec: TrainSpec | Mapping[str, Any]) -> dict[str, Any]:
         if windows is not None and (step % int(spec.monitor_every) == 0 or step == total_steps):
             last_monitor = monitor(step)
             early_stopped = _regressed(spec, trainer_state, last_monitor)
+            if early_stopped:
+                stop = last_monitor
         at_end = (step == total_steps or early_stopped) and spec.final_checkpoint
-        if step % int(spec.checkpoint_every) == 0 or at_end:
+        if step % int(spec.checkpoint_every) == 0 or at_end or step == branch_step:
             state = {
+                "state_key": spec.checkpoint_key,
                 "fingerprint": spec.fingerprint,
                 "tokens": step * tokens_per_step,
+                "schedule_history": history,
+                "branch": step == branch_step,
                 "base_general_bpb": trainer_state.get("base_general_bpb"),
                 "base": trainer_state.get("base"),
+                "last_monitor": last_monitor if last_monitor and last_monitor["step"] == step else None,
+                "early_stop": stop if early_stopped else None,
                 "scaler": scaler.state_dict() if scaler is not None else None,
+                "meta": spec.checkpoint_meta,
             }
             save_checkpoint(ckpt_root, step, model, optimizer, state, int(spec.keep_checkpoints))
-        if early_stopped:
-            break
+            if discarded is None:
+                discarded = _discard_set_aside(spec, rank, step)
     if pbar is not None:
         pbar.close()
     if windows is not None and last_monitor is None:
-        last_monitor = monitor(step)  # resumed after the last step's monitor: recompute for the summary
+        if stored_monitor and stored_monitor.get("step") == step:  # resumed at a step already monitored
+            last_monitor = stored_monitor
+        else:
+            last_monitor = monitor(step)
 
     peak_mem = torch.tensor([peak_memory(device)], dtype=torch.float64)
     local_counts: list[Any] = [n_local] * n
@@ -208,6 +241,9 @@ def train_loop(spec: TrainSpec | Mapping[str, Any]) -> dict[str, Any]:
         "params_total": n_total,
         "params_local_per_rank": local_counts,
         "early_stopped": early_stopped,
+        "early_stop": stop if early_stopped else None,
+        "schedule_history": history,
+        "removed_set_aside": discarded or [],
         "base_monitor": trainer_state.get("base"),
         "final_monitor": last_monitor,
         "losses_this_attempt": losses,
@@ -222,6 +258,42 @@ def train_loop(spec: TrainSpec | Mapping[str, Any]) -> dict[str, Any]:
         dist.barrier()
     print(f"[dapt.train rank {rank}] done: {step} steps", file=sys.stderr, flush=True)
     return summary
+
+
+def _schedule_history(
+    spec: TrainSpec, trainer_state: dict[str, Any], start_step: int
+) -> list[dict[str, Any]]:
+    """The plans this run's updates were made under: the resumed checkpoint's history, plus this
+    spec's plan from ``start_step`` when it differs (a continued run: see ``train.resume``)."""
+    plan = spec.lr_plan()
+    history = [dict(h) for h in trainer_state.get("schedule_history") or []]
+    if not history or {k: history[-1].get(k) for k in plan} != plan:
+        history.append({"from_step": start_step, **plan})
+    return history
+
+
+def _branch_step(spec: TrainSpec) -> int | None:
+    """``wsd``: the step where the decay starts, always checkpointed (the branch point of longer runs)."""
+    if spec.schedule != "wsd":
+        return None
+    start = decay_start(int(spec.steps), float(spec.decay_fraction))
+    return start if 0 < start < int(spec.steps) else None
+
+
+def _discard_set_aside(spec: TrainSpec, rank: int, step: int) -> list[str]:
+    """After this run's first checkpoint: delete the folders the driver set aside (``train.resume``)."""
+    removed = []
+    if rank == 0:
+        for p in map(Path, spec.discard_after_checkpoint):
+            if p.is_dir():
+                delete_folder(p)
+                removed.append(str(p))
+                print(
+                    f"[dapt.train] removed set-aside checkpoints {p} (this run has its own at step {step})",
+                    file=sys.stderr,
+                    flush=True,
+                )
+    return removed
 
 
 def _regressed(spec: TrainSpec, trainer_state: dict[str, Any], row: dict[str, Any] | None) -> bool:

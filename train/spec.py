@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from dapt.train.schedule import PLAN_KEYS
+
 HYPERPARAMETERS = (
     "lr",
     "min_lr_ratio",
@@ -92,7 +94,15 @@ class TrainSpec:
 
     # --- checkpoints, monitor, logs, export ------------------------------------------------------
     fingerprint: str = ""
-    """The train stage's fingerprint: only checkpoints carrying it are resumed."""
+    """The train stage's fingerprint (recorded in each checkpoint)."""
+    state_key: str = ""
+    """The train stage's state key (``ctx.state_key``): only checkpoints carrying it are resumed;
+    empty: the fingerprint (loop-level callers such as tests and bench scripts)."""
+    checkpoint_meta: dict[str, Any] | None = None
+    """Stored as-is in every checkpoint's ``trainer.json`` (``meta``): the state-relevant config and the
+    CONTINUES_RUN values, so a later run can name what changed (see ``train.resume``)."""
+    discard_after_checkpoint: tuple[str, ...] = ()
+    """Set-aside checkpoint folders rank 0 deletes once this run has written its first checkpoint."""
     checkpoint_every: int = 200
     keep_checkpoints: int = 2
     final_checkpoint: bool = True
@@ -116,6 +126,15 @@ class TrainSpec:
         for name in ("seq_len", "steps", "micro_batch_size", "grad_accum", "log_every"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"TrainSpec.{name} must be >= 1, got {getattr(self, name)}")
+        object.__setattr__(self, "discard_after_checkpoint", tuple(self.discard_after_checkpoint))
+
+    @property
+    def checkpoint_key(self) -> str:
+        return self.state_key or self.fingerprint
+
+    def lr_plan(self) -> dict[str, Any]:
+        """What every update's learning rate depends on (``train.schedule.PLAN_KEYS``)."""
+        return {k: getattr(self, k) for k in PLAN_KEYS}
 
     def replace(self, **changes: Any) -> TrainSpec:
         return dataclasses.replace(self, **changes)

@@ -6,6 +6,9 @@ windows, turns the config into a :class:`~dapt.train.spec.TrainSpec` and launche
 ``train.loop.train_loop`` on ``train.num_workers`` Ray Train workers. Workers write checkpoints and
 logs under ``ctx.work_dir`` (so they survive a killed run and a Ray restart after a worker failure)
 and the export into ``ctx.out_dir/model``; the driver copies the logs into the stage folder at the end.
+Before launching, ``train.resume`` decides what the run resumes: checkpoints are keyed by
+``ctx.state_key``, so a larger budget continues them and a changed ``lr`` moves them aside (never
+deletes them); the manifest's ``resumed`` and ``set_aside`` record the decision.
 The stage writes no model card: the report stage owns it and the publish stage ships it.
 """
 
@@ -134,7 +137,7 @@ def build_spec(ctx: StageContext) -> tuple[TrainSpec, dict[str, Any]]:
     data_path, seq_len, n_blocks = _packed_blocks(mix_dir, mix)
     model = _base_model(tok_dir, tok, mix)
     geometry = plan_steps(tc, n_blocks, seq_len)
-    if not ctx.fingerprint:
+    if not ctx.fingerprint or not ctx.state_key:
         raise RuntimeError("train: the runner handed in no fingerprint (run the stage through run_stage)")
     seed = cfg.seed if tc.seed is None else tc.seed
     spec = TrainSpec(
@@ -165,6 +168,8 @@ def build_spec(ctx: StageContext) -> tuple[TrainSpec, dict[str, Any]]:
         grad_clip=tc.grad_clip,
         seed=seed,
         fingerprint=ctx.fingerprint,
+        state_key=ctx.state_key,
+        checkpoint_meta=checkpoint_meta(ctx),
         checkpoint_every=tc.checkpoint_every,
         keep_checkpoints=tc.keep_checkpoints,
         monitor_every=tc.monitor_every,
@@ -278,18 +283,47 @@ def _monitor_windows(ctx: StageContext, spec: TrainSpec, facts: dict[str, Any]) 
     return {"path": str(mon_path.resolve()), "windows": mon}
 
 
-def _prepare_checkpoints(ctx: StageContext, spec: TrainSpec) -> None:
-    from dapt.train.checkpoint import discard_foreign, list_checkpoints
+def checkpoint_meta(ctx: StageContext) -> dict[str, Any]:
+    """What every checkpoint stores about the run that wrote it, so a later run can name what changed:
+    ``state`` (the config sections as the state key sees them, and the upstream fingerprints) and
+    ``continuing`` (the values of the CONTINUES_RUN fields, e.g. ``train.max_steps``)."""
+    from dapt.pipeline.knobs import continuing_fields, state_view
 
-    ckpt_root = Path(spec.checkpoint_dir)
-    if ctx.force and ckpt_root.exists():  # --force means train again, not "finish the old run"
-        shutil.rmtree(ckpt_root)
-        ctx.log.info("--force: removed the checkpoints of earlier runs")
-    for p in discard_foreign(ckpt_root, spec.fingerprint):
-        ctx.log.info("discarded checkpoint of another run fingerprint: %s", p.name)
-    existing = list_checkpoints(ckpt_root, spec.fingerprint)
-    if existing:
-        ctx.log.info("resuming from checkpoint step %d", existing[-1][0])
+    state: dict[str, Any] = {k: state_view(getattr(ctx.cfg, k)) for k in ctx.spec.config_keys}
+    state["upstream"] = {u: ctx.upstream_manifest(u).get("fingerprint") for u in ctx.spec.needs}
+    tc = ctx.cfg.train
+    continuing = {}
+    for name in continuing_fields(TrainConfig):
+        value: Any = tc
+        for part in name.split("."):
+            value = getattr(value, part)
+        continuing[f"train.{name}"] = value
+    return {"state": state, "continuing": continuing}
+
+
+def _prepare_checkpoints(ctx: StageContext, spec: TrainSpec) -> tuple[TrainSpec, Any]:
+    """Decide what this run resumes (``train.resume.prepare``: nothing is deleted, checkpoints of
+    another run state are moved aside); returns the spec with the decision applied."""
+    from dapt.train.resume import prepare
+
+    prep = prepare(
+        Path(spec.checkpoint_dir),
+        Path(spec.log_dir),
+        spec.checkpoint_key,
+        spec.lr_plan(),
+        spec.checkpoint_meta or {},
+        ctx.force,
+        ctx.log,
+    )
+    changes: dict[str, Any] = {"discard_after_checkpoint": tuple(prep.discard_after_checkpoint)}
+    if prep.warmup_steps is not None:
+        ctx.log.info(
+            "the re-warm is not redone: keeping the resumed run's %d warmup steps (this plan: %d)",
+            prep.warmup_steps,
+            spec.warmup_steps,
+        )
+        changes["warmup_steps"] = prep.warmup_steps
+    return spec.replace(**changes), prep
 
 
 def _copy_logs(log_dir: Path, out_dir: Path) -> None:
@@ -320,7 +354,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     mon = _monitor_windows(ctx, spec, facts)
     if mon is not None:
         spec = spec.replace(monitor_path=mon["path"])
-    _prepare_checkpoints(ctx, spec)
+    spec, prep = _prepare_checkpoints(ctx, spec)
     summary_file = Path(spec.log_dir) / "summary.json"
     summary_file.unlink(missing_ok=True)
 
@@ -338,6 +372,12 @@ def run(ctx: StageContext) -> dict[str, Any]:
         raise RuntimeError(f"training finished without a summary ({summary_file})")
     summary = json.loads(summary_file.read_text())
     _copy_logs(Path(spec.log_dir), ctx.out_dir)
+    for entry in prep.set_aside:
+        entry["removed"] = not Path(entry["path"]).exists()
+    if summary["early_stopped"]:
+        ctx.log.warning(
+            "stopped early at step %d of %d (train.max_general_regression)", summary["steps"], spec.steps
+        )
 
     hyper = spec.hyperparameters()
     hyper["global_batch_tokens"] = facts["tokens_per_step"]
@@ -370,6 +410,11 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "params": summary["params_total"],
         "base_model": spec.model_path,
         "resumed_from_step": summary["resumed_from_step"],
+        "resumed": prep.resumed,
+        "set_aside": prep.set_aside,
+        "restored_steps": prep.restored,
+        "schedule_history": summary["schedule_history"],
+        "early_stop": summary["early_stop"],
         "monitor": {
             "base": summary["base_monitor"],
             "final": summary["final_monitor"],
