@@ -62,11 +62,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.add_argument("--address", help="job server, e.g. http://127.0.0.1:8265 (default: RAY_ADDRESS)")
     p.add_argument("--no-wait", action="store_true", help="submit and return without following the job")
-    p = sub.add_parser("cluster", help="start or stop a local Ray head on 127.0.0.1 (token auth on)")
+    p = sub.add_parser(
+        "cluster",
+        help="start or stop a local Ray cluster on 127.0.0.1 (token auth on)",
+        description="`up` starts a head plus N-1 worker nodes on 127.0.0.1 (token auth on, dashboard on "
+        "loopback) and records every process it started in a state file; `down` stops exactly those.",
+    )
     p.add_argument("action", choices=["up", "down"])
-    p.add_argument("--port", type=int, default=6379)
-    p.add_argument("--dashboard-port", type=int, default=8265)
-    p.add_argument("--num-cpus", type=int, default=None)
+    p.add_argument("--nodes", type=int, default=1, help="Ray nodes, the head included (default 1)")
+    p.add_argument(
+        "--cpus-per-node",
+        "--num-cpus",
+        dest="cpus_per_node",
+        type=int,
+        default=None,
+        help="CPUs each node offers (default: the machine's CPUs / nodes)",
+    )
+    p.add_argument("--object-store-gb", type=float, default=1.0, help="object store per node (default 1)")
+    p.add_argument("--port", type=int, default=6379, help="GCS port of the head (default 6379)")
+    p.add_argument(
+        "--dashboard-port", type=int, default=8265, help="dashboard / job server port (default 8265)"
+    )
+    p.add_argument(
+        "--state", help="state file recording the started pids (default ~/.dapt/cluster-PORT.json)"
+    )
     for cmd, (module, help_) in EXTERNAL_COMMANDS.items():
         p = sub.add_parser(cmd, help=help_, description=help_)
         p.set_defaults(_external=module)
@@ -134,16 +153,9 @@ def _cmd_submit(args: argparse.Namespace) -> int:
 
 
 def _cmd_cluster(args: argparse.Namespace) -> int:
-    from dapt.pipeline.cluster import cluster_down, cluster_up
+    from dapt.pipeline.cluster import cluster_command
 
-    if args.action == "up":
-        addr = cluster_up(args.port, args.dashboard_port, args.num_cpus)
-        print(f"Ray head on 127.0.0.1:{args.port}; submit jobs to {addr} (token auth on)")
-        print(f"  dapt submit --address {addr} --config CONFIG STAGE")
-    else:
-        n = cluster_down(args.port)
-        print(f"stopped {n} Ray process(es) of the head on port {args.port}")
-    return 0
+    return cluster_command(args)
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
@@ -156,6 +168,11 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    from dapt.pipeline import quiet
+    from dapt.pipeline.ray_runtime import reap_orphans
+
+    quiet.install()  # before any stage imports transformers (and through it torchao)
+    reap_orphans()  # Ray processes a SIGKILLed earlier run left behind (recorded pids only)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -172,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as e:
         tb = traceback.format_exc()
-        print(f"dapt: error: {type(e).__name__}: {e}", file=sys.stderr)
+        first = (str(e).strip().splitlines() or [""])[0]  # a RayTaskError carries the worker's traceback
+        print(f"dapt: error: {type(e).__name__}: {first}", file=sys.stderr)
         print(
             "(the traceback is in the stage log under <run_dir>/logs/; set DAPT_DEBUG=1 to print it)",
             file=sys.stderr,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
 LOOPBACK = "127.0.0.1"
@@ -57,6 +58,7 @@ def init_ray(ray_cfg: Any = None, num_cpus: int | None = None) -> dict[str, Any]
         return {"address": address, "node_ip": ray.util.get_node_ip_address()}
     store_gb = getattr(ray_cfg, "object_store_memory_gb", 1.5) if ray_cfg else 1.5
     cpus = num_cpus or (getattr(ray_cfg, "num_cpus", None) if ray_cfg else None) or os.cpu_count() or 1
+    reap_orphans()
     ray.init(
         address="local",
         num_cpus=cpus,
@@ -73,7 +75,87 @@ def init_ray(ray_cfg: Any = None, num_cpus: int | None = None) -> dict[str, Any]
         ray.shutdown()
         raise RuntimeError(f"local Ray bound to {ip}, not {LOOPBACK}; refusing to run on the network")
     log.info("started local Ray on %s (%d CPUs, %.1f GB object store)", ip, cpus, store_gb)
+    _record_started()
     return {"address": "local", "node_ip": ip, "num_cpus": cpus}
+
+
+# ------------------------------------------------------------------------------------------ leftovers
+# A SIGKILLed driver takes its GCS and raylet with it, but not the raylet's agents (dashboard agent,
+# runtime-env agent: measured on Ray 2.60, they are reparented and ignore SIGTERM). Each driver that
+# starts a local Ray records the pids (with start times) of the processes it started; the next `dapt`
+# command (cli.main) stops those of a driver that is gone. Only recorded pids whose start time still
+# matches are touched.
+
+
+def _record_dir() -> Path:
+    return Path(os.environ.get("DAPT_STATE_DIR") or Path.home() / ".dapt") / "local-ray"
+
+
+def _record_file(pid: int) -> Path:
+    return _record_dir() / f"driver-{pid}.json"
+
+
+def _started_here() -> list[dict[str, float]]:
+    import psutil
+
+    me = psutil.Process()
+    out = []
+    for child in me.children(recursive=True):
+        try:
+            out.append({"pid": child.pid, "create_time": child.create_time()})
+        except psutil.Error:
+            continue
+    return out
+
+
+def _record_started() -> None:
+    """Record this driver's Ray processes now and again shortly after (agents start late)."""
+    import threading
+
+    me = os.getpid()
+
+    def write() -> None:
+        try:
+            from dapt.pipeline.fsutil import atomic_write_json
+
+            _record_dir().mkdir(parents=True, exist_ok=True)
+            atomic_write_json(_record_file(me), {"driver": me, "processes": _started_here()})
+        except OSError as e:  # a read-only home must not stop a run
+            log.info("could not record local Ray pids: %s", e)
+
+    write()
+    t = threading.Timer(5.0, write)
+    t.daemon = True
+    t.start()
+
+
+def reap_orphans() -> list[int]:
+    """Stop the recorded Ray processes of earlier drivers that died without shutting Ray down."""
+    import psutil
+
+    from dapt.pipeline.fsutil import read_json
+
+    stopped: list[int] = []
+    folder = _record_dir()
+    for f in sorted(folder.glob("driver-*.json")) if folder.is_dir() else []:
+        try:
+            rec = read_json(f)
+        except (OSError, ValueError):
+            continue
+        if psutil.pid_exists(int(rec.get("driver", -1))):
+            continue
+        for p in rec.get("processes", []):
+            try:
+                proc = psutil.Process(int(p["pid"]))
+                if abs(proc.create_time() - float(p["create_time"])) < 1e-3:
+                    proc.kill()
+                    stopped.append(proc.pid)
+            except (psutil.Error, KeyError, ValueError):
+                continue
+        f.unlink(missing_ok=True)
+    if stopped:
+        log.info("stopped %d Ray process(es) left by a killed earlier run: %s", len(stopped), stopped)
+    return stopped
 
 
 def shutdown_ray() -> None:
@@ -83,4 +165,5 @@ def shutdown_ray() -> None:
 
     if _owned and ray.is_initialized():
         ray.shutdown()
+        _record_file(os.getpid()).unlink(missing_ok=True)
     _owned = False

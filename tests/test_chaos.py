@@ -59,10 +59,14 @@ def _orphans(before: set[int]) -> list[int]:
     return left
 
 
-def _run_and_kill(run_dir: Path, stage: str, delay: float) -> str:
+def _alive(pids: list[int]) -> list[int]:
+    return [p for p in pids if Path(f"/proc/{p}").exists()]
+
+
+def _run_and_kill(run_dir: Path, stage: str, delay: float, before: set[int]) -> tuple[str, list[int]]:
     """Start ``dapt run``; once ``stage`` starts, wait ``delay`` s and SIGKILL the process group.
-    Returns what happened (``killed`` or ``finished`` if the run ended first)."""
-    before = _ray_pids()
+    Returns what happened (``killed`` or ``finished`` if the run ended first) and the Ray processes the
+    killed driver left behind (its raylet's agents), which the next run must stop."""
     proc = subprocess.Popen(
         _cmd(run_dir),
         cwd=ROOT,
@@ -81,14 +85,8 @@ def _run_and_kill(run_dir: Path, stage: str, delay: float) -> str:
             outcome = "killed"
             break
     proc.wait(timeout=900)
-    deadline = time.time() + 20
-    while _orphans(before) and time.time() < deadline:
-        time.sleep(1)
-    left = _orphans(before)
-    for pid in left:  # started by this run and left behind: ours to stop
-        os.kill(pid, signal.SIGKILL)
-    assert not left, f"Ray processes outlived the killed driver: {left}"
-    return outcome
+    time.sleep(3)  # let Ray's fate-sharing processes go
+    return outcome, _orphans(before)
 
 
 def _outputs(run_dir: Path) -> dict:
@@ -126,10 +124,23 @@ def test_kill_anywhere_then_rerun_equals_an_uninterrupted_run(tmp_path: Path) ->
     rng = random.Random(SEED)
     chaos = tmp_path / "chaos"
     history = []
-    for stage in STAGES_TO_HIT:
-        delay = rng.uniform(0.05, 0.95) * seconds[stage]
-        history.append((stage, round(delay, 2), _run_and_kill(chaos, stage, delay)))
-    final = subprocess.run(_cmd(chaos), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=1200)
+    before = _ray_pids()
+    left: list[int] = []
+    try:
+        for stage in STAGES_TO_HIT:
+            delay = rng.uniform(0.05, 0.95) * seconds[stage]
+            outcome, new_left = _run_and_kill(chaos, stage, delay, before)
+            history.append((stage, round(delay, 2), outcome))
+            # What the previous killed driver left behind was stopped when this run started.
+            assert not _alive(left), (left, history)
+            left = new_left
+        final = subprocess.run(
+            _cmd(chaos), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=1200
+        )
+        assert not _alive(left), (left, history)
+    finally:
+        for pid in _alive(_orphans(before)):  # started by this test and left behind: ours to stop
+            os.kill(pid, signal.SIGKILL)
     assert final.returncode == 0, f"{history}\n" + final.stdout[-2000:] + final.stderr[-2000:]
     assert sum(1 for *_, what in history if what == "killed") >= 6, history
 
