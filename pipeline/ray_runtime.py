@@ -84,7 +84,8 @@ def init_ray(ray_cfg: Any = None, num_cpus: int | None = None) -> dict[str, Any]
 # runtime-env agent: measured on Ray 2.60, they are reparented and ignore SIGTERM). Each driver that
 # starts a local Ray records the pids (with start times) of the processes it started; the next `dapt`
 # command (cli.main) stops those of a driver that is gone. Only recorded pids whose start time still
-# matches are touched.
+# matches and whose parent is gone (reparented to init) are touched: a process that still has its Ray
+# parent belongs to a live cluster.
 
 
 def _record_dir() -> Path:
@@ -147,7 +148,9 @@ def reap_orphans() -> list[int]:
         for p in rec.get("processes", []):
             try:
                 proc = psutil.Process(int(p["pid"]))
-                if abs(proc.create_time() - float(p["create_time"])) < 1e-3:
+                parent = proc.parent()
+                orphaned = parent is None or parent.pid == 1
+                if orphaned and abs(proc.create_time() - float(p["create_time"])) < 1e-3:
                     proc.kill()
                     stopped.append(proc.pid)
             except (psutil.Error, KeyError, ValueError):
