@@ -298,6 +298,11 @@ def _supervise(spec: dict[str, Any]) -> int:
     }
     stopping = []
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Like `ray start`, the head writes its address to Ray's default temp folder (/tmp/ray), which does
+    # not exist on a fresh machine when the session lives elsewhere (seen: FileNotFoundError on a clean one).
+    from ray._private.utils import get_ray_address_file
+
+    Path(get_ray_address_file(None)).parent.mkdir(parents=True, exist_ok=True)
     cluster = Cluster(initialize_head=True, head_node_args=head, shutdown_at_exit=True)
     for i in range(1, spec["nodes"]):
         # Every node on one machine shares the session folder. With one runtime-env folder, a node that

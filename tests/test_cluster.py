@@ -5,21 +5,16 @@ One cluster serves the module (starting one costs ~20 s on 2 cores). It runs wit
 ``~/.ray/auth_token``) is refused. Every Ray client here runs in a subprocess: this pytest process may
 hold the session's private Ray (conftest) and must not join a second cluster.
 
-The token, the state file and the tests' data live in a folder of this module's own (``mkdtemp``), not
-under pytest's ``tmp_path``: pytest keeps only the last three session folders, so a concurrent pytest
-session deletes an older one's files, and a cluster whose token file vanished refuses its own jobs
-(seen here: "InvalidAuthToken" from a job driver while other sessions ran).
+The token, the state file and the tests' data live in the cluster's own folder (tests/cluster_fixtures.py
+says why not under ``tmp_path``).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import secrets
 import shutil
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 import urllib.error
@@ -28,67 +23,22 @@ from pathlib import Path
 
 import psutil
 import pytest
+from cluster_fixtures import JOIN_NODE, ROOT, client_env, dapt_cli, local_cluster, run_py
 
-from dapt.pipeline.cluster import free_port, process_tree, stop_processes
+from dapt.pipeline.cluster import process_tree, stop_processes
 
 LOOPBACK_IPS = ("127.0.0.1", "::ffff:127.0.0.1")
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH") and k != "RAY_ADDRESS"}
-    env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # clients must bind loopback too (NOTES)
-    env.update(extra)
-    return env
-
-
-def _dapt(*args: str, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "dapt.pipeline.cli", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=timeout,
-    )
-
-
-def _py(code: str, env: dict[str, str], *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code), *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=timeout,
-    )
 
 
 @pytest.fixture(scope="module")
 def cluster():
-    d = Path(tempfile.mkdtemp(prefix="dapt-test-cluster-"))
-    token = d / "token"
-    token.write_text(secrets.token_hex(32))
-    env = _env(RAY_AUTH_TOKEN_PATH=str(token))
-    port, dash = free_port(), free_port()
-    state_path = d / "state.json"
-    up = _dapt(
-        "cluster", "up", "--nodes", "2", "--cpus-per-node", "1", "--object-store-gb", "0.3",
-        "--port", str(port), "--dashboard-port", str(dash), "--state", str(state_path), env=env,
-    )  # fmt: skip
-    assert up.returncode == 0, up.stdout + up.stderr
-    state = json.loads(state_path.read_text())
-    try:
-        yield {"up": up, "state": state, "state_path": state_path, "env": env, "token": token.read_text(),
-               "port": port, "dashboard": f"http://127.0.0.1:{dash}", "dir": d}  # fmt: skip
-    finally:
-        if state_path.exists():  # test_down did not run (or failed)
-            _dapt("cluster", "down", "--state", str(state_path), env=env)
-        shutil.rmtree(state["temp_dir"], ignore_errors=True)
-        shutil.rmtree(d, ignore_errors=True)
+    with local_cluster(nodes=2, cpus_per_node=1) as c:
+        yield c
 
 
 @pytest.fixture
 def work(cluster, request) -> Path:
-    """A fresh folder for one test, inside the module's own folder (see the module docstring)."""
+    """A fresh folder for one test, inside the cluster's own folder (see tests/cluster_fixtures.py)."""
     path = cluster["dir"] / request.node.name
     path.mkdir()
     return path
@@ -107,7 +57,7 @@ def test_up_starts_two_nodes_on_loopback(cluster) -> None:
     assert "token auth on" in out and "RAY_AUTH_MODE=token" in out
     assert [n["head"] for n in state["nodes"]] == [True, False]
 
-    r = _py(NODES, {**cluster["env"], "RAY_AUTH_MODE": "token"}, state["gcs_address"])
+    r = run_py(NODES, {**cluster["env"], "RAY_AUTH_MODE": "token"}, state["gcs_address"])
     assert r.returncode == 0, r.stderr[-2000:]
     alive = json.loads(r.stdout.strip().splitlines()[-1])
     assert len({n["id"] for n in alive}) == 2
@@ -162,10 +112,10 @@ def test_token_auth_is_enforced(cluster) -> None:
     # The GCS (what ray.init talks to): refused without the token or with another one, accepted with it.
     env = cluster["env"]
     other = {**env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "f" * 64}
-    for client_env in ({**env, "RAY_AUTH_MODE": "disabled"}, other):
-        r = _py(GCS_KV, client_env, gcs)
+    for bad_env in ({**env, "RAY_AUTH_MODE": "disabled"}, other):
+        r = run_py(GCS_KV, bad_env, gcs)
         assert r.stdout.startswith("REFUSED"), r.stdout + r.stderr[-2000:]
-    r = _py(GCS_KV, {**env, "RAY_AUTH_MODE": "token"}, gcs)
+    r = run_py(GCS_KV, {**env, "RAY_AUTH_MODE": "token"}, gcs)
     assert r.stdout.startswith("ACCEPTED"), r.stdout + r.stderr[-2000:]
 
     # The README's warning: `ray job ...` without RAY_AUTH_MODE=token fails even with the token at hand.
@@ -182,7 +132,7 @@ def test_token_auth_is_enforced(cluster) -> None:
 
 
 def test_second_up_on_the_same_state_is_refused(cluster) -> None:
-    again = _dapt("cluster", "up", "--state", str(cluster["state_path"]), env=cluster["env"])
+    again = dapt_cli("cluster", "up", "--state", str(cluster["state_path"]), env=cluster["env"])
     assert again.returncode == 1
     assert again.stderr.strip().splitlines() == [
         f"dapt: error: a cluster is already up ({cluster['state_path']}): "
@@ -226,24 +176,8 @@ def test_submit_a_stage_to_the_two_node_cluster(cluster, work: Path) -> None:
 
 
 # A third node whose processes live in their own mount namespace, with an empty tmpfs over one folder:
-# the nearest thing on one machine to a node with its own local disk. It joins the cluster as a real
-# raylet (`ray start` would refuse a second loopback node; the Node class is what Cluster.add_node uses).
-JOIN = """
-    import json, signal, sys, time
-    from dapt.pipeline.ray_runtime import ray_env
-    ray_env()
-    from ray._private.node import Node
-    from ray._private.parameter import RayParams
-    params = RayParams(
-        gcs_address=sys.argv[1], node_ip_address="127.0.0.1", num_cpus=1, num_gpus=0,
-        object_store_memory=200 << 20, min_worker_port=0, max_worker_port=0, node_manager_port=0,
-        include_log_monitor=False, dashboard_agent_listen_port=None,
-    )
-    node = Node(params, head=False, shutdown_at_exit=True, spawn_reaper=True)
-    print(json.dumps({"node_id": node.node_id}), flush=True)
-    while True:
-        time.sleep(1)
-"""
+# the nearest thing on one machine to a node with its own local disk.
+JOIN = JOIN_NODE
 
 CHECK = """
     import json, sys, time, ray
@@ -297,7 +231,7 @@ def test_shared_path_check_names_the_node_that_cannot_see_it(cluster, work: Path
             "run_dir": [str(local)],
             "source": [str(local / "source.jsonl")],
         }
-        r = _py(CHECK, {**cluster["env"], "RAY_AUTH_MODE": "token"}, gcs, json.dumps(cases))
+        r = run_py(CHECK, {**cluster["env"], "RAY_AUTH_MODE": "token"}, gcs, json.dumps(cases))
         assert r.returncode == 0, r.stderr[-3000:]
         out = json.loads(r.stdout.strip().splitlines()[-1])
         assert out["shared"] == "ok"
@@ -321,7 +255,7 @@ def test_down_stops_exactly_what_up_started(cluster) -> None:
         before = process_tree(state)
         recorded = {p["pid"] for p in state["processes"]}
         assert recorded <= {p.pid for p in before}
-        down = _dapt("cluster", "down", "--state", str(cluster["state_path"]), env=cluster["env"])
+        down = dapt_cli("cluster", "down", "--state", str(cluster["state_path"]), env=cluster["env"])
         assert down.returncode == 0, down.stdout + down.stderr
         assert f"stopped {len(before)} Ray process(es)" in down.stdout
         time.sleep(0.5)
@@ -333,7 +267,7 @@ def test_down_stops_exactly_what_up_started(cluster) -> None:
         decoy.kill()
         decoy.wait()
 
-    again = _dapt("cluster", "down", "--state", str(cluster["state_path"]), env=cluster["env"])
+    again = dapt_cli("cluster", "down", "--state", str(cluster["state_path"]), env=cluster["env"])
     assert again.returncode == 1 and again.stderr.count("\n") == 1 and "no cluster recorded" in again.stderr
 
 
@@ -346,7 +280,7 @@ def test_down_stops_exactly_what_up_started(cluster) -> None:
     ],
 )
 def test_bad_cluster_arguments_fail_in_one_line(args: list[str], message: str, tmp_path: Path) -> None:
-    r = _dapt("cluster", "up", *args, "--state", str(tmp_path / "s.json"), env=_env(), timeout=60)
+    r = dapt_cli("cluster", "up", *args, "--state", str(tmp_path / "s.json"), env=client_env(), timeout=60)
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [f"dapt: error: {message}"]
     assert not (tmp_path / "s.json").exists()
