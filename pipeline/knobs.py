@@ -67,25 +67,23 @@ def state_view(value: Any) -> Any:
     return _view(value, lambda cls, name: is_fingerprinted(cls, name) and not continues_run(cls, name))
 
 
-def continuing_fields(model_cls: type[BaseModel], prefix: str = "") -> list[str]:
+def fields_where(model_cls: type[BaseModel], pred: Any, prefix: str = "") -> list[str]:
+    """Dotted names of the fields of ``model_cls`` and its sub-models for which ``pred(cls, name)`` holds."""
+    out = []
+    for name, f in model_cls.model_fields.items():
+        if pred(model_cls, name):
+            out.append(prefix + name)
+        ann = f.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            out.extend(fields_where(ann, pred, f"{prefix}{name}."))
+    return out
+
+
+def continuing_fields(model_cls: type[BaseModel]) -> list[str]:
     """Dotted names of the fields declared CONTINUES_RUN in ``model_cls`` and its sub-models."""
-    out = []
-    for name, f in model_cls.model_fields.items():
-        if continues_run(model_cls, name):
-            out.append(prefix + name)
-        ann = f.annotation
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            out.extend(continuing_fields(ann, f"{prefix}{name}."))
-    return out
+    return fields_where(model_cls, continues_run)
 
 
-def ignored_fields(model_cls: type[BaseModel], prefix: str = "") -> list[str]:
+def ignored_fields(model_cls: type[BaseModel]) -> list[str]:
     """Dotted names of the fields declared NOT_FINGERPRINTED in ``model_cls`` and its sub-models (docs)."""
-    out = []
-    for name, f in model_cls.model_fields.items():
-        if not is_fingerprinted(model_cls, name):
-            out.append(prefix + name)
-        ann = f.annotation
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            out.extend(ignored_fields(ann, f"{prefix}{name}."))
-    return out
+    return fields_where(model_cls, lambda cls, name: not is_fingerprinted(cls, name))
