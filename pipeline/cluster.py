@@ -313,6 +313,14 @@ def _supervise(spec: dict[str, Any]) -> int:
             **common, num_cpus=spec["cpus_per_node"], runtime_env_dir_name=f"runtime_resources_node{i}"
         )
     cluster.wait_for_nodes()
+    # A job's driver gets its RAY_ADDRESS from the address file in the *cluster's* temp folder (Ray's job
+    # supervisor reads it there, with no such file it falls back to "any Ray running on this machine").
+    # Cluster writes it only under /tmp/ray, so with another Ray running (a private `ray.init`), jobs here
+    # joined that one (seen: a submitted `dapt clean` connected to another GCS and failed to find its
+    # working_dir package). `ray start --temp-dir` writes it there too.
+    from ray._private.utils import write_ray_address
+
+    write_ray_address(cluster.gcs_address, spec["temp_dir"])
     # Ray's Node installs its own SIGTERM handler (exit 1 after killing one node); ours stops them all.
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
     dashboard = f"http://{LOOPBACK}:{spec['dashboard_port']}"
