@@ -4,6 +4,12 @@ and the adapted model at several precisions. Writes ``results.json`` (schema in 
 Order of work: everything that can fail on configuration (task names, upstream paths) is checked before
 any model is loaded. Models are evaluated one at a time and freed, so peak memory is about one model
 plus one precision variant.
+
+Where it runs: the stage table places this stage on a worker (``placement="worker"``,
+pipeline/placement.py). The whole body, the precision/quantization variants of eval/quantize.py
+included, runs in one Ray task that asks for what :func:`resources` returns: a GPU when ``eval.device``
+is ``cuda`` (or ``auto`` on a cluster with GPUs), else a whole node's CPUs (torch's threads follow the
+task's CPUs). ``ray.stage_placement: driver`` runs it in the driver instead.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import json
 import math
 import shutil
 import time
+from pathlib import Path
 from typing import Any
 
 from dapt.eval.bpb import LN2, bits_per_byte
@@ -29,7 +36,51 @@ SCHEMA_VERSION = 2
 significant_raw; p_value is the shifted-null paired bootstrap. Readers of version 1 files still work."""
 
 
-# ---------------------------------------------------------------------------------------------- inputs
+# ------------------------------------------------------------------------------------------- placement
+BYTES_PER_PARAM_CPU = 12
+"""Host memory per parameter on CPU: the fp32 model (4), a precision variant being made from a deep copy
+of it (4, before the cast or int8 quantisation), and the comparison copy when ``eval.dtype`` is not fp32."""
+BYTES_PER_PARAM_GPU = 4
+"""On a GPU the weights move to the device after loading: the host holds about one fp32 copy at a time."""
+
+
+def _safetensors_params(folder: Path) -> int:
+    """Parameters stored in a folder's safetensors files, read from their headers (no weights loaded)."""
+    total = 0
+    for f in sorted(folder.glob("*.safetensors")):
+        with open(f, "rb") as fh:
+            header = json.loads(fh.read(int.from_bytes(fh.read(8), "little")))
+        for name, t in header.items():
+            if name != "__metadata__":
+                total += math.prod(t["shape"])
+    return total
+
+
+def resources(ctx: StageContext, cluster: Any) -> Any:
+    """What the eval task asks Ray for (the runner fits it to the cluster: CPUs and memory are capped at
+    the best node that has the GPUs). ``cuda:N`` asks for N+1 GPUs so that index exists in the task."""
+    from dapt.pipeline.placement import TaskResources
+
+    dev = ctx.cfg.eval.device
+    if dev.startswith("cuda"):
+        gpus = int(dev.split(":", 1)[1]) + 1 if ":" in dev else 1
+    else:
+        gpus = 1 if dev == "auto" and cluster.gpus > 0 else 0
+    reason = f"eval.device: {dev}" + (" (the cluster has GPUs)" if dev == "auto" and gpus else "")
+    params = max(
+        (
+            _safetensors_params(Path(m["path"]))
+            for m in resolve_models(ctx).values()
+            if Path(m["path"]).is_dir()
+        ),
+        default=0,
+    )
+    memory = params * (BYTES_PER_PARAM_GPU if gpus else BYTES_PER_PARAM_CPU) + (1 << 30) if params else None
+    return TaskResources(
+        num_cpus=1 if gpus else cluster.max_cpus, num_gpus=gpus, memory=memory, reason=reason
+    )
+
+
 # ---------------------------------------------------------------------------------------------- models
 def _device(name: str) -> str:
     import torch
@@ -289,4 +340,4 @@ def run(ctx: StageContext) -> dict[str, Any]:
     )
 
 
-__all__ = ["run"]
+__all__ = ["resources", "run"]

@@ -178,6 +178,10 @@ class RayConfig(StrictModel):
     address: str | None = None
     num_cpus: int | None = Field(default=None, gt=0)
     object_store_memory_gb: float = Field(default=1.5, gt=0)
+    stage_placement: Literal["auto", "driver"] = Field(default="auto", json_schema_extra=NOT_FINGERPRINTED)
+    """``auto``: a stage whose row says ``placement="worker"`` (tokenizer, eval) runs its body in one Ray
+    task sized for it (pipeline/placement.py); ``driver``: every stage body runs in the driver process
+    (for pdb, or a test that monkeypatches the driver). Where the work runs cannot change what it writes."""
 
 
 class RunConfig(StrictModel):

@@ -33,6 +33,7 @@ _RAY_ENV_DEFAULTS = {
 
 log = logging.getLogger("dapt.ray")
 _owned = False
+_owned_gcs: str | None = None
 
 
 def ray_env() -> None:
@@ -50,11 +51,12 @@ def init_ray(ray_cfg: Any = None, num_cpus: int | None = None) -> dict[str, Any]
 
     if ray.is_initialized():
         return {"address": "existing", "node_ip": ray.util.get_node_ip_address()}
-    address = os.environ.get("RAY_ADDRESS") or (getattr(ray_cfg, "address", None) if ray_cfg else None)
-    global _owned
+    address = configured_address(ray_cfg)
+    global _owned, _owned_gcs
     if address:
         log.info("joining Ray cluster at %s", address)
         ray.init(address=address, log_to_driver=True)
+        _owned = False
         return {"address": address, "node_ip": ray.util.get_node_ip_address()}
     store_gb = getattr(ray_cfg, "object_store_memory_gb", 1.5) if ray_cfg else 1.5
     cpus = num_cpus or (getattr(ray_cfg, "num_cpus", None) if ray_cfg else None) or os.cpu_count() or 1
@@ -70,6 +72,7 @@ def init_ray(ray_cfg: Any = None, num_cpus: int | None = None) -> dict[str, Any]
         logging_level=logging.WARNING,
     )
     _owned = True
+    _owned_gcs = ray.get_runtime_context().gcs_address
     ip = ray.util.get_node_ip_address()
     if ip != LOOPBACK:
         ray.shutdown()
@@ -77,6 +80,24 @@ def init_ray(ray_cfg: Any = None, num_cpus: int | None = None) -> dict[str, Any]
     log.info("started local Ray on %s (%d CPUs, %.1f GB object store)", ip, cpus, store_gb)
     _record_started()
     return {"address": "local", "node_ip": ip, "num_cpus": cpus}
+
+
+def configured_address(ray_cfg: Any = None) -> str | None:
+    """The cluster :func:`init_ray` would join (``RAY_ADDRESS``, else ``ray.address``); None: it would
+    start a private local Ray."""
+    return os.environ.get("RAY_ADDRESS") or (getattr(ray_cfg, "address", None) if ray_cfg else None)
+
+
+def started_here() -> bool:
+    """This process started the Ray it is connected to: a private local Ray, one node on this machine
+    (the shared-storage check and the placement's feasibility check need no Ray call to know that).
+    Compared by GCS address, so a Ray joined later by a bare ``ray.init`` does not count."""
+    import sys
+
+    ray = sys.modules.get("ray")
+    if not _owned or ray is None or not ray.is_initialized():
+        return False
+    return ray.get_runtime_context().gcs_address == _owned_gcs
 
 
 # ------------------------------------------------------------------------------------------ leftovers

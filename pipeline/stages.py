@@ -13,7 +13,6 @@ fingerprint, so downstream stages show as stale without any bookkeeping of their
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import shutil
@@ -25,10 +24,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from dapt.pipeline import placement
 from dapt.pipeline.config import RunConfig, dump_config
-from dapt.pipeline.errors import DaptError, InputError, StageMissingError
+from dapt.pipeline.errors import InputError, StageMissingError
 from dapt.pipeline.fsutil import (
     atomic_write_json,
     atomic_write_text,
@@ -38,6 +38,7 @@ from dapt.pipeline.fsutil import (
     stable_hash,
 )
 from dapt.pipeline.knobs import fingerprint_view, state_view
+from dapt.pipeline.ray_runtime import init_ray
 
 DONE_MARKER = "_DONE"
 MANIFEST = "manifest.json"
@@ -47,12 +48,13 @@ def _source_files(cfg: RunConfig) -> list[str]:
     return [f for s in cfg.sources for f in s.files()]
 
 
+def _folder_files(p: str | None) -> list[Path]:
+    return sorted(f for f in Path(p).rglob("*") if f.is_file()) if p and Path(p).is_dir() else []
+
+
 def _model_files(cfg: RunConfig) -> list[Path]:
     """A local base model's files (so replacing the weights reruns the tokenizer stage)."""
-    p = cfg.model.name_or_path
-    if p and Path(p).is_dir():
-        return sorted(f for f in Path(p).rglob("*") if f.is_file())
-    return []
+    return _folder_files(cfg.model.name_or_path)
 
 
 def _decontamination_task_files(cfg: RunConfig) -> list[Path]:
@@ -63,6 +65,11 @@ def _decontamination_task_files(cfg: RunConfig) -> list[Path]:
 def _eval_task_files(cfg: RunConfig) -> list[Path]:
     """The data of the tasks eval scores: rebuilt tasks change the results."""
     return _task_files(cfg.eval.task_dirs)
+
+
+def _eval_local_paths(cfg: RunConfig) -> list[Path]:
+    """What eval reads outside ``run_dir``: its task files and an ``eval.base_model`` folder."""
+    return _eval_task_files(cfg) + _folder_files(cfg.eval.base_model)
 
 
 def _task_files(dirs: list[str]) -> list[Path]:
@@ -81,8 +88,9 @@ class StageSpec:
     """One row of the stage table: what the stage runs, what it reads, and what makes it stale."""
 
     name: str
-    target: str
-    """``module:function`` imported lazily, so ``dapt --help`` does not import torch."""
+    target: str | Callable[[StageContext], dict[str, Any] | None]
+    """``module:function`` imported lazily, so ``dapt --help`` does not import torch (a callable is
+    accepted for rows registered at run time, e.g. by tests)."""
     needs: tuple[str, ...]
     """Upstream stages whose manifests the stage reads (and whose fingerprints enter its own)."""
     config_keys: tuple[str, ...]
@@ -95,6 +103,16 @@ class StageSpec:
     describes_config: bool = False
     """The stage writes the config into its output (the report, the model card): every field it reads
     counts, including those declared ``NOT_FINGERPRINTED`` for the stages that only compute."""
+    placement: Literal["driver", "worker"] = "driver"
+    """``worker``: the body runs in one Ray task sized by ``resources`` (pipeline/placement.py), so its
+    heavy work lands on a cluster node (a GPU for eval), not the head node where the driver runs."""
+    resources: str | Callable[..., Any] | None = None
+    """``module:function`` or callable ``(ctx, cluster) -> TaskResources``; None asks for one CPU."""
+    uses_ray: bool = False
+    """The stage puts work on Ray itself (Ray Data, Ray Train): on a multi-node cluster the runner first
+    checks that ``run_dir`` and its input files are visible on every node. Worker stages always do."""
+    shared_paths: Callable[[RunConfig], list[Path] | list[str]] | None = None
+    """Local paths the stage's work reads besides ``run_dir``, for that check; None: ``inputs``."""
 
 
 STAGES: dict[str, StageSpec] = {
@@ -108,6 +126,7 @@ STAGES: dict[str, StageSpec] = {
             _source_files,
             "read, normalise, filter, redact PII and deduplicate the sources",
             ignore=("sources.*.weight",),
+            uses_ray=True,
         ),
         StageSpec(
             "split",
@@ -125,6 +144,8 @@ STAGES: dict[str, StageSpec] = {
             ("model", "tokenizer", "sources", "seed"),
             _model_files,
             "train, extend or keep the tokenizer; resize and initialise the model's embeddings",
+            placement="worker",
+            resources="dapt.tokenizer.stage:resources",
         ),
         StageSpec(
             "mix",
@@ -133,6 +154,7 @@ STAGES: dict[str, StageSpec] = {
             ("mix", "sources", "seed"),
             _decontamination_task_files,
             "decontamination, token-exact domain/general mixing, packing",
+            uses_ray=True,
         ),
         StageSpec(
             "train",
@@ -141,6 +163,7 @@ STAGES: dict[str, StageSpec] = {
             ("train", "seed", "plan"),
             None,
             "sharded continued pretraining on Ray Train (FSDP2 / DDP), resumable",
+            uses_ray=True,
         ),
         StageSpec(
             "eval",
@@ -149,6 +172,9 @@ STAGES: dict[str, StageSpec] = {
             ("eval", "seed"),
             _eval_task_files,
             "bits-per-byte and lm-eval benchmarks, base vs adapted, quantized variants",
+            placement="worker",
+            resources="dapt.eval.stage:resources",
+            shared_paths=_eval_local_paths,
         ),
         StageSpec(
             "report",
@@ -372,14 +398,21 @@ class StageContext:
             )
 
 
-def _setup_log(cfg: RunConfig, name: str) -> tuple[logging.Logger, Path, logging.Handler]:
-    log_path = cfg.run_path / "logs" / f"{name}.log"
+def open_stage_log(log_path: Path, name: str) -> tuple[logging.Logger, logging.Handler]:
+    """The stage's logger with a handler appending to its log file; the driver and a stage's Ray task
+    (pipeline/placement.py) both append to the same file, so the caller removes the handler after."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     logger = logging.getLogger(f"dapt.{name}")
     logger.setLevel(logging.INFO)
     handler = logging.FileHandler(log_path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logger.addHandler(handler)
+    return logger, handler
+
+
+def _setup_log(cfg: RunConfig, name: str) -> tuple[logging.Logger, Path, logging.Handler]:
+    log_path = cfg.run_path / "logs" / f"{name}.log"
+    logger, handler = open_stage_log(log_path, name)
     return logger, log_path, handler
 
 
@@ -401,8 +434,13 @@ def run_stage(
             say(f"{name}: up to date ({final})")
             return manifest
 
+    on_worker = placement.wants_worker(cfg, spec)
+    if on_worker:
+        init_ray(cfg.ray)
     run_dir = cfg.run_path
     run_dir.mkdir(parents=True, exist_ok=True)
+    # On a multi-node cluster: fail in seconds naming a path a node cannot see, before anything is written.
+    placement.check_shared_storage(cfg, spec, parts["inputs"], spec.uses_ray or on_worker, say)
     atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
     tmp = run_dir / f".{name}.tmp"
     if tmp.exists():
@@ -429,14 +467,11 @@ def run_stage(
     t0 = time.perf_counter()
     say(f"{name}: running (log: {log_path})")
     try:
-        module_name, fn_name = spec.target.split(":")
-        result = getattr(importlib.import_module(module_name), fn_name)(ctx) or {}
-    except DaptError as e:
-        logger.error("%s", e)
-        raise
-    except BaseException:
-        logger.exception("stage %s failed", name)
-        raise
+        if on_worker:  # the task logs its own errors into the same log; the driver only what it could not
+            res = placement.task_resources(ctx, placement.cluster_view(), say)
+            outcome = placement.run_in_task(placement.stage_task(cfg, ctx, log_path), res, logger)
+        else:
+            outcome = placement.run_in_driver(ctx)
     finally:
         logger.removeHandler(handler)
         handler.close()
@@ -452,8 +487,9 @@ def run_stage(
         "seconds": round(seconds, 3),
         "versions": library_versions(),
         "git_revision": git_revision(),
+        "placement": outcome.placement.manifest(),
     }
-    for key, value in result.items():
+    for key, value in outcome.result.items():
         if key in manifest:
             raise RuntimeError(f"stage {name} returned reserved manifest key {key!r}")
         manifest[key] = value

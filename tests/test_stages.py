@@ -37,11 +37,14 @@ def setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         "clean",
         dataclasses.replace(stages.STAGES["clean"], target="stage_fixtures:count_lines"),
     )
-    monkeypatch.setitem(
+    monkeypatch.setitem(  # in the driver: the fixtures record their calls in this process (CALLS)
         stages.STAGES,
         "tokenizer",
         dataclasses.replace(
-            stages.STAGES["tokenizer"], target="stage_fixtures:read_upstream", needs=("clean",)
+            stages.STAGES["tokenizer"],
+            target="stage_fixtures:read_upstream",
+            needs=("clean",),
+            placement="driver",
         ),
     )
     stage_fixtures.CALLS.clear()

@@ -5,6 +5,10 @@ sentencepiece model backs it, for the fast encode path), ``model/`` (HF model fo
 initialised embeddings; in ``base`` mode with a local pretrained model the manifest points at the
 original folder instead of copying it). The manifest carries the fertility table, the measured domain
 token reduction, round-trip and id-equality checks, and the base-vs-extended loss check.
+
+Where it runs: the stage table places it on a worker (pipeline/placement.py): the body runs in one Ray
+task asking for :func:`resources`, so sentencepiece training and the model's load and resize use a
+cluster node's cores and memory, not the head node's.
 """
 
 from __future__ import annotations
@@ -36,6 +40,16 @@ def _local(path: str | None) -> Path | None:
     if path and Path(path).expanduser().exists():
         return Path(path).expanduser().resolve()
     return None
+
+
+def resources(ctx: StageContext, cluster: Any) -> Any:
+    """CPUs for sentencepiece's trainer threads (``tokenizer.num_threads``; None: a whole node), capped
+    by the runner at the largest node; no GPU. No memory hint: sentencepiece's peak grows with
+    ``sample_bytes`` and the vocabulary in ways not modelled here, and a guess could only mislead."""
+    from dapt.pipeline.placement import TaskResources
+
+    n = ctx.cfg.tokenizer.num_threads
+    return TaskResources(num_cpus=n or cluster.max_cpus or 1, reason=f"tokenizer.num_threads: {n}")
 
 
 def _load_base_tokenizer(ctx: StageContext) -> tuple[Any, str | None, bytes | None]:
