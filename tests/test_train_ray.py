@@ -1,95 +1,23 @@
 """The train stage end to end through the runner and real Ray Train (2 gloo workers, one fit).
 
-Upstream ``tokenizer`` and ``mix`` outputs are written here exactly as the runner leaves them
-(files, ``manifest.json`` with a fingerprint, ``_DONE``), from real tokenised text.
+Upstream ``tokenizer`` and ``mix`` outputs are written by tests/train_fixtures.py exactly as the runner
+leaves them (files, ``manifest.json`` with a fingerprint, ``_DONE``), from real tokenised text.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
-import yaml
-from conftest import make_docs
+from train_fixtures import SEQ, make_run, small_train
 
 from dapt.pipeline.config import load_config
 from dapt.pipeline.errors import InputError
 from dapt.pipeline.stages import STAGES, compute_fingerprint, run_stage
-
-SEQ = 32
-
-
-def _done(stage: Path, manifest: dict[str, Any]) -> None:
-    (stage / "manifest.json").write_text(json.dumps({"fingerprint": f"fp-{stage.name}", **manifest}))
-    (stage / "_DONE").write_text(f"fp-{stage.name}\n")
-
-
-def make_run(tmp_path: Path, model_dir: Path, train: dict[str, Any], heldout: bool = True) -> Path:
-    """A run folder with finished tokenizer and mix stages, and its config file (``heldout=False``: the
-    mix has no held-out split, so the forgetting monitor is off)."""
-    from transformers import AutoTokenizer
-
-    run = tmp_path / "run"
-    tok_stage = run / "tokenizer"
-    tok_stage.mkdir(parents=True)
-    shutil.copytree(model_dir, tok_stage / "model")
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    tok.save_pretrained(tok_stage / "tokenizer")
-    _done(
-        tok_stage,
-        {
-            "outputs": {"model": "model", "tokenizer": "tokenizer"},
-            "base_model": {"name_or_path": str(model_dir), "revision": None, "from_config": None},
-        },
-    )
-
-    mix = run / "mix"
-    (mix / "train").mkdir(parents=True)
-    eos = 2
-    stream: list[int] = []
-    for d in make_docs("domain", 40, seed=5) + make_docs("general", 40, seed=5):
-        stream += tok(d, add_special_tokens=False)["input_ids"] + [eos]
-    n = len(stream) // (SEQ + 1)
-    blocks = np.asarray(stream[: n * (SEQ + 1)], dtype=np.uint32).reshape(n, SEQ + 1)
-    np.save(mix / "train" / "tokens.npy", blocks[np.random.default_rng(0).permutation(n)])
-    for name, kind in (("fin", "domain"), ("gen", "general")) if heldout else ():
-        (mix / "heldout" / name).mkdir(parents=True)
-        for split, seed in (("validation", 7), ("test", 8)):
-            lines = [
-                json.dumps({"id": f"{name}-{i}", "source": name, "kind": kind, "text": t})
-                for i, t in enumerate(make_docs(kind, 4, seed=seed))
-            ]
-            (mix / "heldout" / name / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
-    _done(
-        mix,
-        {
-            "outputs": {"train_tokens": "train/tokens.npy", "heldout": "heldout"},
-            "seq_len": SEQ,
-            "n_blocks": n,
-            "vocab_size": len(tok),
-            "eos_id": eos,
-        },
-    )
-    cfg = {
-        "name": "t",
-        "run_dir": str(run),
-        "sources": [
-            {"name": "fin", "kind": "domain", "paths": [str(tmp_path / "fin.jsonl")]},
-            {"name": "gen", "kind": "general", "paths": [str(tmp_path / "gen.jsonl")]},
-        ],
-        "model": {"name_or_path": str(model_dir)},
-        "ray": {"num_cpus": 2, "object_store_memory_gb": 1.0},
-        "mix": {"seq_len": SEQ},
-        "train": train,
-    }
-    path = tmp_path / "run.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
 
 
 def test_blocks_that_do_not_match_the_mix_seq_len_are_an_input_error(
@@ -194,22 +122,6 @@ def test_two_worker_fit_survives_a_worker_crash_and_exports(
 NOISE = ("Failed to query Ray Train Controller actor state", "is an Enum subclass")
 
 
-def _small(**train: Any) -> dict[str, Any]:
-    """One CPU worker, tiny batches: a fit costs Ray Train's fixed start-up and little else."""
-    return {
-        "num_workers": 1,
-        "cpus_per_worker": 1,
-        "precision": "fp32",
-        "micro_batch_size": 2,
-        "global_batch_tokens": 2 * SEQ,
-        "lr": 3e-3,
-        "monitor_every": 10,
-        "monitor_max_tokens": 2000,
-        "log_every": 1,
-        **train,
-    }
-
-
 def _train(path: Path, *overrides: str, **extra: Any) -> dict[str, Any]:
     cfg = load_config(path, list(overrides))
     return run_stage(cfg, "train", echo=None, extra={"preflight": False, "progress": False, **extra})
@@ -226,7 +138,7 @@ def test_raising_max_steps_continues_from_the_last_checkpoint(
     budget out) and trains steps 21-30 only, with the new cosine schedule, saying so in log and manifest."""
     from dapt.train.resume import list_checkpoints
 
-    path = make_run(tmp_path, tiny_model_dir, _small(max_steps=20, checkpoint_every=10), heldout=False)
+    path = make_run(tmp_path, tiny_model_dir, small_train(max_steps=20, checkpoint_every=10), heldout=False)
     run = tmp_path / "run"
     first = _train(path)
     assert first["steps"] == 20 and first["resumed"] is None
@@ -264,7 +176,7 @@ def test_an_interrupted_run_resumes_after_a_log_every_change_and_an_lr_change_mo
     them silently: they are moved aside, named in the manifest, and removed only after the new run's own
     first checkpoint."""
     path = make_run(
-        tmp_path, tiny_model_dir, _small(max_steps=10, checkpoint_every=5, max_failures=0), heldout=False
+        tmp_path, tiny_model_dir, small_train(max_steps=10, checkpoint_every=5, max_failures=0), heldout=False
     )
     run = tmp_path / "run"
     with pytest.raises(Exception, match="injected failure at step 7"):

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from dapt.pipeline.knobs import CONTINUES_RUN, NOT_FINGERPRINTED
 
@@ -53,7 +53,10 @@ class TrainConfig(BaseModel):
     activation_checkpointing: bool = False
     """Recompute each transformer block's activations in backward: ~30% more compute, far less memory."""
     cpu_offload: bool = False
-    """FSDP2 CPU offload of parameters, gradients and optimizer state (GPU runs only; ignored on CPU)."""
+    """FSDP2 ``CPUOffloadPolicy``: sharded parameters, gradients and optimizer state in host memory,
+    copied to the GPU per layer. GPU runs of a sharded strategy (zero2, zero3, hybrid) with at least two
+    workers only: on CPU devices the state is in host memory already (the train stage refuses it before
+    any worker starts), DDP keeps a full replica on each GPU, and one worker trains unsharded."""
 
     # --- batch and length ----------------------------------------------------------------------------
     micro_batch_size: int = Field(default=4, ge=1, le=65536)
@@ -118,6 +121,24 @@ class TrainConfig(BaseModel):
     """Steps between rows of ``metrics.jsonl`` / TensorBoard (logging only)."""
     seed: int | None = None
     """Training seed (data order after the first epoch, RNG); default the run's top-level seed."""
+
+    @field_validator("cpu_offload")
+    @classmethod
+    def _offload_needs_sharding(cls, v: bool, info: ValidationInfo) -> bool:
+        """Refused rather than ignored: a user who asked for offload is counting on its memory saving."""
+        if not v:
+            return v
+        if info.data.get("sharding") == "ddp":
+            raise ValueError(
+                "needs a sharded strategy (train.sharding: zero2, zero3 or hybrid); ddp keeps a full "
+                "replica of the model state on every GPU, so there is nothing to offload shard by shard"
+            )
+        if info.data.get("num_workers") == 1:
+            raise ValueError(
+                "needs train.num_workers >= 2: one worker trains the model unsharded (no FSDP), so "
+                "nothing would be offloaded"
+            )
+        return v
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:

@@ -31,15 +31,27 @@ from dapt.train.data import BlockStream
 from dapt.train.export import export
 from dapt.train.flops import flops_per_token, mfu, peak_flops
 from dapt.train.logs import Writers, peak_memory, progress_bar
+from dapt.train.ranks import (
+    PlacementError,
+    attempt_record,
+    describe_self,
+    gather,
+    hybrid_shard_size,
+    layout,
+    write_attempt,
+    write_error,
+)
 from dapt.train.resume import delete_folder
 from dapt.train.schedule import decay_start
 from dapt.train.setup import (
+    build_mesh,
     build_model,
     build_optimizer,
     build_scaler,
     count_params,
     device_for,
     ensure_process_group,
+    sharding_mode,
     unwrap,
     world,
 )
@@ -66,6 +78,46 @@ def _maybe_fail(spec: TrainSpec, step: int, rank: int, n: int) -> None:
         raise InjectedFailure(f"injected failure at step {step} on rank {rank}")
 
 
+def _maybe_pause(spec: TrainSpec, step: int, rank: int) -> None:
+    """Test hook: the first attempt that reaches ``pause_at_step`` holds every rank there (up to
+    ``pause_s``) after rank 0 wrote ``pause_marker``, so a test can kill a node at a known point; a
+    restarted attempt finds the marker and does not pause again."""
+    if spec.pause_at_step is None or step != int(spec.pause_at_step) or not spec.pause_marker:
+        return
+    marker = Path(spec.pause_marker)
+    first = not marker.exists()  # every rank looks before the barrier, so all agree
+    if dist.is_initialized():
+        dist.barrier()
+    if not first:
+        return
+    if rank == 0:
+        marker.write_text(f"paused at step {step}\n")
+    deadline = time.monotonic() + float(spec.pause_s)
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
+def _placement(spec: TrainSpec, device: torch.device, rank: int, n: int) -> tuple[str, Any, list, dict]:
+    """Gather where every rank runs, decide the hybrid shard size from it, build the device mesh.
+
+    Returns (mode, mesh, ranks, layout). A placement that cannot give node-local HSDP shard groups
+    raises PlacementError; rank 0 first records it for the driver (``train.ranks``)."""
+    mode = sharding_mode(spec, n)
+    ranks = gather(describe_self(spec.under_ray))
+    shard = None
+    if mode == "hybrid":
+        try:
+            shard = hybrid_shard_size(ranks, spec.hybrid_shard_size)
+        except PlacementError as e:
+            if rank == 0:
+                write_error(spec.log_dir, str(e), ranks)
+            if dist.is_initialized():
+                dist.barrier()
+            raise
+    mesh = build_mesh(device, mode, n, shard)
+    return mode, mesh, ranks, layout(mode, n, mesh)
+
+
 def train_loop(spec: TrainSpec | Mapping[str, Any]) -> dict[str, Any]:
     """Train as ``spec`` says; resume from the newest matching checkpoint; export at the end.
 
@@ -80,6 +132,8 @@ def train_loop(spec: TrainSpec | Mapping[str, Any]) -> dict[str, Any]:
     ensure_process_group(use_gpu)
     rank, n = world()
     device = device_for(use_gpu, spec.under_ray)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # all_gather_object over nccl uses the current device
     if device.type == "cpu" and spec.cpu_threads:
         torch.set_num_threads(int(spec.cpu_threads))
     if device.type == "cuda":
@@ -87,7 +141,16 @@ def train_loop(spec: TrainSpec | Mapping[str, Any]) -> dict[str, Any]:
         torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(int(spec.seed) + rank)
 
-    model = build_model(spec, device)
+    try:
+        mode, mesh, placement, mesh_layout = _placement(spec, device, rank, n)
+    except PlacementError as e:
+        if not spec.under_ray:
+            raise
+        # Under Ray Train a raised error is a worker failure, retried max_failures times with the same
+        # placement; return instead (every rank decided the same) and let the driver raise it.
+        print(f"[dapt.train rank {rank}] refused: {e}", file=sys.stderr, flush=True)
+        return {"placement_error": str(e)}
+    model = build_model(spec, device, mesh)
     n_total, n_local = count_params(model)
     cfg = unwrap(model).config
     emb = unwrap(model).get_input_embeddings().weight.shape
@@ -101,6 +164,11 @@ def train_loop(spec: TrainSpec | Mapping[str, Any]) -> dict[str, Any]:
     ckpt_root, log_dir = Path(spec.checkpoint_dir), Path(spec.log_dir)
     trainer_state, resumed_from = resume(ckpt_root, spec.checkpoint_key, model, optimizer, scaler)
     start_step = int(trainer_state["step"])
+    if rank == 0:
+        write_attempt(log_dir, attempt_record(placement, mesh_layout, mode, start_step))
+        nodes = len({r["node_id"] or r["host"] for r in placement})
+        shape = " x ".join(f"{k} {v}" for k, v in mesh_layout["shape"].items())
+        print(f"[dapt.train] {n} rank(s) on {nodes} node(s), mesh {shape}", file=sys.stderr, flush=True)
     history = _schedule_history(spec, trainer_state, start_step)
     branch_step = _branch_step(spec)
     if rank == 0 and resumed_from is not None:
@@ -157,6 +225,7 @@ def train_loop(spec: TrainSpec | Mapping[str, Any]) -> dict[str, Any]:
 
     while step < total_steps and not early_stopped:
         _maybe_fail(spec, step, rank, n)
+        _maybe_pause(spec, step, rank)
         t0 = time.perf_counter()
         res = train_step(model, optimizer, scaler, stream, spec, step, device)
         dt = time.perf_counter() - t0

@@ -52,14 +52,6 @@ def device_for(use_gpu: bool, under_ray: bool) -> torch.device:
     return dev
 
 
-def local_world_size(under_ray: bool) -> int:
-    if under_ray:
-        import ray.train
-
-        return ray.train.get_context().get_local_world_size()
-    return int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
-
-
 def all_reduce(t: torch.Tensor, device: torch.device, op: Any = None) -> torch.Tensor:
     """Sum (or ``op``) over ranks, on the device the backend needs (nccl: CUDA); returned on CPU."""
     if not dist.is_initialized():
@@ -136,22 +128,42 @@ def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     raise ValueError(f"cannot find the transformer blocks of {type(model).__name__}")
 
 
-def _fully_shard(model: torch.nn.Module, spec: TrainSpec, device: torch.device, mode: str) -> dict:
-    """FSDP2 ``fully_shard`` per transformer block and on the root; returns the sharding kwargs."""
+def sharding_mode(spec: TrainSpec, n: int) -> str:
+    """What the run does with ``n`` ranks: ``single`` (one rank: nothing to shard across) or the
+    configured ``train.sharding``."""
+    return spec.sharding if n > 1 else "single"
+
+
+def build_mesh(device: torch.device, mode: str, n: int, shard_size: int | None = None) -> Any:
+    """The FSDP2 device mesh: 1-D ``shard`` for zero2/zero3, 2-D (``replicate``, ``shard``) for hybrid
+    with ``shard_size`` ranks per shard group (``train.ranks.hybrid_shard_size`` decides it from where
+    the ranks run); None for ddp and one rank. Row-major: shard group ``g`` is ranks
+    ``[g*S, (g+1)*S)``, which is why the placement check looks at contiguous rank ranges."""
     from torch.distributed.device_mesh import init_device_mesh
+
+    if mode == "hybrid":
+        shard = int(shard_size or n)
+        return init_device_mesh(device.type, (n // shard, shard), mesh_dim_names=("replicate", "shard"))
+    if mode in FSDP_MODES:
+        return init_device_mesh(device.type, (n,), mesh_dim_names=("shard",))
+    return None
+
+
+def _fully_shard(model: torch.nn.Module, spec: TrainSpec, device: torch.device, mode: str, mesh: Any) -> dict:
+    """FSDP2 ``fully_shard`` per transformer block and on the root; returns the sharding kwargs."""
     from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
 
-    _, n = world()
-    if mode == "hybrid":
-        shard = int(spec.hybrid_shard_size or local_world_size(spec.under_ray))
-        mesh = init_device_mesh(device.type, (n // shard, shard), mesh_dim_names=("replicate", "shard"))
-    else:
-        mesh = init_device_mesh(device.type, (n,))
     kw: dict[str, Any] = {"mesh": mesh, "reshard_after_forward": mode != "zero2"}
     dtype = DTYPES[spec.precision]
     if dtype != torch.float32:
         kw["mp_policy"] = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
-    if spec.cpu_offload and device.type == "cuda":
+    if spec.cpu_offload:
+        # On a CPU device there is nothing to offload to: the parameters, gradients and optimizer state
+        # already live in host memory, and CPUOffloadPolicy's default pinned memory raises without an
+        # accelerator. The train stage refuses that before any worker starts (train.cpu_offload); this
+        # guards loop-level callers (a spec asking for GPUs on a worker that has none).
+        if device.type != "cuda":
+            raise ValueError(f"train.cpu_offload needs CUDA devices; this worker computes on {device.type}")
         kw["offload_policy"] = CPUOffloadPolicy()
     for block in decoder_layers(model):
         fully_shard(block, **kw)
@@ -159,14 +171,15 @@ def _fully_shard(model: torch.nn.Module, spec: TrainSpec, device: torch.device, 
     return kw
 
 
-def build_model(spec: TrainSpec, device: torch.device) -> torch.nn.Module:
-    """Build, shard and load the model as ``spec.sharding`` says (see the module docstring)."""
+def build_model(spec: TrainSpec, device: torch.device, mesh: Any = None) -> torch.nn.Module:
+    """Build, shard (on ``mesh``, from :func:`build_mesh`) and load the model as ``spec.sharding``
+    says (see the module docstring)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
     from transformers import AutoModelForCausalLM
 
     rank, n = world()
     config = load_model_config(spec)
-    mode = spec.sharding if n > 1 else "single"
+    mode = sharding_mode(spec, n)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     if spec.activation_checkpointing:
@@ -174,7 +187,9 @@ def build_model(spec: TrainSpec, device: torch.device) -> torch.nn.Module:
     model.config.use_cache = False
 
     if mode in FSDP_MODES:
-        kw = _fully_shard(model, spec, device, mode)
+        if mesh is None:
+            mesh = build_mesh(device, mode, n)
+        kw = _fully_shard(model, spec, device, mode, mesh)
         model.to_empty(device="cpu" if kw.get("offload_policy") else device)
         reinit_rotary(model, device)
         full = _full_state_dict_rank0(spec, config) if rank == 0 else {}

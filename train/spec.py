@@ -119,6 +119,12 @@ class TrainSpec:
     fail_at_step: int | None = None
     """The last rank raises at this step (once, when ``fail_marker`` is given)."""
     fail_marker: str | None = None
+    pause_at_step: int | None = None
+    """Every rank holds at this step (once, when ``pause_marker`` is given) so a test can kill a node
+    at a known point of the run; rank 0 writes the marker when the pause starts."""
+    pause_marker: str | None = None
+    pause_s: float = 300.0
+    """Longest pause: the worker group is normally torn down long before (a killed node's rank dies)."""
 
     def __post_init__(self) -> None:
         if self.model_path is None and self.model_config is None:

@@ -20,14 +20,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dapt.pipeline.errors import InputError
+from dapt.pipeline.errors import ConfigError, InputError
 from dapt.pipeline.fsutil import has_tokenizer_files, resolve_output
 from dapt.pipeline.stages import StageContext
 from dapt.train.config import TrainConfig
+from dapt.train.ranks import PLACEMENT_FILE, read_placement
 from dapt.train.schedule import warmup_steps
 from dapt.train.spec import TrainSpec
 
-TEST_HOOKS = ("fail_at_step", "fail_marker", "progress")
+TEST_HOOKS = ("fail_at_step", "fail_marker", "pause_at_step", "pause_marker", "progress")
 """``ctx.extra`` keys passed through to the spec (fault injection and quiet runs in tests)."""
 
 
@@ -230,6 +231,22 @@ def _preflight(ctx: StageContext, spec: TrainSpec, facts: dict[str, Any]) -> dic
     )
 
 
+def _refuse_cpu_offload(tc: TrainConfig, use_gpu: bool) -> None:
+    """``train.cpu_offload`` on CPU workers is a ConfigError, before any worker starts.
+
+    Why not ignore it: on a CPU device the parameters, gradients and optimizer state already live in
+    host memory, so FSDP2's CPUOffloadPolicy has nothing to move (checked: with ``pin_memory=False`` it
+    is a no-op, with its default ``pin_memory=True`` it raises "Cannot access accelerator device");
+    a user who asked for it is counting on a memory saving that a GPU run would give and this one not."""
+    if tc.cpu_offload and not use_gpu:
+        why = "train.use_gpu: false" if tc.use_gpu is False else "the Ray cluster has no GPU"
+        raise ConfigError(
+            f"train.cpu_offload: this run computes on CPUs ({why}), where parameters, gradients and "
+            "optimizer state already live in host memory; FSDP2 CPU offload is for GPU runs only: "
+            "remove train.cpu_offload"
+        )
+
+
 def _detect_gpu(tc: TrainConfig) -> bool:
     if tc.use_gpu is not None:
         return tc.use_gpu
@@ -255,7 +272,14 @@ def launch(
         train_loop_config={"spec": spec.replace(under_ray=True)},
         torch_config=TorchConfig(backend="nccl" if spec.use_gpu else "gloo"),
         scaling_config=ScalingConfig(
-            num_workers=int(num_workers), use_gpu=spec.use_gpu, resources_per_worker=resources
+            num_workers=int(num_workers),
+            use_gpu=spec.use_gpu,
+            resources_per_worker=resources,
+            # PACK (Ray's default, named here because hybrid relies on it): fill a node before the next,
+            # so with a worker's share sized to 1/k of a node (one GPU of k, or cpus_per_worker) each
+            # node holds k workers and HSDP shard groups stay node-local. SPREAD would scatter a shard
+            # group over nodes; STRICT_SPREAD allows one worker per node. train.ranks checks the result.
+            placement_strategy="PACK",
         ),
         run_config=RunConfig(
             name=f"train-{int(time.time() * 1000)}",
@@ -326,6 +350,30 @@ def _prepare_checkpoints(ctx: StageContext, spec: TrainSpec) -> tuple[TrainSpec,
     return spec.replace(**changes), prep
 
 
+def _check_shared_storage(ctx: StageContext, spec: TrainSpec) -> None:
+    """On a cluster of several nodes, fail before training when a node cannot see the model it loads.
+
+    Why: every rank reads the model and tokenizer folders, and a restarted worker group may resume on a
+    replacement node; on a node-local disk that fails only after work was done. ``run_dir`` (checkpoints,
+    packed blocks, logs) is probed by the runner before any Ray stage (pipeline/placement.py), so only
+    folders outside it are probed here: a local base model that the tokenizer manifest points at."""
+    import ray
+
+    if len([n for n in ray.nodes() if n.get("Alive")]) < 2:
+        return
+    from dapt.pipeline.cluster import check_shared_paths
+
+    run = ctx.run_dir.resolve()
+    paths = [
+        p
+        for p in dict.fromkeys((spec.model_path, spec.tokenizer_path))
+        if p and Path(p).exists() and not Path(p).resolve().is_relative_to(run)
+    ]
+    if paths:
+        check_shared_paths(paths)
+        ctx.log.info("shared storage: every node sees %s", ", ".join(map(str, paths)))
+
+
 def _copy_logs(log_dir: Path, out_dir: Path) -> None:
     for name in ("metrics.jsonl", "monitor.jsonl"):
         src = log_dir / name
@@ -346,17 +394,21 @@ def run(ctx: StageContext) -> dict[str, Any]:
     tc = ctx.cfg.train
     spec, facts = build_spec(ctx)
 
+    if tc.use_gpu is False:
+        _refuse_cpu_offload(tc, False)  # before Ray starts: nothing to detect
     init_ray(ctx.cfg.ray)
     spec = spec.replace(use_gpu=_detect_gpu(tc))
-    if tc.cpu_offload and not spec.use_gpu:
-        ctx.log.warning("train.cpu_offload is ignored without GPUs")
+    _refuse_cpu_offload(tc, spec.use_gpu)
     plan = _preflight(ctx, spec, facts)
     mon = _monitor_windows(ctx, spec, facts)
     if mon is not None:
         spec = spec.replace(monitor_path=mon["path"])
+    _check_shared_storage(ctx, spec)
     spec, prep = _prepare_checkpoints(ctx, spec)
     summary_file = Path(spec.log_dir) / "summary.json"
     summary_file.unlink(missing_ok=True)
+    placement_file = Path(spec.log_dir) / PLACEMENT_FILE
+    placement_file.unlink(missing_ok=True)  # this command's attempts only
 
     ctx.log.info(
         "training %d steps x %d tokens on %d %s worker(s), %s, %s",
@@ -368,6 +420,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         tc.precision,
     )
     launch(spec, tc.num_workers, ctx.work_dir / "ray", tc.max_failures, tc.cpus_per_worker)
+    placement = read_placement(placement_file)
     if not summary_file.exists():
         raise RuntimeError(f"training finished without a summary ({summary_file})")
     summary = json.loads(summary_file.read_text())
@@ -397,6 +450,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "peak_memory_bytes": summary["peak_memory_bytes"],
         "device": summary["device"],
         "num_workers": tc.num_workers,
+        "mesh": placement["mesh"],
+        "ranks": placement["ranks"],
+        "attempts": placement["attempts"],
         "sharding": tc.sharding,
         "effective_sharding": tc.sharding if tc.num_workers > 1 else "none (one worker: unsharded model)",
         "precision": tc.precision,

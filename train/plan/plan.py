@@ -197,7 +197,8 @@ def alternatives(arch: dict[str, Any], knobs: dict[str, Any], gpus_per_node: int
                         change["activation_checkpointing"] = ckpt
                     try_(change, "cheapest strategy that fits, at its largest micro-batch")
                     done = True
-    if not knobs["cpu_offload"]:
+    # Offload needs FSDP, which one worker does not use (train.cpu_offload refuses num_workers 1).
+    if not knobs["cpu_offload"] and knobs["world_size"] > 1:
         try_(
             {"sharding": "zero3", "activation_checkpointing": True, "cpu_offload": True},
             "keep sharded states in host RAM (needs the host memory; slower steps)",
