@@ -175,6 +175,29 @@ def test_submit_a_stage_to_the_two_node_cluster(cluster, work: Path) -> None:
     assert (session / "runtime_resources_node1").is_dir()  # the worker node's own runtime-env folder
 
 
+@pytest.mark.slow
+def test_submit_the_tiny_run_to_two_nodes(cluster, work: Path) -> None:
+    """The whole pipeline of configs/tiny.yaml submitted to the 2-node cluster (1 CPU each), with HSDP:
+    the train ranks sit on the two nodes, and the tokenizer's and eval's bodies ran in Ray tasks on the
+    cluster, not in the job's driver."""
+    run = work / "run"
+    args = ("submit", "--address", cluster["dashboard"], "--config", "configs/tiny.yaml", "run",
+            f"run_dir={run}", "train.sharding=hybrid")  # fmt: skip
+    r = dapt_cli(*args, env=cluster["env"], cwd=ROOT, timeout=600)
+    assert r.returncode == 0, _quiet(r.stdout + r.stderr)
+    nodes = {n["node_id"] for n in cluster["state"]["nodes"]}
+    train = json.loads((run / "train" / "manifest.json").read_text())
+    assert train["mesh"] == {"replicate": 2, "shard": 1}
+    assert {x["node_id"] for x in train["ranks"]} == nodes  # one rank on each node
+    assert [x["mesh"] for x in train["ranks"]] == [{"replicate": 0, "shard": 0}, {"replicate": 1, "shard": 0}]
+    for stage in ("tokenizer", "eval"):
+        where = json.loads((run / stage / "manifest.json").read_text())["placement"]
+        assert where["where"] == "ray_task" and where["node_id"] in nodes, where
+        assert where["pid"] != where["driver_pid"], where
+    assert json.loads((run / "clean" / "manifest.json").read_text())["placement"]["where"] == "driver"
+    assert (run / "publish" / "_DONE").exists()
+
+
 # A third node whose processes live in their own mount namespace, with an empty tmpfs over one folder:
 # the nearest thing on one machine to a node with its own local disk.
 JOIN = JOIN_NODE
