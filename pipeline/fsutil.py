@@ -91,13 +91,24 @@ def resolve_output(stage_folder: str | os.PathLike, p: str | None) -> Path | Non
 
 
 def link_or_copy(src: str | os.PathLike, dst: str | os.PathLike) -> None:
-    """Hard-link ``src`` to ``dst`` (no second copy of a multi-GB weight file), copying across devices."""
+    """Hard-link ``src`` to ``dst`` (no second copy of a multi-GB weight file), copying across devices.
+
+    Through a temporary name and ``os.replace``: ``dst`` appears whole or not at all, and a retried
+    attempt replaces what an earlier one left (a Ray task killed after it linked its file used to fail
+    on retry: ``os.link`` raised FileExistsError and the copy fallback SameFileError)."""
     import shutil
 
+    dst = Path(dst)
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
     try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copy2(src, tmp)
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.txt")

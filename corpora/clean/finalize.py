@@ -9,8 +9,6 @@ dedup, on every shard, also on a resumed run where phase A reused all of them.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -21,6 +19,7 @@ import pyarrow.parquet as pq
 
 from dapt.corpora.clean.readers import ShardSpec
 from dapt.corpora.clean.schema import KEPT_SCHEMA, REJECTED_SCHEMA, SHARD_BITS, decisions_path, shard_dir
+from dapt.pipeline.fsutil import link_or_copy
 
 
 def dup_reasons(status: np.ndarray, keeper_source: np.ndarray, source: str) -> list[str]:
@@ -129,10 +128,7 @@ def finalize_shard(
         dup_w.close()
     rej_src = sd / "rejected.parquet"
     rej_dst = rd / f"part-{spec.shard:06d}.parquet"
-    try:
-        os.link(rej_src, rej_dst)
-    except OSError:
-        shutil.copyfile(rej_src, rej_dst)
+    link_or_copy(rej_src, rej_dst)  # replaces what a killed earlier attempt of this task linked
     rej_counts.update(pq.read_table(rej_src, columns=["reason"]).column("reason").to_pylist())
     return {
         "shard": spec.shard,
