@@ -139,8 +139,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     print(f"run {cfg.name}: {cfg.run_path}")
+    memo: dict[str, str] = {}  # each stage's status once (main's input_facts: each input listed once)
     for name in STAGE_ORDER:
-        print(f"  {name:<10} {stage_status(cfg, name):<8} {stage_dir(cfg, name)}")
+        print(f"  {name:<10} {stage_status(cfg, name, memo):<8} {stage_dir(cfg, name)}")
     return 0
 
 
@@ -169,6 +170,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 def main(argv: list[str] | None = None) -> int:
     from dapt.pipeline import quiet
+    from dapt.pipeline.fsutil import input_facts
     from dapt.pipeline.ray_runtime import reap_orphans
 
     quiet.install()  # before any stage imports transformers (and through it torchao)
@@ -176,11 +178,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        if getattr(args, "_external", None):
-            if getattr(args, "_import_error", None):
-                raise DaptError(f"`dapt {args.command}` is unavailable: {args._import_error}")
-            return int(importlib.import_module(args._external).main(args) or 0)
-        return COMMANDS[args.command](args)
+        # One command, one view of the inputs: each source glob listed and each input file stat-ed once
+        # (pipeline/fsutil.py, input_facts), and afresh by the next command even in the same process.
+        with input_facts():
+            if getattr(args, "_external", None):
+                if getattr(args, "_import_error", None):
+                    raise DaptError(f"`dapt {args.command}` is unavailable: {args._import_error}")
+                return int(importlib.import_module(args._external).main(args) or 0)
+            return COMMANDS[args.command](args)
     except DaptError as e:
         print(f"dapt: error: {e}", file=sys.stderr)
         return e.exit_code

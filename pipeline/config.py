@@ -23,6 +23,7 @@ from dapt.corpora.split.config import SplitConfig
 from dapt.eval.config import EvalConfig
 from dapt.eval.report.config import ReportConfig
 from dapt.pipeline.errors import ConfigError, InputError
+from dapt.pipeline.fsutil import cached_listing, is_input_file
 from dapt.pipeline.knobs import NOT_FINGERPRINTED
 from dapt.tokenizer.config import TokenizerConfig
 from dapt.train.config import TrainConfig
@@ -122,14 +123,21 @@ class SourceConfig(StrictModel):
 
 
 def expand_pattern(pattern: str) -> list[str]:
-    """Files matching one local glob (``~`` expanded, ``**`` recursive) or one object-storage URI glob."""
+    """Files matching one local glob (``~`` expanded, ``**`` recursive) or one object-storage URI glob.
+
+    Listed once per command (``fsutil.input_facts``: the config check, every fingerprint and the clean
+    stage's plan share the listing; a bucket listing is paged network calls), afresh outside one."""
+    return cached_listing(("glob", pattern), lambda: _expand_pattern(pattern))
+
+
+def _expand_pattern(pattern: str) -> list[str]:
     from dapt.pipeline import remote
 
     if remote.is_remote(pattern):
         return remote.expand(pattern)
     if remote.scheme(pattern):
         raise InputError(f"{pattern}: URI scheme not supported (supported: {', '.join(remote.SCHEMES)})")
-    return [p for p in glob.glob(os.path.expanduser(pattern), recursive=True) if os.path.isfile(p)]
+    return [p for p in glob.glob(os.path.expanduser(pattern), recursive=True) if is_input_file(p)]
 
 
 class FromConfigModel(StrictModel):

@@ -5,8 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,19 +46,127 @@ def stable_hash(obj: Any) -> str:
     return hashlib.sha256(blob).hexdigest()
 
 
+@dataclass
+class InputFacts:
+    """What one command learned about its input files: glob listings and per-file fingerprints.
+
+    Why: ``dapt status`` computes every stage's fingerprint, each stage's status also checks its
+    upstreams', and a ``dapt clean`` lists the sources three times (config check, fingerprint, the
+    stage's own plan). With tens of thousands of source files, or a bucket listing that is one network
+    round-trip per page, each repeat costs a full glob plus a stat (and a read, for small files) of every
+    file. Within one command the answer cannot usefully change, so it is asked once.
+    """
+
+    listings: dict[tuple[Any, ...], list[str]] = field(default_factory=dict)
+    stats: dict[tuple[str, str], os.stat_result | None] = field(default_factory=dict)
+    fingerprints: dict[tuple[Any, ...], dict[str, Any]] = field(default_factory=dict)
+
+    def forget(self) -> None:
+        """Drop every fact: called after a stage body ran (it may have taken hours, the user may have
+        edited an input meanwhile, and it wrote files), so the next stage sees the file system as it
+        is now."""
+        self.listings.clear()
+        self.stats.clear()
+        self.fingerprints.clear()
+
+
+_FACTS: ContextVar[InputFacts | None] = ContextVar("dapt_input_facts", default=None)
+
+
+@contextmanager
+def input_facts() -> Iterator[InputFacts]:
+    """Cache input listings and fingerprints for the duration of one command (the CLI enters it around
+    each command, ``run_pipeline`` around its stages). Re-entrant: an inner entry shares the outer facts.
+
+    Outside it nothing is cached, so library callers and long-lived processes (a test session, a
+    notebook) always see the file system as it is: a source changed between two commands is seen by
+    the second. Inside it, a fact is never older than the start of the command or the end of the last
+    stage body the runner ran (``run_stage`` calls ``forget_input_facts`` then), so files a stage
+    writes under ``run_dir`` are never judged by a listing taken before it wrote them. A ContextVar,
+    not a global: threads a stage starts see no scope and simply do not cache."""
+    outer = _FACTS.get()
+    if outer is not None:
+        yield outer
+        return
+    facts = InputFacts()
+    token = _FACTS.set(facts)
+    try:
+        yield facts
+    finally:
+        _FACTS.reset(token)
+
+
+def forget_input_facts() -> None:
+    """Invalidate the current command's cached facts (no-op outside ``input_facts``)."""
+    facts = _FACTS.get()
+    if facts is not None:
+        facts.forget()
+
+
+def cached_listing(key: tuple[Any, ...], compute: Callable[[], list[str]]) -> list[str]:
+    """``compute()`` once per command for ``key`` (a copy is returned: callers may mutate it). The key
+    must name everything the listing depends on; relative paths depend on the working folder, so it is
+    added here."""
+    facts = _FACTS.get()
+    if facts is None:
+        return compute()
+    full = (os.getcwd(), *key)
+    hit = facts.listings.get(full)
+    if hit is None:
+        hit = facts.listings[full] = list(compute())
+    return list(hit)
+
+
+def input_stat(path: str | os.PathLike) -> os.stat_result | None:
+    """``os.stat`` of a local input file (symlinks followed), None if it does not exist; once per
+    command inside ``input_facts``, so a glob's "is it a file" check and the file's fingerprint share
+    one system call."""
+    facts = _FACTS.get()
+    key = (os.getcwd(), str(path))
+    if facts is not None and key in facts.stats:
+        return facts.stats[key]
+    try:
+        st: os.stat_result | None = os.stat(path)
+    except (OSError, ValueError):  # what os.path.isfile treats as "not a file"
+        st = None
+    if facts is not None:
+        facts.stats[key] = st
+    return st
+
+
+def is_input_file(path: str | os.PathLike) -> bool:
+    """``os.path.isfile`` through ``input_stat``."""
+    st = input_stat(path)
+    return st is not None and stat.S_ISREG(st.st_mode)
+
+
 def file_fingerprint(path: str | os.PathLike, content_limit: int = 1 << 20) -> dict[str, Any]:
     """Path, size and mtime; plus a content hash for small files (cheap, and survives `touch`).
 
     Large corpora are fingerprinted by size+mtime only: hashing terabytes on every `dapt status` is
-    not acceptable, and a changed file almost always changes one of the two.
+    not acceptable, and a changed file almost always changes one of the two. Inside ``input_facts``
+    each file is stat-ed (and read, if small) once per command.
     """
+    facts = _FACTS.get()
+    if facts is None:
+        return _file_fingerprint(path, content_limit)
+    key = (os.getcwd(), str(path), content_limit)
+    hit = facts.fingerprints.get(key)
+    if hit is None:
+        hit = facts.fingerprints[key] = _file_fingerprint(path, content_limit)
+    return dict(hit)
+
+
+def _file_fingerprint(path: str | os.PathLike, content_limit: int) -> dict[str, Any]:
     from dapt.pipeline import remote
 
     if remote.is_remote(str(path)):  # object storage: size and mtime, never a download
         size, mtime_ns = remote.stat(str(path))
         return {"path": str(path), "size": size, "mtime_ns": mtime_ns}
     p = Path(path)
-    st = p.stat()
+    st = input_stat(path)  # keyed by the path as listed (Path() would drop a leading ./)
+    if st is None:
+        st = p.stat()  # raises the error (FileNotFoundError...) a bad input has always raised
     fp: dict[str, Any] = {"path": str(p), "size": st.st_size}
     if st.st_size <= content_limit:
         fp["sha256"] = hashlib.sha256(p.read_bytes()).hexdigest()

@@ -33,54 +33,24 @@ from dapt.pipeline.fsutil import (
     atomic_write_json,
     atomic_write_text,
     files_fingerprint,
+    forget_input_facts,
+    input_facts,
     read_json,
     resolve_output,
     stable_hash,
+)
+from dapt.pipeline.inputs import (
+    decontamination_task_files,
+    eval_local_paths,
+    eval_task_files,
+    model_files,
+    source_files,
 )
 from dapt.pipeline.knobs import fingerprint_view, state_view
 from dapt.pipeline.ray_runtime import init_ray
 
 DONE_MARKER = "_DONE"
 MANIFEST = "manifest.json"
-
-
-def _source_files(cfg: RunConfig) -> list[str]:
-    return [f for s in cfg.sources for f in s.files()]
-
-
-def _folder_files(p: str | None) -> list[Path]:
-    return sorted(f for f in Path(p).rglob("*") if f.is_file()) if p and Path(p).is_dir() else []
-
-
-def _model_files(cfg: RunConfig) -> list[Path]:
-    """A local base model's files (so replacing the weights reruns the tokenizer stage)."""
-    return _folder_files(cfg.model.name_or_path)
-
-
-def _decontamination_task_files(cfg: RunConfig) -> list[Path]:
-    """The data of the tasks the mix decontaminates against: rebuilt tasks change the mix."""
-    return _task_files(cfg.mix.decontamination.task_dirs or [])
-
-
-def _eval_task_files(cfg: RunConfig) -> list[Path]:
-    """The data of the tasks eval scores: rebuilt tasks change the results."""
-    return _task_files(cfg.eval.task_dirs)
-
-
-def _eval_local_paths(cfg: RunConfig) -> list[Path]:
-    """What eval reads outside ``run_dir``: its task files and an ``eval.base_model`` folder."""
-    return _eval_task_files(cfg) + _folder_files(cfg.eval.base_model)
-
-
-def _task_files(dirs: list[str]) -> list[Path]:
-    files: list[Path] = []
-    for d in dirs:
-        root = Path(d)
-        if root.is_dir():
-            files.extend(
-                f for f in root.rglob("*") if f.is_file() and f.suffix in {".jsonl", ".json", ".yaml", ".yml"}
-            )
-    return sorted(files)
 
 
 @dataclass(frozen=True)
@@ -123,7 +93,7 @@ STAGES: dict[str, StageSpec] = {
             "dapt.corpora.clean.stage:run",
             (),
             ("sources", "clean"),
-            _source_files,
+            source_files,
             "read, normalise, filter, redact PII and deduplicate the sources",
             ignore=("sources.*.weight",),
             uses_ray=True,
@@ -142,7 +112,7 @@ STAGES: dict[str, StageSpec] = {
             "dapt.tokenizer.stage:run",
             ("clean", "split"),
             ("model", "tokenizer", "sources", "seed"),
-            _model_files,
+            model_files,
             "train, extend or keep the tokenizer; resize and initialise the model's embeddings",
             placement="worker",
             resources="dapt.tokenizer.stage:resources",
@@ -152,7 +122,7 @@ STAGES: dict[str, StageSpec] = {
             "dapt.corpora.mix.stage:run",
             ("clean", "split", "tokenizer"),
             ("mix", "sources", "seed"),
-            _decontamination_task_files,
+            decontamination_task_files,
             "decontamination, token-exact domain/general mixing, packing",
             uses_ray=True,
         ),
@@ -170,11 +140,11 @@ STAGES: dict[str, StageSpec] = {
             "dapt.eval.stage:run",
             ("tokenizer", "split", "mix", "train"),
             ("eval", "seed"),
-            _eval_task_files,
+            eval_task_files,
             "bits-per-byte and lm-eval benchmarks, base vs adapted, quantized variants",
             placement="worker",
             resources="dapt.eval.stage:resources",
-            shared_paths=_eval_local_paths,
+            shared_paths=eval_local_paths,
         ),
         StageSpec(
             "report",
@@ -253,15 +223,26 @@ def compute_state_key(cfg: RunConfig, spec: StageSpec, parts: dict[str, Any]) ->
     return stable_hash({**parts, "config": _config_view(cfg, spec, for_state=True), "kind": "state"})
 
 
-def stage_status(cfg: RunConfig, name: str) -> str:
-    """``done`` (output matches config and inputs), ``stale`` (output exists but does not), ``missing``."""
+def stage_status(cfg: RunConfig, name: str, memo: dict[str, str] | None = None) -> str:
+    """``done`` (output matches config and inputs), ``stale`` (output exists but does not), ``missing``.
+
+    A stage is done only if its upstreams are, so the question recurses; ``memo`` (one dict per
+    ``dapt status``, filled here) answers each stage once instead of once per path through the stage
+    graph (publish alone reached clean 33 times). Reuse a memo only while nothing is written."""
+    memo = {} if memo is None else memo
+    if name not in memo:
+        memo[name] = _stage_status(cfg, name, memo)
+    return memo[name]
+
+
+def _stage_status(cfg: RunConfig, name: str, memo: dict[str, str]) -> str:
     if not is_done(cfg, name):
         return "missing"
     try:
         fp, _ = compute_fingerprint(cfg, STAGES[name])
     except StageMissingError:
         return "stale"
-    if any(stage_status(cfg, u) != "done" for u in STAGES[name].needs):
+    if any(stage_status(cfg, u, memo) != "done" for u in STAGES[name].needs):
         return "stale"
     return "done" if read_json(stage_dir(cfg, name) / MANIFEST).get("fingerprint") == fp else "stale"
 
@@ -475,6 +456,7 @@ def run_stage(
     finally:
         logger.removeHandler(handler)
         handler.close()
+        forget_input_facts()  # the body wrote under run_dir and took its time: later stages look afresh
     seconds = time.perf_counter() - t0
 
     manifest: dict[str, Any] = {
@@ -515,5 +497,8 @@ def run_pipeline(
     force: bool = False,
     echo: Callable[[str], None] | None = print,
 ) -> None:
-    for name in stages or STAGE_ORDER:
-        run_stage(cfg, name, force=force, echo=echo)
+    """Run the stages in order; input listings and fingerprints are taken once (``fsutil.input_facts``)
+    and again after each stage that ran."""
+    with input_facts():
+        for name in stages or STAGE_ORDER:
+            run_stage(cfg, name, force=force, echo=echo)
