@@ -97,7 +97,7 @@ def plan_shards(cfg: Any) -> Plan:
         for f in files:
             path = str(f)
             try:
-                ranges = plan_file(path, src.format, shard_bytes)
+                ranges = plan_file(path, src.format, shard_bytes, src.txt_mode)
                 rows0 = None
                 if src.format == "parquet":
                     _check_columns(path, parquet_columns(path), src, si)

@@ -1,7 +1,10 @@
 """Streaming readers for JSONL (.gz/.zst), Parquet and plain text, split into shards.
 
 A *shard* is the unit of parallel work and of resumption: one file, or one byte range of a large
-uncompressed JSONL file, or a run of Parquet row groups. Shards are numbered in a fixed order
+uncompressed JSONL or ``txt_mode: blocks`` file, or a run of whole frames of a multi-frame
+``.jsonl.zst``, or a run of Parquet row groups. A range owns the records that start in it (for text
+blocks: whose first line does), so however a file is split, its records, their line numbers (and so
+their ids, ``doc_id``) and their order are those of reading it whole. Shards are numbered in a fixed order
 (``plan``: sources in dedup-preference order, sorted files, ranges in file order), and a document's
 ``rank`` is ``shard << 32 | position in shard``: the deterministic tie-break every dedup decision uses.
 Opening files and decompressing them is ``files``' job.
@@ -35,11 +38,14 @@ from dapt.corpora.clean.files import (  # re-exported: the readers' public surfa
     one_line,
     open_binary,
     open_raw,
+    open_zstd_range,
     parquet_columns,
     parquet_file,
     read_whole,
     stream_error,
     where_in_stream,
+    zstd_before,
+    zstd_groups,
 )
 from dapt.pipeline.errors import InputError
 
@@ -158,30 +164,75 @@ def _meta(obj: dict, field: str | None) -> str | None:
     return None if v is None else str(v)
 
 
-def _iter_lines(spec: ShardSpec) -> Iterator[tuple[int, bytes]]:
-    """(line number, raw line without the newline) for the lines this shard owns.
+def _lines(spec: ShardSpec, peek: bool = False) -> Iterator[tuple[int, int, bytes, bool]]:
+    """(line number, byte offset, raw line without the newline, past_end) from the first line that
+    starts in the shard to the end of the file; ``past_end`` marks a line that starts after the shard's
+    data (the next shard owns it). The caller stops where its rule says: JSONL at the first line past
+    the end, text blocks once the block in progress is finished. Without ``peek`` the first line past
+    the end is not read at all (JSONL: a record never needs the line after it).
 
-    Every line yielded is complete: a stream that breaks off raises BadFileError naming the line that
-    was being read and its byte offset, and the partial line is not yielded."""
+    Offsets are in the file, or in the decompressed data of a compressed one (from the first frame of a
+    zstd shard when a frame before it does not declare its size). Every line yielded is complete: a
+    stream that breaks off raises BadFileError naming the line being read and its byte offset, and
+    the partial line is not yielded."""
     pos = 0
+    base = 0
     line = spec.line0
+    zst_range = compression(spec.path) == "zst" and (spec.start > 0 or spec.end >= 0)
+    frames = None
+    known: int | None = 0
     try:
-        with open_binary(spec.path) as f:
-            if spec.start > 0:
+        if zst_range:
+            last, known = zstd_before(spec.path, spec.start) if spec.start > 0 else (b"", 0)
+            base = known or 0
+            f, frames = open_zstd_range(spec.path, spec.start, spec.end)
+        else:
+            f = open_binary(spec.path)
+        with f:
+            end = spec.end
+            if zst_range:
+                end = -1  # learnt from ``frames.stop_pos`` once decompression reaches the next shard
+                if last not in (b"", b"\n"):  # the frames before ended mid-line: skip its tail
+                    skipped = f.readline()
+                    pos = len(skipped)
+                    if skipped:
+                        line += 1
+            elif spec.start > 0:
                 f.seek(spec.start - 1)
                 skipped = f.readline()  # the tail of a line owned by the previous range (or just b"\n")
                 pos = spec.start - 1 + len(skipped)
                 if len(skipped) > 1:
                     line += 1  # the skipped tail's newline lies at or after ``start``: not counted in line0
-            end = spec.end
-            for raw in f:
-                if end >= 0 and pos >= end:
-                    break
+            while True:
+                if frames is not None and frames.stop_pos is not None:
+                    end = frames.stop_pos
+                past = end >= 0 and pos >= end
+                if past and not peek:
+                    return  # not even read: in a zstd file the next shard's frame is not decoded
+                raw = f.readline()
+                if not raw:
+                    return
+                if frames is not None and frames.stop_pos is not None:  # reading may have reached it
+                    end = frames.stop_pos
+                    past = pos >= end
+                    if past and not peek:
+                        return
+                start = pos
                 pos += len(raw)
-                yield line, raw.rstrip(b"\r\n")
+                yield line, base + start, raw.rstrip(b"\r\n"), past
                 line += 1
     except READ_ERRORS as e:
-        raise stream_error(spec.path, where_in_stream(spec.path, line, pos), e) from None
+        if zst_range and known is None:
+            where = f"line {line} (decompressed byte {pos} from the frame at compressed byte {spec.start})"
+        else:
+            where = where_in_stream(spec.path, line, base + pos)
+        raise stream_error(spec.path, where, e) from None
+
+
+def _iter_lines(spec: ShardSpec) -> Iterator[tuple[int, bytes]]:
+    """(line number, raw line) for the lines this shard owns: those that start in it."""
+    for line, _, raw, _ in _lines(spec):
+        yield line, raw
 
 
 def read_jsonl(spec: ShardSpec, stats: FieldStats | None = None) -> Iterator[Record]:
@@ -237,6 +288,10 @@ def _count_fields(stats: FieldStats, obj: dict, spec: ShardSpec) -> None:
 
 
 def read_txt(spec: ShardSpec) -> Iterator[Record]:
+    """``txt_mode: file``: the whole file is one document, so it is read whole (the document is the
+    unit every step works on). ``blocks``: one document per blank-line-separated block, streamed; a
+    byte-range shard owns the blocks whose first line starts in it, finishing its last one past its
+    end, so a split file yields exactly the documents (same first lines, same text) of a whole read."""
     if spec.txt_mode == "file":
         raw = read_whole(spec.path)
         try:
@@ -248,17 +303,56 @@ def read_txt(spec: ShardSpec) -> Iterator[Record]:
         return
     block: list[bytes] = []
     first = 0
-    for line, raw in _iter_lines(spec):
-        if raw.strip():
-            if not block:
-                first = line
-            block.append(raw)
+    # a range that starts inside a block (the line before its first line is not blank) leaves it to
+    # the range the block started in, and begins with the next block
+    skipping = spec.start > 0 and not _prev_line_blank(spec)
+    for line, _, raw, past in _lines(spec, peek=True):
+        blank = not raw.strip()
+        if skipping:
+            if past:
+                return  # the whole range lies inside an earlier range's block
+            skipping = not blank
             continue
-        if block:
-            yield _block(first, block)
-            block = []
+        if blank:
+            if block:
+                yield _block(first, block)
+                block = []
+            if past:
+                return
+            continue
+        if not block:
+            if past:
+                return  # this block starts in the next range
+            first = line
+        block.append(raw)
     if block:
         yield _block(first, block)
+
+
+def _prev_line_blank(spec: ShardSpec) -> bool:
+    """Whether the line before the first line that starts at or after ``spec.start`` (an uncompressed
+    file) is blank, i.e. whether that first line can start a block. Reads backwards from ``start``
+    only as far as the previous line's first non-whitespace byte or its start."""
+    try:
+        with open_raw(spec.path) as f:
+            f.seek(spec.start - 1)
+            tail = f.readline()  # from start - 1 to the end of the line it is in
+            if tail.rstrip(b"\r\n").strip():
+                return False
+            pos = spec.start - 1  # bytes before ``pos`` belong to the same line until a newline
+            while pos > 0:
+                step = min(pos, 4096)
+                f.seek(pos - step)
+                chunk = f.read(step)
+                nl = chunk.rfind(b"\n")
+                if chunk[nl + 1 :].strip():
+                    return False
+                if nl >= 0:
+                    return True
+                pos -= step
+            return True
+    except READ_ERRORS as e:
+        raise stream_error(spec.path, f"byte {spec.start}", e) from None
 
 
 def _block(first: int, lines: list[bytes]) -> Record:
@@ -334,11 +428,20 @@ def read_shard(spec: ShardSpec, stats: FieldStats | None = None) -> Iterator[Rec
     raise InputError(f"{spec.path}: unknown format {spec.fmt!r}")
 
 
-def plan_file(path: str, fmt: str, shard_bytes: int) -> list[tuple[int, int]]:
-    """How to split one file into shards: byte ranges (JSONL), row-group runs (Parquet) or whole."""
+def plan_file(path: str, fmt: str, shard_bytes: int, txt_mode: str = "file") -> list[tuple[int, int]]:
+    """How to split one file into shards: byte ranges (JSONL, ``txt_mode: blocks``), runs of zstd
+    frames (multi-frame ``.jsonl.zst``), row-group runs (Parquet) or whole.
+
+    Whole, streamed: ``.gz`` (deflate cannot be entered mid-stream without an index), a single-frame
+    ``.zst``, ``txt_mode: file`` (one document), and compressed text blocks (a block boundary in
+    decompressed data would need the frame before decompressed just to find it; not done yet)."""
     size = file_size(path)
-    if fmt == "jsonl" and compression(path) is None:
+    comp = compression(path)
+    lines = fmt == "jsonl" or (fmt == "txt" and txt_mode == "blocks")
+    if lines and comp is None:
         return range_starts(path, size, shard_bytes)
+    if fmt == "jsonl" and comp == "zst":
+        return zstd_groups(path, shard_bytes)
     if fmt == "parquet":
         md = parquet_file(path).metadata
         out: list[tuple[int, int]] = []
