@@ -147,8 +147,8 @@ def train_loop(spec: TrainSpec | Mapping[str, Any]) -> dict[str, Any]:
         if not spec.under_ray:
             raise
         # Under Ray Train a raised error is a worker failure, retried max_failures times with the same
-        # placement; return instead (every rank decided the same) and let the driver raise it.
-        print(f"[dapt.train rank {rank}] refused: {e}", file=sys.stderr, flush=True)
+        # placement; return instead (every rank decided the same) and let the driver raise it: one
+        # line for the user, not one more per rank through Ray's log forwarding.
         return {"placement_error": str(e)}
     model = build_model(spec, device, mesh)
     n_total, n_local = count_params(model)
