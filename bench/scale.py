@@ -1,0 +1,459 @@
+"""Benchmark (issue 20): does `dapt clean` + `dapt mix` scale with input size and CPUs?
+
+    .venv/bin/python bench/scale.py                          # 0.5, 1 and 2 GB at 2 CPUs (hours)
+    .venv/bin/python bench/scale.py --sizes 25mb,50mb        # quick check
+    .venv/bin/python bench/scale.py --sizes 25mb --cpus 1,2  # the 1 -> 2 CPU speed-up
+
+Corpus (cached by size under ``bench/out/scale-<size>/``, reused when present): built by
+``bench/clean_corpus.build`` (planted exact / near / "hard" duplicates with exact ground truth; see that
+file). Its paragraphs are the Debian demo text when installed (``dict-gcide``, ``dict-wn``,
+``fortunes``); otherwise they fall back to the template paragraphs of ``corpora/synthetic.py`` (domain
+and general templates, as many documents as the size needs), and the output says so. The part files
+are then split in two: the first half is the ``domain`` source, the second half the ``general``
+source (planted copies cross the split, so global dedup sees both).
+
+Config: ``configs/tiny.yaml`` with its sources replaced by those two, no ``date_field``,
+``run_dir`` under ``bench/out/scale-runs/`` (deleted before each run: every run is cold) and
+``ray.num_cpus=C`` on the command line. Stages ``clean``, ``split``, ``tokenizer`` and ``mix`` run
+as ``dapt`` subprocesses; only clean and mix are timed and sampled.
+
+Sampling: every ``--interval`` s (0.2) the whole process tree of the ``dapt`` subprocess is read with
+psutil. The ``dapt`` process is the driver; a process whose title starts with ``ray::`` (or runs
+``default_worker.py``) is a Ray worker; every other descendant (raylet, gcs_server, dashboard, agents,
+log monitor) is a Ray system process, reported separately. Per class: peak RSS of one process (driver,
+largest worker, largest system process) and peak sum over the class; RSS counts the object-store
+pages a process has touched (shared memory), so ``anon`` (RSS minus file/shmem pages) is reported too.
+
+Writes ``bench/results/scale.json`` and prints a table plus the issue's goal ratios: driver peak RSS
+largest / smallest size (goal <= 1.2), MB/s per core largest / smallest size (goal ~1), and the
+1 -> 2 CPU speed-up (goal >= 1.7).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# Running bench/scale.py puts bench/ first on sys.path (bench/tokenize*.py could shadow the standard
+# library): drop that entry, add the repo root (as bench/clean.py does).
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
+sys.path.insert(0, str(ROOT))
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import platform  # noqa: E402
+import re  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
+
+import psutil  # noqa: E402
+import yaml  # noqa: E402
+
+import bench.clean_corpus as clean_corpus  # noqa: E402
+
+DAPT = ROOT / ".venv/bin/dapt"
+TIMED = ("clean", "mix")
+STAGES = ("clean", "split", "tokenizer", "mix")
+
+
+# --------------------------------------------------------------------------------------------- corpus
+
+
+def parse_size(s: str) -> float:
+    """'0.5' or '0.5gb' -> 500.0 MB, '50mb' -> 50.0 (decimal units, as the corpus builder's)."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(gb|mb|g|m)?\s*", s.lower())
+    if not m:
+        raise argparse.ArgumentTypeError(f"bad size {s!r} (e.g. 0.5, 2gb, 50mb)")
+    v, unit = float(m.group(1)), m.group(2) or "gb"
+    return v * 1000 if unit.startswith("g") else v
+
+
+def size_label(mb: float) -> str:
+    return f"{mb / 1000:g}gb" if mb >= 1000 else f"{mb:g}mb"
+
+
+def debian_installed() -> bool:
+    return all((clean_corpus.DICTD / n).exists() for n in ("gcide.dict.dz", "wn.dict.dz"))
+
+
+def synthetic_paragraphs(size_mb: float, seed: int = 1) -> list[str]:
+    """Template paragraphs of corpora/synthetic.py, domain and general, about 1.2x the target size,
+    filtered like clean_corpus's Debian paragraphs (C4-intact, >= 40 chars)."""
+    from dapt.corpora import synthetic
+
+    n = max(4000, int(size_mb * 1e6 * 1.2 / 2 / 1300))  # ~1.3 KB of kept paragraphs per document
+    paras = []
+    for kind in ("domain", "general"):
+        for d in synthetic.make_corpus(kind, n, seed=seed):
+            paras.extend(" ".join(p.split()) for p in d["text"].split("\n\n"))
+    return [p for p in paras if len(p) >= 40 and clean_corpus._c4_intact(p)]
+
+
+@contextmanager
+def _paragraph_source(paras: list[str] | None):
+    """Make clean_corpus.build read ``paras`` instead of the Debian files (None: leave it)."""
+    orig = clean_corpus._paragraphs
+    if paras is not None:
+        clean_corpus._paragraphs = lambda: paras
+    try:
+        yield
+    finally:
+        clean_corpus._paragraphs = orig
+
+
+def build_corpus(out_root: Path, size_mb: float, seed: int = 0) -> dict:
+    """bench/out/scale-<size>/{part-*.jsonl, truth.json, scale_meta.json}; cached by size."""
+    out = out_root / f"scale-{size_label(size_mb)}"
+    meta_path = out / "scale_meta.json"
+    files = max(8, 2 * round(size_mb / 128))  # ~64 MB part files at the large sizes, an even number
+    if meta_path.exists():
+        meta = json.loads(meta_path.read_text())
+        if meta.get("size_mb") == size_mb and meta.get("seed") == seed:
+            meta["cached"] = True
+            return meta
+    t0 = time.perf_counter()
+    text = "debian" if debian_installed() else "synthetic"
+    if text == "synthetic":
+        print(
+            f"corpus {size_label(size_mb)}: Debian demo text not installed ({clean_corpus.DICTD}); "
+            "falling back to corpora/synthetic.py template paragraphs",
+            flush=True,
+        )
+    with _paragraph_source(synthetic_paragraphs(size_mb) if text == "synthetic" else None):
+        truth = clean_corpus.build(out, size_mb, seed=seed, files=files)
+    parts = sorted(out.glob("part-*.jsonl"))
+    half = len(parts) // 2
+    meta = {
+        "size_mb": size_mb,
+        "seed": seed,
+        "text": text,
+        "bytes": truth["bytes"],
+        "docs": truth["docs"],
+        "planted": truth["counts"],
+        "files": len(parts),
+        "domain": [str(p) for p in parts[:half]],
+        "general": [str(p) for p in parts[half:]],
+        "build_seconds": round(time.perf_counter() - t0, 1),
+    }
+    meta_path.write_text(json.dumps(meta, indent=2))
+    meta["cached"] = False
+    return meta
+
+
+# --------------------------------------------------------------------------------------------- config
+
+
+def write_config(path: Path, run_dir: Path, corpus: dict) -> Path:
+    cfg = yaml.safe_load((ROOT / "configs/tiny.yaml").read_text())
+    steps = cfg["sources"][0]["steps"]
+    base = {"id_field": "id", "license": "see bench/clean_corpus.py", "steps": steps}
+    cfg["name"] = "bench-scale"
+    cfg["run_dir"] = str(run_dir)
+    cfg["sources"] = [
+        {"name": "domain", "kind": "domain", "paths": corpus["domain"], **base},
+        {"name": "general", "kind": "general", "paths": corpus["general"], **base},
+    ]
+    cfg["eval"]["task_dirs"] = [str(ROOT / d) for d in cfg["eval"]["task_dirs"]]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+# --------------------------------------------------------------------------------------------- sampling
+
+
+# Processes whose title starts with ray:: but that are Ray's own machinery, not stage work: the node's
+# agents and Ray Data's bookkeeping actors. They count as "system".
+# Prefixes, since a title read from /proc/<pid>/comm is cut at 15 characters.
+_RAY_SYSTEM_TITLES = ("ray::Dashboard", "ray::RuntimeEnv", "ray::_Stats", "ray::_Autoscal", "ray::Autoscal")
+
+
+def classify(proc: psutil.Process, root_pid: int) -> tuple[str, str]:
+    """(kind, label): kind is driver, worker, system or gone; label is the title or script name."""
+    if proc.pid == root_pid:
+        return "driver", "dapt"
+    try:
+        name = proc.name()
+        cmd = proc.cmdline()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return "gone", ""
+    head = cmd[0] if cmd else name
+    if head.startswith("ray::"):
+        label = head.split()[0][:48]
+        return ("system" if label.startswith(_RAY_SYSTEM_TITLES) else "worker"), label
+    scripts = [Path(c).name for c in cmd[1:3] if c.endswith(".py")]
+    if scripts == ["default_worker.py"]:  # a worker before it sets its title
+        return "worker", "default_worker.py"
+    return "system", scripts[0] if scripts else name
+
+
+class TreeSampler(threading.Thread):
+    """Samples RSS (and anon RSS) of a process tree every ``interval`` seconds until stopped."""
+
+    def __init__(self, pid: int, interval: float):
+        super().__init__(daemon=True)
+        self.pid, self.interval = pid, interval
+        self.stop_event = threading.Event()
+        self.samples = 0
+        self.peak: dict[str, float] = {}
+        self.names: dict[str, set[str]] = {"worker": set(), "system": set()}
+        self.max_workers = 0
+        self.peak_label: dict[str, str] = {}
+
+    def _bump(self, key: str, value: float) -> None:
+        if value > self.peak.get(key, 0):
+            self.peak[key] = value
+
+    def run(self) -> None:
+        try:
+            root = psutil.Process(self.pid)
+        except psutil.NoSuchProcess:
+            return
+        while not self.stop_event.is_set():
+            try:
+                procs = [root, *root.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                break
+            sums: dict[str, float] = {}
+            workers = 0
+            for p in procs:
+                kind, label = classify(p, self.pid)  # every sample: an IDLE worker becomes an actor
+                if kind == "gone":
+                    continue
+                try:
+                    mi = p.memory_info()
+                except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                    continue
+                if kind != "driver":
+                    self.names[kind].add(label)
+                rss, anon = mi.rss / 1e9, (mi.rss - mi.shared) / 1e9
+                workers += kind == "worker"
+                if rss > self.peak.get(f"{kind}_rss_gb", 0):
+                    self.peak_label[kind] = label
+                self._bump(f"{kind}_rss_gb", rss)
+                self._bump(f"{kind}_anon_gb", anon)
+                sums[kind] = sums.get(kind, 0) + rss
+                sums["tree"] = sums.get("tree", 0) + rss
+            for k, v in sums.items():
+                self._bump(f"{k}_sum_rss_gb", v)
+            self.max_workers = max(self.max_workers, workers)
+            self.samples += 1
+            self.stop_event.wait(self.interval)
+
+    def result(self) -> dict:
+        keys = ("driver_rss_gb", "driver_anon_gb", "worker_rss_gb", "worker_anon_gb", "worker_sum_rss_gb")
+        keys += ("system_rss_gb", "system_sum_rss_gb", "tree_sum_rss_gb")
+        out = {k: round(self.peak.get(k, 0.0), 3) for k in keys}
+        out["largest_worker"] = self.peak_label.get("worker", "")
+        out["largest_system"] = self.peak_label.get("system", "")
+        out["max_workers"] = self.max_workers
+        out["samples"] = self.samples
+        out["system_processes"] = sorted(self.names["system"])
+        out["worker_titles"] = sorted(self.names["worker"])
+        return out
+
+
+def run_stage(stage: str, cfg: Path, cpus: int, log: Path, sample: bool, interval: float) -> dict:
+    env = dict(os.environ)
+    env.pop("RAY_ADDRESS", None)  # a private local Ray per command, as in bench/clean.py
+    cmd = [str(DAPT), stage, "--config", str(cfg), f"ray.num_cpus={cpus}"]
+    load_before = os.getloadavg()
+    t0 = time.perf_counter()
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT)
+        sampler = TreeSampler(proc.pid, interval) if sample else None
+        if sampler:
+            sampler.start()
+        rc = proc.wait()
+    secs = time.perf_counter() - t0
+    if sampler:
+        sampler.stop_event.set()
+        sampler.join()
+    if rc != 0:
+        tail = log.read_text(errors="replace")[-3000:]
+        raise SystemExit(f"{' '.join(cmd)} failed ({rc}); log {log}:\n{tail}")
+    res = {
+        "command": " ".join(cmd[1:]),
+        "seconds": round(secs, 2),
+        "load_before": [round(x, 2) for x in load_before],
+        "load_after": [round(x, 2) for x in os.getloadavg()],
+    }
+    if sampler:
+        res["memory"] = sampler.result()
+    return res
+
+
+def stage_facts(run_dir: Path, stage: str) -> dict:
+    try:
+        m = json.loads((run_dir / stage / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    keys = ("timings_s", "timings", "totals", "counts", "n_blocks", "total_tokens")
+    return {k: m[k] for k in keys if k in m}
+
+
+def run_one(corpus: dict, cpus: int, out_root: Path, interval: float) -> dict:
+    label = size_label(corpus["size_mb"])
+    work = out_root / "scale-runs" / f"{label}-c{cpus}"
+    if work.exists():
+        shutil.rmtree(work)
+    run_dir = work / "run"
+    cfg = write_config(work / "scale.yaml", run_dir, corpus)
+    mb = corpus["bytes"] / 1e6
+    row: dict = {"size": label, "input_mb": round(mb, 2), "cpus": cpus, "config": str(cfg), "stages": {}}
+    for stage in STAGES:
+        timed = stage in TIMED
+        print(f"[{label} c{cpus}] dapt {stage} ...", flush=True)
+        r = run_stage(stage, cfg, cpus, work / f"{stage}.log", timed, interval)
+        if timed:
+            r["mb_per_s"] = round(mb / r["seconds"], 3)
+            r["mb_per_s_per_cpu"] = round(mb / r["seconds"] / cpus, 3)
+            r["manifest"] = stage_facts(run_dir, stage)
+        row["stages"][stage] = r
+        print(f"[{label} c{cpus}] dapt {stage}: {r['seconds']:.1f}s", flush=True)
+    return row
+
+
+# --------------------------------------------------------------------------------------------- report
+
+
+def _ratio(a: float, b: float) -> float | None:
+    return round(a / b, 3) if b else None
+
+
+def goals(rows: list[dict]) -> dict:
+    out: dict = {}
+    for stage in TIMED:
+        g: dict = {}
+        by_cpu: dict[int, list[dict]] = {}
+        for r in rows:
+            by_cpu.setdefault(r["cpus"], []).append(r)
+        for cpus, rs in sorted(by_cpu.items()):
+            rs = sorted(rs, key=lambda r: r["input_mb"])
+            if len(rs) < 2:
+                continue
+            lo, hi = rs[0]["stages"][stage], rs[-1]["stages"][stage]
+            g[f"c{cpus}_{rs[0]['size']}_to_{rs[-1]['size']}"] = {
+                "driver_rss_ratio": _ratio(hi["memory"]["driver_rss_gb"], lo["memory"]["driver_rss_gb"]),
+                "worker_rss_ratio": _ratio(hi["memory"]["worker_rss_gb"], lo["memory"]["worker_rss_gb"]),
+                "mb_per_s_per_cpu_ratio": _ratio(hi["mb_per_s_per_cpu"], lo["mb_per_s_per_cpu"]),
+            }
+        by_size: dict[str, dict[int, dict]] = {}
+        for r in rows:
+            by_size.setdefault(r["size"], {})[r["cpus"]] = r
+        for size, rc in by_size.items():
+            if 1 in rc and 2 in rc:
+                g[f"speedup_1_to_2_cpus_{size}"] = _ratio(
+                    rc[1]["stages"][stage]["seconds"], rc[2]["stages"][stage]["seconds"]
+                )
+        out[stage] = g
+    return out
+
+
+def print_table(rows: list[dict]) -> None:
+    hdr = (
+        f"{'size':>7s} {'MB':>7s} {'cpus':>4s} {'stage':>5s} {'wall s':>7s} {'MB/s':>6s} {'MB/s/c':>6s} "
+        f"{'driver':>7s} {'worker':>7s} {'w.anon':>7s} {'w.sum':>7s} {'sys.max':>7s} {'sys.sum':>7s} {'load before->after':>20s}"
+    )
+    print(
+        "\nRSS peaks in GB (driver = the dapt process; worker = largest single Ray worker; "
+        "w.anon = its RSS minus file/shmem pages; w.sum = all workers; sys = raylet, gcs, dashboard, "
+        "agents, Ray Data actors: largest one, all)"
+    )
+    print(hdr)
+    for r in rows:
+        for stage in TIMED:
+            s = r["stages"][stage]
+            m = s["memory"]
+            load = f"{s['load_before'][0]:.1f}->{s['load_after'][0]:.1f}"
+            print(
+                f"{r['size']:>7s} {r['input_mb']:7.1f} {r['cpus']:4d} {stage:>5s} {s['seconds']:7.1f} "
+                f"{s['mb_per_s']:6.2f} {s['mb_per_s_per_cpu']:6.2f} {m['driver_rss_gb']:7.2f} "
+                f"{m['worker_rss_gb']:7.2f} {m['worker_anon_gb']:7.2f} {m['worker_sum_rss_gb']:7.2f} "
+                f"{m['system_rss_gb']:7.2f} {m['system_sum_rss_gb']:7.2f} {load:>20s}"
+            )
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="0.5,1,2", help="comma list; GB unless suffixed mb (e.g. 50mb,100mb)")
+    ap.add_argument("--cpus", default="2", help="comma list of ray.num_cpus values (e.g. 1,2)")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench/out")
+    ap.add_argument("--results", type=Path, default=ROOT / "bench/results/scale.json")
+    ap.add_argument("--interval", type=float, default=0.2, help="RSS sampling period, seconds")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--merge",
+        action="store_true",
+        help="add to the runs already in --results (a same size and cpus run is replaced), goals recomputed",
+    )
+    args = ap.parse_args()
+    sizes = [parse_size(s) for s in args.sizes.split(",") if s.strip()]
+    cpus_list = [int(c) for c in args.cpus.split(",") if c.strip()]
+    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    load_start = os.getloadavg()
+    corpora = {}
+    for mb in sizes:
+        c = build_corpus(args.out, mb, args.seed)
+        corpora[mb] = c
+        print(
+            f"corpus {size_label(mb)}: {c['bytes'] / 1e6:.1f} MB, {c['docs']} docs in {c['files']} files, "
+            f"text={c['text']}, planted {c['planted']}"
+            + (" (cached)" if c["cached"] else f" (built in {c['build_seconds']}s)"),
+            flush=True,
+        )
+    rows = [run_one(corpora[mb], cpus, args.out, args.interval) for mb in sizes for cpus in cpus_list]
+    command = " ".join([".venv/bin/python", "bench/scale.py", *sys.argv[1:]])
+    commands, prev_corpora = [command], {}
+    if args.merge and args.results.exists():
+        prev = json.loads(args.results.read_text())
+        new = {(r["size"], r["cpus"]) for r in rows}
+        rows = [r for r in prev["runs"] if (r["size"], r["cpus"]) not in new] + rows
+        rows.sort(key=lambda r: (r["input_mb"], r["cpus"]))
+        commands = [*prev.get("commands", [prev.get("command")]), command]
+        prev_corpora = prev.get("corpora", {})
+        load_start = prev.get("load_start", load_start)
+    print_table(rows)
+    g = goals(rows)
+    print(
+        "\ngoal ratios (driver RSS <= 1.2x from smallest to largest size; MB/s per CPU ~1.0; speed-up >= 1.7):"
+    )
+    for stage, d in g.items():
+        for k, v in d.items():
+            print(f"  {stage:5s} {k}: {v}")
+    texts = sorted({c["text"] for c in corpora.values()})
+    result = {
+        "started": started,
+        "commands": commands,
+        "host": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+        },
+        "load_start": [round(x, 2) for x in load_start],
+        "load_end": [round(x, 2) for x in os.getloadavg()],
+        "text": texts,
+        "note": "synthetic = corpora/synthetic.py template paragraphs (Debian demo text not installed)"
+        if "synthetic" in texts
+        else "Debian demo text (dict-gcide, dict-wn, fortunes)",
+        "corpora": prev_corpora
+        | {
+            size_label(mb): {k: v for k, v in c.items() if k not in ("domain", "general")}
+            for mb, c in corpora.items()
+        },
+        "runs": rows,
+        "goals": g,
+    }
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nwrote {args.results}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
