@@ -28,6 +28,7 @@ from dapt.eval.harness import crosscheck, run_lm_eval
 from dapt.eval.inputs import read_heldout, resolve_models
 from dapt.eval.tasks_registry import LoadedTasks, load_tasks, prepare_include_dir
 from dapt.pipeline.errors import ConfigError, InputError
+from dapt.pipeline.fsutil import safetensors_param_count
 from dapt.pipeline.stages import StageContext
 
 RESULTS = "results.json"
@@ -44,18 +45,6 @@ BYTES_PER_PARAM_GPU = 4
 """On a GPU the weights move to the device after loading: the host holds about one fp32 copy at a time."""
 
 
-def _safetensors_params(folder: Path) -> int:
-    """Parameters stored in a folder's safetensors files, read from their headers (no weights loaded)."""
-    total = 0
-    for f in sorted(folder.glob("*.safetensors")):
-        with open(f, "rb") as fh:
-            header = json.loads(fh.read(int.from_bytes(fh.read(8), "little")))
-        for name, t in header.items():
-            if name != "__metadata__":
-                total += math.prod(t["shape"])
-    return total
-
-
 def resources(ctx: StageContext, cluster: Any) -> Any:
     """What the eval task asks Ray for (the runner fits it to the cluster: CPUs and memory are capped at
     the best node that has the GPUs). ``cuda:N`` asks for N+1 GPUs so that index exists in the task."""
@@ -69,7 +58,7 @@ def resources(ctx: StageContext, cluster: Any) -> Any:
     reason = f"eval.device: {dev}" + (" (the cluster has GPUs)" if dev == "auto" and gpus else "")
     params = max(
         (
-            _safetensors_params(Path(m["path"]))
+            safetensors_param_count(Path(m["path"])) or 0
             for m in resolve_models(ctx).values()
             if Path(m["path"]).is_dir()
         ),

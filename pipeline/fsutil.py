@@ -232,3 +232,27 @@ def has_tokenizer_files(path: str | os.PathLike) -> bool:
     if not p.is_dir():
         return not p.is_absolute() and not p.exists()
     return any((p / f).exists() for f in TOKENIZER_FILES)
+
+
+def safetensors_param_count(model_dir: Path) -> int | None:
+    """Parameters in a model folder, from the safetensors headers alone (no torch, no weights read).
+
+    A safetensors file starts with an 8-byte little-endian header length and a JSON header mapping each
+    tensor name to its shape, so counting is exact and costs a few KB of I/O even for a 70B model.
+    """
+    files = sorted(model_dir.glob("*.safetensors"))
+    if not files:
+        return None
+    total = 0
+    for f in files:
+        with open(f, "rb") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+            header = json.loads(fh.read(n))
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            count = 1
+            for d in info["shape"]:
+                count *= int(d)
+            total += count
+    return total

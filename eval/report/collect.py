@@ -16,6 +16,7 @@ from typing import Any
 
 from dapt.eval.report.doc import get, num
 from dapt.pipeline.errors import DaptError
+from dapt.pipeline.fsutil import safetensors_param_count
 
 UPSTREAM = ("clean", "split", "tokenizer", "mix", "train", "eval")
 """The report stage's ``needs`` (pipeline/stages.py), in pipeline order: the default when a RunData is
@@ -123,30 +124,6 @@ def read_jsonl(path: Path, problems: list[str]) -> list[dict[str, Any]]:
     except OSError as e:
         problems.append(f"{path}: {e.strerror or e}")
     return rows
-
-
-def safetensors_param_count(model_dir: Path) -> int | None:
-    """Parameters in a model folder, from the safetensors headers alone (no torch, no weights read).
-
-    A safetensors file starts with an 8-byte little-endian header length and a JSON header mapping each
-    tensor name to its shape, so counting is exact and costs a few KB of I/O even for a 70B model.
-    """
-    files = sorted(model_dir.glob("*.safetensors"))
-    if not files:
-        return None
-    total = 0
-    for f in files:
-        with open(f, "rb") as fh:
-            (n,) = struct.unpack("<Q", fh.read(8))
-            header = json.loads(fh.read(n))
-        for name, info in header.items():
-            if name == "__metadata__":
-                continue
-            count = 1
-            for d in info["shape"]:
-                count *= int(d)
-            total += count
-    return total
 
 
 def collect(ctx: Any) -> RunData:
