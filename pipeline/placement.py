@@ -417,17 +417,24 @@ _CHECKED: set[tuple[str, str]] = set()
 """(GCS address, path) pairs this process has checked: each path once per command and cluster."""
 
 
-def _multi_node_cluster(cfg: RunConfig, uses_ray: bool) -> str | None:
-    """The GCS address when this process is (or, for a stage that uses Ray, will be) connected to a Ray
-    cluster with more than one alive node; None otherwise. No Ray call at all when Ray is a private
-    local one (one node by construction) or when the stage would not start Ray."""
+def _ray_for_stage(cfg: RunConfig) -> bool:
+    """Whether Ray is connected now, joining the configured cluster first (the stage, which uses Ray,
+    joins it anyway; join first, then check). No Ray call when the stage would start a private Ray."""
     from dapt.pipeline import ray_runtime
 
-    initialized = "ray" in sys.modules and sys.modules["ray"].is_initialized()
-    if not initialized:
-        if not uses_ray or not ray_runtime.configured_address(cfg.ray):
-            return None  # a Ray this stage starts itself is private and local: one node
-        ray_runtime.init_ray(cfg.ray)  # the stage joins this cluster anyway; join first, then check
+    if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+        return True
+    if not ray_runtime.configured_address(cfg.ray):
+        return False  # a Ray this stage starts itself is private and local: one node
+    ray_runtime.init_ray(cfg.ray)
+    return True
+
+
+def multi_node_gcs() -> str | None:
+    """The GCS address when this process (Ray initialised) is connected to a cluster with more than one
+    alive node; None otherwise, with no Ray call when Ray is the private local one it started."""
+    from dapt.pipeline import ray_runtime
+
     if ray_runtime.started_here():
         return None
     import ray
@@ -435,6 +442,22 @@ def _multi_node_cluster(cfg: RunConfig, uses_ray: bool) -> str | None:
     if sum(1 for n in ray.nodes() if n.get("Alive")) < 2:
         return None
     return ray.get_runtime_context().gcs_address
+
+
+def probe_on_every_node(paths: Iterable[str], gcs: str | None = None) -> list[str]:
+    """``cluster.check_shared_paths`` for the paths not yet probed on this cluster by this process (Ray
+    initialised); returns those probed now, none on a single-node Ray. ``gcs``: from
+    :func:`multi_node_gcs` when the caller already asked."""
+    gcs = gcs or multi_node_gcs()
+    if gcs is None:
+        return []
+    from dapt.pipeline.cluster import check_shared_paths
+
+    todo = [p for p in dict.fromkeys(map(str, paths)) if (gcs, p) not in _CHECKED]
+    if todo:
+        check_shared_paths(todo)
+        _CHECKED.update((gcs, p) for p in todo)
+    return todo
 
 
 def _sample(paths: Iterable[str], limit: int = SHARED_CHECK_FILES) -> list[str]:
@@ -458,19 +481,14 @@ def check_shared_storage(
     Skipped with no Ray call for single-node runs, and for stages whose work stays in the driver (split,
     report, publish: the driver sees its own files; a later stage that reads them on other nodes checks
     ``run_dir`` itself)."""
-    if not uses_ray:
+    if not uses_ray or not _ray_for_stage(cfg):
         return []
-    gcs = _multi_node_cluster(cfg, uses_ray)
+    gcs = multi_node_gcs()
     if gcs is None:
         return []
-    from dapt.pipeline.cluster import check_shared_paths
-
     local = spec.shared_paths(cfg) if spec.shared_paths else [f["path"] for f in inputs]
     wanted = [str(cfg.run_path.resolve()), *(str(Path(p).resolve()) for p in _sample(map(str, local)))]
-    todo = [p for p in wanted if (gcs, p) not in _CHECKED]
-    if not todo:
-        return []
-    check_shared_paths(todo)
-    _CHECKED.update((gcs, p) for p in todo)
-    say(f"{spec.name}: shared storage checked: {len(todo)} path(s) visible on every Ray node")
+    todo = probe_on_every_node(wanted, gcs)
+    if todo:
+        say(f"{spec.name}: shared storage checked: {len(todo)} path(s) visible on every Ray node")
     return todo

@@ -38,6 +38,7 @@ from dapt.train.ranks import (
     gather,
     hybrid_shard_size,
     layout,
+    node_key,
     write_attempt,
     write_error,
 )
@@ -166,7 +167,7 @@ def train_loop(spec: TrainSpec | Mapping[str, Any]) -> dict[str, Any]:
     start_step = int(trainer_state["step"])
     if rank == 0:
         write_attempt(log_dir, attempt_record(placement, mesh_layout, mode, start_step))
-        nodes = len({r["node_id"] or r["host"] for r in placement})
+        nodes = len({node_key(r) for r in placement})
         shape = " x ".join(f"{k} {v}" for k, v in mesh_layout["shape"].items())
         print(f"[dapt.train] {n} rank(s) on {nodes} node(s), mesh {shape}", file=sys.stderr, flush=True)
     history = _schedule_history(spec, trainer_state, start_step)

@@ -357,11 +357,7 @@ def _check_shared_storage(ctx: StageContext, spec: TrainSpec) -> None:
     replacement node; on a node-local disk that fails only after work was done. ``run_dir`` (checkpoints,
     packed blocks, logs) is probed by the runner before any Ray stage (pipeline/placement.py), so only
     folders outside it are probed here: a local base model that the tokenizer manifest points at."""
-    import ray
-
-    if len([n for n in ray.nodes() if n.get("Alive")]) < 2:
-        return
-    from dapt.pipeline.cluster import check_shared_paths
+    from dapt.pipeline.placement import probe_on_every_node
 
     run = ctx.run_dir.resolve()
     paths = [
@@ -369,9 +365,9 @@ def _check_shared_storage(ctx: StageContext, spec: TrainSpec) -> None:
         for p in dict.fromkeys((spec.model_path, spec.tokenizer_path))
         if p and Path(p).exists() and not Path(p).resolve().is_relative_to(run)
     ]
-    if paths:
-        check_shared_paths(paths)
-        ctx.log.info("shared storage: every node sees %s", ", ".join(map(str, paths)))
+    probed = probe_on_every_node(paths)  # no-op on a single-node Ray
+    if probed:
+        ctx.log.info("shared storage: every node sees %s", ", ".join(probed))
 
 
 def _copy_logs(log_dir: Path, out_dir: Path) -> None:
