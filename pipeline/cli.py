@@ -187,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
                 return int(importlib.import_module(args._external).main(args) or 0)
             return COMMANDS[args.command](args)
     except DaptError as e:
+        _leave_ray()
         print(f"dapt: error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
@@ -195,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         tb = traceback.format_exc()
         first = (str(e).strip().splitlines() or [""])[0]  # a RayTaskError carries the worker's traceback
+        _leave_ray()
         print(f"dapt: error: {type(e).__name__}: {first}", file=sys.stderr)
         print(
             "(the traceback is in the stage log under <run_dir>/logs/; set DAPT_DEBUG=1 to print it)",
@@ -204,10 +206,18 @@ def main(argv: list[str] | None = None) -> int:
             print(tb, file=sys.stderr)
         return 1
     finally:
-        if "ray" in sys.modules:
-            from dapt.pipeline.ray_runtime import shutdown_ray
+        _leave_ray()
 
-            shutdown_ray()
+
+def _leave_ray() -> None:
+    """Stop the Ray this command started, or leave the cluster it joined. Called before an error line
+    is printed: Ray forwards worker log lines to the driver until it disconnects, and one arriving
+    after the error (Ray Train's placement-group cleaner logs as it exits) would bury the one line
+    the user needs under Ray's."""
+    if "ray" in sys.modules:
+        from dapt.pipeline.ray_runtime import shutdown_ray
+
+        shutdown_ray()
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ _RAY_ENV_DEFAULTS = {
 log = logging.getLogger("dapt.ray")
 _owned = False
 _owned_gcs: str | None = None
+_joined = False
 
 
 def ray_env() -> None:
@@ -52,11 +53,11 @@ def init_ray(ray_cfg: Any = None, num_cpus: int | None = None) -> dict[str, Any]
     if ray.is_initialized():
         return {"address": "existing", "node_ip": ray.util.get_node_ip_address()}
     address = configured_address(ray_cfg)
-    global _owned, _owned_gcs
+    global _owned, _owned_gcs, _joined
     if address:
         log.info("joining Ray cluster at %s", address)
         ray.init(address=address, log_to_driver=True)
-        _owned = False
+        _owned, _joined = False, True
         return {"address": address, "node_ip": ray.util.get_node_ip_address()}
     store_gb = getattr(ray_cfg, "object_store_memory_gb", 1.5) if ray_cfg else 1.5
     cpus = num_cpus or (getattr(ray_cfg, "num_cpus", None) if ray_cfg else None) or os.cpu_count() or 1
@@ -183,11 +184,14 @@ def reap_orphans() -> list[int]:
 
 
 def shutdown_ray() -> None:
-    """Stop Ray if this process started it."""
-    global _owned
+    """Stop Ray if this process started it, or disconnect from the cluster :func:`init_ray` joined (the
+    cluster keeps running). A Ray someone else connected in this process (a test's) is left alone."""
+    global _owned, _joined
     import ray
 
     if _owned and ray.is_initialized():
         ray.shutdown()
         _record_file(os.getpid()).unlink(missing_ok=True)
-    _owned = False
+    elif _joined and ray.is_initialized():
+        ray.shutdown()
+    _owned = _joined = False
