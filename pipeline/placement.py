@@ -392,12 +392,9 @@ def run_in_task(task: StageTask, res: TaskResources, log: logging.Logger) -> Sta
         ray.cancel(ref, force=True)
         raise
     except RayTaskError as e:
-        cause = e.cause
-        if isinstance(cause, DaptError):
-            raise cause from None
-        if isinstance(cause, Exception):
-            raise cause from e
-        raise
+        from dapt.pipeline.ray_runtime import raise_task_cause
+
+        raise_task_cause(e)
     except RayError as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         log.error(

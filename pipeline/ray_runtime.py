@@ -83,6 +83,41 @@ def init_ray(ray_cfg: Any = None, num_cpus: int | None = None) -> dict[str, Any]
     return {"address": "local", "node_ip": ip, "num_cpus": cpus}
 
 
+def call_in_task(fn: Any, *args: Any, name: str, num_cpus: float = 1, max_retries: int = 2) -> Any:
+    """``fn(*args)`` in one Ray task, waited for: how a stage hands one bounded piece of work (an index
+    build, a counting pass) to a worker so the driver holds only its small result. System failures are
+    retried ``max_retries`` times, application errors never; a DaptError raised there is raised here as
+    itself (:func:`raise_task_cause`)."""
+    import ray
+    from ray.exceptions import RayTaskError
+
+    ref = (
+        ray.remote(fn)
+        .options(num_cpus=num_cpus, max_retries=max_retries, retry_exceptions=False, name=name)
+        .remote(*args)
+    )
+    try:
+        return ray.get(ref)
+    except KeyboardInterrupt:
+        ray.cancel(ref, force=True)
+        raise
+    except RayTaskError as e:
+        raise_task_cause(e)
+
+
+def raise_task_cause(e: Any) -> None:
+    """Re-raise a RayTaskError as what the task raised: a DaptError as itself with its one-line message
+    (no Ray traceback around it), any other exception as its own class chained to the RayTaskError."""
+    from dapt.pipeline.errors import DaptError
+
+    cause = e.cause
+    if isinstance(cause, DaptError):
+        raise cause from None
+    if isinstance(cause, Exception):
+        raise cause from e
+    raise e
+
+
 def configured_address(ray_cfg: Any = None) -> str | None:
     """The cluster :func:`init_ray` would join (``RAY_ADDRESS``, else ``ray.address``); None: it would
     start a private local Ray."""

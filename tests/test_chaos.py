@@ -20,9 +20,10 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
+
+from dapt.corpora.mix.store import TokenStore
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = "configs/tiny.yaml"
@@ -95,7 +96,8 @@ def _outputs(run_dir: Path) -> dict:
         for f in sorted((run_dir / "clean" / "kept").rglob("*.parquet"))
         for r in pq.read_table(f, columns=["source", "id"]).to_pylist()
     )
-    tokens = np.load(run_dir / "mix" / "train" / "tokens.npy")
+    store = TokenStore(run_dir / "mix" / "train")
+    tokens = store.blocks(range(len(store)))
     losses: dict[int, float] = {}
     for line in (run_dir / "train" / "metrics.jsonl").read_text().splitlines():
         row = json.loads(line)

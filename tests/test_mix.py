@@ -3,7 +3,7 @@
 Upstream stages are materialised exactly as the runner leaves a finished stage (parquet files, a
 manifest with a fingerprint and outputs, the ``_DONE`` marker), so nothing of the mix stage is faked.
 Realised domain shares are re-measured independently of the packer's own bookkeeping: the packed
-stream is rebuilt from ``tokens.npy``, cut at EOS, decoded with sentencepiece, and each document is
+stream is rebuilt from the token store's rows, cut at EOS, decoded with sentencepiece, and each document is
 attributed by the ``(domain)``/``(general)`` marker that ``make_docs`` puts in its first words.
 """
 
@@ -21,6 +21,7 @@ import yaml
 from conftest import make_docs
 
 from dapt.corpora.clean.minhash import jaccard
+from dapt.corpora.mix.store import TokenStore
 from dapt.pipeline.config import load_config
 from dapt.pipeline.errors import ConfigError
 from dapt.pipeline.stages import run_stage
@@ -107,9 +108,8 @@ def stream_documents(run_dir: Path, sp_model_path: Path) -> list[tuple[str, int]
     sp = spm.SentencePieceProcessor(model_file=str(sp_model_path))
     mix = run_dir / "mix"
     manifest = json.loads((mix / "manifest.json").read_text())
-    tokens = np.load(mix / "train" / "tokens.npy", mmap_mode="r")
-    stream_index = np.load(mix / "train" / "block_stream_index.npy")
-    stream = np.asarray(tokens)[np.argsort(stream_index)].ravel()
+    store = TokenStore(mix / "train")
+    stream = store.blocks(np.argsort(store.arrays["block_stream"])).ravel()
     eos = manifest["eos_id"]
     ends = np.flatnonzero(stream == eos)
     assert ends.size and ends[-1] == stream.size - 1, "the stream must end with an EOS"
@@ -162,8 +162,8 @@ def test_achieved_fraction_matches_target(shared_run, sp_model_path, fraction):
     assert m["total_tokens"] == m["n_blocks"] * (SEQ_LEN + 1)
     assert abs(m["total_tokens"] - 12000) <= (SEQ_LEN + 1) / 2
     run_dir = Path(load_config(shared_run).run_path)
-    tokens = np.load(run_dir / "mix" / "train" / "tokens.npy", mmap_mode="r")
-    assert tokens.dtype == np.uint32 and tokens.shape == (m["n_blocks"], SEQ_LEN + 1)
+    store = TokenStore(run_dir / "mix" / "train")
+    assert store.dtype == np.uint16 and (len(store), store.block_len) == (m["n_blocks"], SEQ_LEN + 1)
     # Independent measurement: decode the packed stream and attribute documents by their text.
     pieces = stream_documents(run_dir, sp_model_path)
     measured, unknown = measured_domain_fraction(pieces)
@@ -172,8 +172,8 @@ def test_achieved_fraction_matches_target(shared_run, sp_model_path, fraction):
     per = mix["per_source"]
     assert sum(s["tokens_used"] for s in per.values()) == m["total_tokens"]
     # The block-level bookkeeping agrees with the manifest.
-    bdt = np.load(run_dir / "mix" / "train" / "block_domain_tokens.npy")
-    assert int(bdt.sum()) == round(mix["achieved_domain_fraction"] * m["total_tokens"])
+    bdt = sum(store.domain_tokens(r) for r in range(len(store)))
+    assert bdt == round(mix["achieved_domain_fraction"] * m["total_tokens"])
     # Equal weights inside the domain side unless fin_b hits its epoch cap.
     fa, fb = per["fin_a"], per["fin_b"]
     assert fb["epochs"] <= 4.0 + 1e-9
@@ -189,14 +189,12 @@ def test_doc_boundaries_and_heldout_files(shared_run):
     m = run_mix(shared_run, ["mix.domain_fraction=0.51"])
     run_dir = Path(load_config(shared_run).run_path)
     train = run_dir / "mix" / "train"
-    tokens = np.load(train / "tokens.npy", mmap_mode="r")
-    offsets = np.load(train / "doc_offsets.npy")
-    starts = np.load(train / "doc_starts.npy")
+    store = TokenStore(train)
     eos = m["eos_id"]
-    assert offsets.shape == (m["n_blocks"] + 1,) and offsets[-1] == starts.size
+    assert len(store) == m["n_blocks"]
     for r in range(m["n_blocks"]):
-        row = np.asarray(tokens[r])
-        st = starts[offsets[r] : offsets[r + 1]]
+        row = store.block(r)
+        st = store.doc_starts(r)
         # A document starts right after every EOS inside the row.
         after_eos = np.flatnonzero(row[:-1] == eos) + 1
         assert set(after_eos.tolist()) <= set(st.tolist())
@@ -209,7 +207,7 @@ def test_doc_boundaries_and_heldout_files(shared_run):
             assert len(lines) == split_manifest["heldout"][src][split] >= 1
             rec = json.loads(lines[0])
             assert set(rec) == {"id", "source", "kind", "text"} and rec["source"] == src
-    assert m["outputs"]["train_tokens"] == "train/tokens.npy" and "heldout" not in m["outputs"]
+    assert m["outputs"] == {"train_tokens": "train/index.json"}
     assert split_manifest["outputs"] == {"heldout": "heldout", "heldout_ids": "heldout_ids.txt"}
 
 
@@ -259,24 +257,36 @@ def _digests(run_dir: Path) -> dict[str, str]:
         str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
         for root in (run_dir / "mix", run_dir / "split")
         for p in sorted(root.rglob("*"))
-        if p.is_file() and p.suffix in (".npy", ".jsonl")
+        if p.is_file() and (p.suffix in (".bin", ".jsonl") or p.name == "index.json")
     }
 
 
+def _rows(run_dir: Path) -> list[bytes]:
+    store = TokenStore(run_dir / "mix" / "train")
+    return [store.block(r).tobytes() for r in range(len(store))]
+
+
 def test_same_seed_gives_byte_identical_shards(tmp_path, corpus, sp_tokenizer_dir, ray_local):
+    """Same inputs and seed: the same bytes whatever the batching; a different task split lays the
+    token shards out differently (one shard per task) but gives the same training rows."""
     mix = {"domain_fraction": 0.51, "total_tokens": 6000, "seed": 3, "encode_batch_size": 16}
     a = make_run(tmp_path / "a", sp_tokenizer_dir, corpus, mix)
-    b = make_run(
-        tmp_path / "b", sp_tokenizer_dir, corpus, {**mix, "encode_batch_size": 7, "docs_per_task": 9}
-    )
+    b = make_run(tmp_path / "b", sp_tokenizer_dir, corpus, {**mix, "encode_batch_size": 7})
+    c = make_run(tmp_path / "c", sp_tokenizer_dir, corpus, {**mix, "docs_per_task": 9})
     run_mix(a)
-    mb = run_mix(b)  # separate prep pass, different Ray tasks and batching: same bytes
+    mb = run_mix(b)  # separate prep pass, different batching: same bytes
     assert mb["timings"]["prep_reused"] is False
     da, db = _digests(tmp_path / "a" / "run"), _digests(tmp_path / "b" / "run")
     assert da and da == db
+    run_mix(c)
+    assert len(list((tmp_path / "c" / "run" / "mix" / "train" / "tokens").glob("*.bin"))) > len(
+        list((tmp_path / "a" / "run" / "mix" / "train" / "tokens").glob("*.bin"))
+    )
+    assert _rows(tmp_path / "c" / "run") == _rows(tmp_path / "a" / "run")
     run_mix(b, ["mix.seed=4"])
     dc = _digests(tmp_path / "b" / "run")
-    assert dc["train/tokens.npy"] != da["train/tokens.npy"]
+    assert dc["train/block_stream.bin"] != da["train/block_stream.bin"]
+    assert dc["train/instance_doc.bin"] != da["train/instance_doc.bin"]
     assert dc["heldout/fin_a/test.jsonl"] == da["heldout/fin_a/test.jsonl"]  # held-out sets ignore the seed
 
 

@@ -8,10 +8,10 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from reference_pack import BlockWriter, source_stream
 
 from dapt.corpora.mix.config import MixConfig
 from dapt.corpora.mix.decontam import build_index, match_documents
-from dapt.corpora.mix.pack import BlockWriter, source_stream
 from dapt.corpora.mix.solver import SourceSupply, solve_mix, water_fill
 from dapt.corpora.split.config import SplitConfig
 from dapt.corpora.split.select import split_counts
@@ -132,6 +132,7 @@ def test_decontamination_matches_case_and_punctuation_insensitively():
 
 
 def test_source_stream_is_exact_and_without_replacement_per_epoch():
+    """The reference packer's sampling (the token store's oracle, tests/test_token_store.py)."""
     rng_data = np.random.default_rng(0)
     lens = rng_data.integers(1, 30, size=20)
     offsets = np.r_[0, np.cumsum(lens)]

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import make_docs
+from store_fixtures import store_from_docs
 
 from dapt.train.data import BlockStream, micro_batch_start
 from dapt.train.flops import flops_per_token, mfu, peak_flops
@@ -35,15 +36,6 @@ SEQ = 32
 # ----------------------------------------------------------------------------------------------------
 
 
-def pack_docs(tok, docs: list[str], seq_len: int, eos: int) -> np.ndarray:
-    """Pack documents (each followed by EOS) into blocks of seq_len + 1 tokens, as the mix stage does."""
-    stream: list[int] = []
-    for d in docs:
-        stream += tok(d, add_special_tokens=False)["input_ids"] + [eos]
-    n = len(stream) // (seq_len + 1)
-    return np.asarray(stream[: n * (seq_len + 1)], dtype=np.uint32).reshape(n, seq_len + 1)
-
-
 @pytest.fixture(autouse=True)
 def _restore_threads():
     n = torch.get_num_threads()
@@ -58,11 +50,12 @@ def train_data(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -
 
     d = tmp_path_factory.mktemp("train_data")
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    docs = make_docs("domain", 60, seed=1) + make_docs("general", 60, seed=1)
-    rng = np.random.default_rng(0)
-    blocks = pack_docs(tok, docs, SEQ, 2)
-    blocks = blocks[rng.permutation(len(blocks))]
-    np.save(d / "tokens.npy", blocks)
+    ids = {
+        k: [tok(t, add_special_tokens=False)["input_ids"] for t in make_docs(k, 60, seed=1)]
+        for k in ("domain", "general")
+    }
+    # A real token store in several shards (8 documents each): resumes start inside and across them.
+    tokens = store_from_docs(d, {k: (k, v) for k, v in ids.items()}, SEQ + 1, eos_id=2, vocab_size=len(tok))
     arrays: dict[str, Any] = {}
     for kind in ("domain", "general"):
         texts = make_docs(kind, 6, seed=99)
@@ -71,7 +64,7 @@ def train_data(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -
         arrays[f"{kind}_inputs"], arrays[f"{kind}_targets"] = w["inputs"], w["targets"]
         arrays[f"{kind}_bytes"] = np.int64(w["bytes"])
     np.savez(d / "monitor.npz", **arrays)
-    return {"dir": d, "tokens": d / "tokens.npy", "monitor": d / "monitor.npz", "model": tiny_model_dir}
+    return {"dir": d, "tokens": tokens, "monitor": d / "monitor.npz", "model": tiny_model_dir}
 
 
 def make_spec(data: dict[str, Any], out: Path, **kw: Any) -> TrainSpec:

@@ -13,9 +13,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
 from conftest import make_docs
+from store_fixtures import store_from_docs
+
+from dapt.corpora.mix.store import TokenStore
 
 SEQ = 32
 
@@ -45,14 +47,19 @@ def make_run(tmp_path: Path, model_dir: Path, train: dict[str, Any], heldout: bo
     )
 
     mix = run / "mix"
-    (mix / "train").mkdir(parents=True)
-    eos = 2
-    stream: list[int] = []
-    for d in make_docs("domain", 40, seed=5) + make_docs("general", 40, seed=5):
-        stream += tok(d, add_special_tokens=False)["input_ids"] + [eos]
-    n = len(stream) // (SEQ + 1)
-    blocks = np.asarray(stream[: n * (SEQ + 1)], dtype=np.uint32).reshape(n, SEQ + 1)
-    np.save(mix / "train" / "tokens.npy", blocks[np.random.default_rng(0).permutation(n)])
+    ids = {
+        k: [tok(t, add_special_tokens=False)["input_ids"] for t in make_docs(k, 40, seed=5)]
+        for k in ("domain", "general")
+    }
+    index = store_from_docs(
+        mix,
+        {"fin": ("domain", ids["domain"]), "gen": ("general", ids["general"])},
+        SEQ + 1,
+        eos_id=2,
+        vocab_size=len(tok),
+        prep=tmp_path / "prep",
+    )
+    n = len(TokenStore(index.parent))
     for name, kind in (("fin", "domain"), ("gen", "general")) if heldout else ():
         (mix / "heldout" / name).mkdir(parents=True)
         for split, seed in (("validation", 7), ("test", 8)):
@@ -64,11 +71,11 @@ def make_run(tmp_path: Path, model_dir: Path, train: dict[str, Any], heldout: bo
     _done(
         mix,
         {
-            "outputs": {"train_tokens": "train/tokens.npy", "heldout": "heldout"},
+            "outputs": {"train_tokens": "train/index.json", "heldout": "heldout"},
             "seq_len": SEQ,
             "n_blocks": n,
             "vocab_size": len(tok),
-            "eos_id": eos,
+            "eos_id": 2,
         },
     )
     cfg = {

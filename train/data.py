@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from dapt.corpora.mix.store import open_blocks
+
 
 class BlockStream:
     """The packed blocks as an endless, deterministic stream: epoch 0 in file order (the mix stage
@@ -14,8 +16,8 @@ class BlockStream:
     """
 
     def __init__(self, path: str, seed: int):
-        self.blocks = np.load(path, mmap_mode="r")
-        self.n = int(self.blocks.shape[0])
+        self.blocks = open_blocks(path)  # the mix's token store, or a v1 tokens.npy
+        self.n = len(self.blocks)
         self.seed = seed
         self._perm: tuple[int, np.ndarray] | None = None
 
@@ -28,7 +30,7 @@ class BlockStream:
         return int(self._perm[1][i])
 
     def get(self, start: int, count: int) -> torch.Tensor:
-        rows = [np.asarray(self.blocks[self.index(p)], dtype=np.int64) for p in range(start, start + count)]
+        rows = [self.blocks.block(self.index(p)).astype(np.int64) for p in range(start, start + count)]
         return torch.from_numpy(np.stack(rows))
 
 

@@ -73,15 +73,20 @@ def _packed_blocks(mix_dir: Path, mix: dict[str, Any]) -> tuple[str, int, int]:
     seq_len = mix.get("seq_len")
     if not isinstance(seq_len, int) or seq_len < 1:
         raise InputError(f"{mix_dir}/manifest.json: no block length (seq_len: {seq_len!r}); rerun `dapt mix`")
-    import numpy as np
+    from dapt.corpora.mix.store import open_blocks
 
-    arr = np.load(tokens_path, mmap_mode="r")
-    if arr.ndim != 2 or arr.shape[1] != seq_len + 1:
+    try:
+        blocks = open_blocks(tokens_path)
+    except ValueError as e:  # names its file
+        raise InputError(str(e)) from None
+    except OSError as e:
+        raise InputError(f"{tokens_path}: cannot read the packed blocks ({e}); rerun `dapt mix`") from None
+    if blocks.block_len != seq_len + 1:
         raise InputError(
-            f"{tokens_path}: packed blocks of shape {tuple(arr.shape)} do not match the mix manifest's "
-            f"seq_len {seq_len} (want (n, {seq_len + 1})); rerun `dapt mix`"
+            f"{tokens_path}: blocks of {blocks.block_len} tokens do not match the mix manifest's "
+            f"seq_len {seq_len} (want {seq_len + 1}); rerun `dapt mix`"
         )
-    n_blocks = int(arr.shape[0])
+    n_blocks = len(blocks)
     if n_blocks == 0:
         raise InputError(f"{tokens_path}: no packed blocks")
     return str(Path(tokens_path).resolve()), seq_len, n_blocks

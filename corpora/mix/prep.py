@@ -24,13 +24,15 @@ import pyarrow.parquet as pq
 from dapt.corpora.mix.config import MixConfig
 from dapt.corpora.mix.decontam import NgramIndex, build_index, match_documents
 from dapt.corpora.mix.neardup import HeldoutShingles, best_matches
+from dapt.corpora.mix.store import part_name, token_dtype, write_raw
 from dapt.corpora.split.select import HeldoutDoc, split_key
 from dapt.corpora.split.stage import heldout_id
 from dapt.pipeline.fsutil import atomic_write_json
 from dapt.pipeline.ray_runtime import init_ray  # also sets Ray's loopback environment before ray is imported
 
-PREP_VERSION = 1
-"""Bump when the prep pass's output changes meaning, so stale caches are not reused."""
+PREP_VERSION = 2
+"""Bump when the prep pass's output changes meaning, so stale caches are not reused (2: tokens moved
+from a Parquet column to the token store's shards)."""
 
 _READ_SCHEMA = pa.schema(
     [
@@ -50,7 +52,8 @@ OUT_SCHEMA = pa.schema(
         ("status", pa.string()),
         ("n_tokens", pa.int64()),
         ("n_bytes", pa.int64()),
-        ("tokens", pa.large_list(pa.uint32())),
+        ("part", pa.int32()),
+        ("offset", pa.int64()),
         ("near_dup_of", pa.string()),
         ("contam", pa.list_(pa.string())),
     ]
@@ -76,6 +79,8 @@ class PrepState:
     near_dedup: HeldoutShingles | None
     near_dedup_threshold: float
     ngram_index: NgramIndex | None
+    eos_id: int
+    token_dtype: np.dtype
 
 
 _WORKER_STATE: dict[str, PrepState] = {}
@@ -92,16 +97,10 @@ def _state(ref_box: list) -> PrepState:
     return _WORKER_STATE[key]
 
 
-def _list_array(seqs: list[list[int]]) -> pa.Array:
-    lens = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
-    offsets = np.zeros(len(seqs) + 1, dtype=np.int64)
-    np.cumsum(lens, out=offsets[1:])
-    flat = np.fromiter(itertools.chain.from_iterable(seqs), dtype=np.uint32, count=int(offsets[-1]))
-    return pa.LargeListArray.from_arrays(pa.array(offsets, pa.int64()), pa.array(flat, pa.uint32()))
-
-
 def work_units(files: list[str], docs_per_task: int) -> list[dict[str, Any]]:
-    """Slices of the input files, ``(file, row group, start, stop)``, each one Ray task.
+    """Slices of the input files, ``(part, file, row group, start, stop)``, each one Ray task writing one
+    token shard, ``part``. Parts are numbered in input order, so (part, position in part) is the input
+    order whatever ``docs_per_task`` is.
 
     Why not ``ray.data.read_parquet``: on Ray 2.60 it packed a few small files into a single block, and
     one block is one map task, so tokenisation ran on one core. Explicit slices make the parallelism
@@ -115,7 +114,13 @@ def work_units(files: list[str], docs_per_task: int) -> list[dict[str, Any]]:
             n = meta.row_group(rg).num_rows
             for start in range(0, n, docs_per_task):
                 units.append(
-                    {"file": f, "row_group": rg, "start": start, "stop": min(n, start + docs_per_task)}
+                    {
+                        "part": len(units),
+                        "file": f,
+                        "row_group": rg,
+                        "start": start,
+                        "stop": min(n, start + docs_per_task),
+                    }
                 )
     return units
 
@@ -132,19 +137,30 @@ def read_unit(unit: dict[str, Any]) -> pa.Table:
     return t.select(_READ_SCHEMA.names).cast(_READ_SCHEMA)
 
 
-def process_units(units: pa.Table, ref_box: list, batch_size: int) -> pa.Table:
-    """Ray Data UDF: read each unit's rows and run :func:`prep_batch` on them, ``batch_size`` at a time."""
+def process_units(units: pa.Table, ref_box: list, batch_size: int, store_dir: str) -> pa.Table:
+    """Ray Data UDF: read each unit's rows, run :func:`prep_batch` on them ``batch_size`` at a time, and
+    write the unit's training tokens (each document + EOS) to its token shard. A retried task rewrites
+    the same shard under the same name (through a temporary name), so a retry cannot duplicate tokens."""
     st = _state(ref_box)
     out = []
     for unit in units.to_pylist():
         rows = read_unit(unit)
+        chunks: list[np.ndarray] = []
+        filled = 0
         for s in range(0, rows.num_rows, batch_size):
-            out.append(prep_batch(rows.slice(s, batch_size), st))
+            table, toks = prep_batch(rows.slice(s, batch_size), st, int(unit["part"]), filled)
+            out.append(table)
+            chunks.append(toks)
+            filled += int(toks.size)
+        flat = np.concatenate(chunks) if chunks else np.zeros(0, st.token_dtype)
+        write_raw(Path(store_dir) / part_name(int(unit["part"])), flat, st.token_dtype)
     return pa.concat_tables(out) if out else OUT_SCHEMA.empty_table()
 
 
-def prep_batch(batch: pa.Table, st: PrepState) -> pa.Table:
-    """The per-batch work of the prep pass (pure function of the batch and the broadcast state)."""
+def prep_batch(batch: pa.Table, st: PrepState, part: int = 0, filled: int = 0) -> tuple[pa.Table, np.ndarray]:
+    """The per-batch work of the prep pass (pure function of the batch and the broadcast state): the
+    documents' rows, and the tokens of its training documents, each followed by EOS, to append to token
+    shard ``part`` at position ``filled`` (the rows' ``offset``)."""
     d = batch.to_pydict()
     n = batch.num_rows
     held: frozenset[str] = st.heldout_ids
@@ -175,24 +191,33 @@ def prep_batch(batch: pa.Table, st: PrepState) -> pa.Table:
     train_j = [j for j, s in enumerate(status) if s == "train"]
     enc = st.encoder
     ids = enc.encode_batch([texts[j] for j in train_j]) if train_j else []
-    tokens: list[list[int]] = [[] for _ in rows]
+    n_tokens = [0] * len(rows)
+    offsets = [-1] * len(rows)
+    pos = filled
     for j, t in zip(train_j, ids, strict=True):
-        tokens[j] = t
-    return pa.table(
+        if t:  # an empty document has no tokens to train on: no EOS either
+            n_tokens[j], offsets[j] = len(t), pos
+            pos += len(t) + 1
+    eos = (st.eos_id,)
+    pieces = itertools.chain.from_iterable(itertools.chain(t, eos) for t in ids if t)
+    flat = np.fromiter(pieces, dtype=st.token_dtype, count=pos - filled)
+    table = pa.table(
         {
             "source": pa.array([d["source"][i] for i in rows], pa.string()),
             "id": pa.array([str(d["id"][i]) for i in rows], pa.string()),
             "kind": pa.array([d["kind"][i] for i in rows], pa.string()),
             "key": pa.array(keys, pa.uint64()),
             "status": pa.array(status, pa.string()),
-            "n_tokens": pa.array([len(t) for t in tokens], pa.int64()),
+            "n_tokens": pa.array(n_tokens, pa.int64()),
             "n_bytes": pa.array([len(t.encode("utf-8", "surrogatepass")) for t in texts], pa.int64()),
-            "tokens": _list_array(tokens),
+            "part": pa.array([part] * len(rows), pa.int32()),
+            "offset": pa.array(offsets, pa.int64()),
             "near_dup_of": pa.array(near, pa.string()),
             "contam": pa.array(contam, pa.list_(pa.string())),
         },
         schema=OUT_SCHEMA,
     )
+    return table, flat
 
 
 # ------------------------------------------------------------------------------------------------ prep
@@ -246,12 +271,15 @@ def build_prep(
         ),
         near_dedup_threshold=mcfg.near_dedup.threshold,
         ngram_index=index,
+        eos_id=int(encoder.eos_id),
+        token_dtype=token_dtype(int(encoder.vocab_size)),
     )
 
     all_files = [str(f) for fs in files.values() for f in fs]
     t0 = time.perf_counter()
     docs_dir = tmp / "docs"
     t_init = 0.0
+    units: list[dict[str, Any]] = []
     if all_files:
         init_ray(ctx.cfg.ray)
         t_init = time.perf_counter() - t0
@@ -264,7 +292,7 @@ def build_prep(
         ds = ray.data.from_items(units, override_num_blocks=len(units))
         ds = ds.map_batches(
             process_units,
-            fn_kwargs={"ref_box": [ref], "batch_size": mcfg.encode_batch_size},
+            fn_kwargs={"ref_box": [ref], "batch_size": mcfg.encode_batch_size, "store_dir": str(tmp)},
             batch_size=1,
             batch_format="pyarrow",
         )
@@ -288,6 +316,7 @@ def build_prep(
                 "eos_id": encoder.eos_id,
                 "vocab_size": encoder.vocab_size,
             },
+            "store": {"dtype": state.token_dtype.str, "parts": len(units) if all_files else 0},
             "decontamination": {
                 "tasks": sorted(texts),
                 "ngram": mcfg.decontamination.ngram,

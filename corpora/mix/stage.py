@@ -1,15 +1,16 @@
-"""The ``mix`` stage: decontamination, tokenisation, token-exact mixing, packing.
+"""The ``mix`` stage: decontamination, tokenisation, token-exact mixing, the token store.
 
 Flow (docs/mixing.md has the reasoning and the output format):
 
 1. ``prep`` (:mod:`prep`, cached in ``work_dir``; a mix-ratio, total, seed or ``seq_len`` change
    reuses it): one Ray Data pass over every kept document: drop the split stage's held-out ones, flag
    training documents that are exact or MinHash near-duplicates of held-out text and those sharing an
-   n-gram with evaluation data, and tokenise the rest;
-2. the solver turns supply (tokens per source), the target fraction and the total into per-source
-   budgets;
-3. the packer streams each source's documents (epochs of permutations, last document truncated to hit
-   the budget exactly) into shuffled ``seq_len + 1`` blocks.
+   n-gram with evaluation data, and tokenise the rest into token shards;
+2. a Ray task counts the supply (tokens per source); the solver turns it, the target fraction and the
+   total into per-source budgets;
+3. a Ray task writes the index over the shards (:mod:`index`): epochs of permutations, the last
+   document truncated to hit each budget exactly, the shuffled ``seq_len + 1`` blocks. The driver
+   holds counts only; the train stage reads blocks with :class:`store.TokenStore`.
 
 The block length ``seq_len`` is this stage's fact: train and eval read it from the manifest.
 """
@@ -19,24 +20,20 @@ from __future__ import annotations
 import json
 import shutil
 import time
-import zlib
-from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from dapt.corpora.clean.outputs import kept_files
 from dapt.corpora.mix.config import MixConfig
-from dapt.corpora.mix.pack import BlockWriter, source_stream
-from dapt.corpora.mix.prep import OUT_SCHEMA, PREP_VERSION, build_prep
+from dapt.corpora.mix.index import StoreJob, build_store, supply_stats
+from dapt.corpora.mix.prep import PREP_VERSION, build_prep
 from dapt.corpora.mix.solver import MixPlan, SourceSupply, solve_mix
 from dapt.corpora.split.stage import read_heldout_docs
 from dapt.pipeline.errors import ConfigError, InputError
-from dapt.pipeline.fsutil import atomic_write_json, read_json, resolve_output, stable_hash
+from dapt.pipeline.fsutil import read_json, resolve_output, stable_hash
+from dapt.pipeline.ray_runtime import call_in_task, init_ray
 
 # ----------------------------------------------------------------------------------------------- inputs
 
@@ -97,58 +94,6 @@ def eval_texts(ctx: Any) -> tuple[dict[str, list[str]], str | None]:
 # ----------------------------------------------------------------------------------------------- stage
 
 
-def _doc_table(prep: Path, columns: list[str], filters: list | None = None) -> pa.Table:
-    return pq.read_table(prep / "docs", columns=columns, filters=filters, schema=OUT_SCHEMA)
-
-
-def _source_tokens(prep: Path, source: str) -> tuple[np.ndarray, np.ndarray]:
-    """(flat content tokens, offsets) of a source's training documents in canonical (key, id) order."""
-    t = _doc_table(
-        prep,
-        ["id", "key", "tokens"],
-        [("source", "=", source), ("status", "=", "train"), ("n_tokens", ">", 0)],
-    )
-    t = t.sort_by([("key", "ascending"), ("id", "ascending")])
-    arr = t.column("tokens").combine_chunks()
-    if isinstance(arr, pa.ChunkedArray):
-        arr = arr.chunk(0) if arr.num_chunks else pa.array([], pa.large_list(pa.uint32()))
-    lens = pc.list_value_length(arr).to_numpy(zero_copy_only=False).astype(np.int64)
-    offsets = np.zeros(lens.size + 1, dtype=np.int64)
-    np.cumsum(lens, out=offsets[1:])
-    flat = arr.flatten().to_numpy(zero_copy_only=False).astype(np.uint32, copy=False)
-    return flat, offsets
-
-
-def _supply_stats(prep: Path) -> dict[str, dict[str, Any]]:
-    t = _doc_table(prep, ["source", "status", "n_tokens", "n_bytes", "contam"])
-    stats: dict[str, dict[str, Any]] = defaultdict(
-        lambda: {
-            "docs": 0,
-            "tokens": 0,
-            "bytes": 0,
-            "near_dup": 0,
-            "contaminated": 0,
-            "contam_by_task": Counter(),
-        }
-    )
-    d = t.to_pydict()
-    for src, status, ntok, nbytes, contam in zip(
-        d["source"], d["status"], d["n_tokens"], d["n_bytes"], d["contam"], strict=True
-    ):
-        s = stats[src]
-        if status == "train" and ntok > 0:
-            s["docs"] += 1
-            s["tokens"] += ntok + 1  # + EOS
-            s["bytes"] += nbytes
-        elif status == "near_dup":
-            s["near_dup"] += 1
-        elif status == "contaminated":
-            s["contaminated"] += 1
-        if status != "train":
-            s["contam_by_task"].update(contam or [])
-    return stats
-
-
 def _prep_key(ctx: Any, texts: dict[str, list[str]], tok_path: Path) -> str:
     mcfg: MixConfig = ctx.cfg.mix
     return stable_hash(
@@ -199,7 +144,8 @@ def run(ctx: Any) -> dict[str, Any]:
     if info["encoder"]["vocab_size"] > np.iinfo(np.uint32).max:
         raise InputError("vocabulary larger than uint32")
 
-    stats = _supply_stats(prep)
+    init_ray(cfg.ray)  # a reused prep started no Ray yet
+    stats = call_in_task(supply_stats, str(prep), name="dapt:mix-supply")
     supplies = [
         SourceSupply(
             name=s.name,
@@ -222,38 +168,23 @@ def run(ctx: Any) -> dict[str, Any]:
     for note in plan.notes:
         ctx.log.warning("%s", note)
 
-    train_dir = ctx.out_dir / "train"
-    writer = BlockWriter(train_dir, plan.n_blocks, block_len, seed)
-    used: dict[str, dict[str, int]] = {}
-    for sup in supplies:
-        budget = plan.budgets.get(sup.name, 0)
-        used[sup.name] = {"tokens": 0, "docs": 0}
-        if budget == 0:
-            continue
-        flat, offsets = _source_tokens(prep, sup.name)
-        rng = np.random.default_rng([int(seed), zlib.crc32(sup.name.encode())])
-        for toks, starts, ndocs in source_stream(flat, offsets, budget, eos_id, rng):
-            writer.add(toks, starts, sup.kind == "domain")
-            used[sup.name]["tokens"] += int(toks.size)
-            used[sup.name]["docs"] += ndocs
-        del flat, offsets
-    train_files = writer.close()
-    t_pack = time.perf_counter() - t0
-    achieved = writer.domain_tokens / writer.total_tokens
-
-    atomic_write_json(
-        train_dir / "index.json",
-        {
-            "format": "dapt-packed-v1",
-            "files": train_files,
-            "dtype": "uint32",
-            "shape": [plan.n_blocks, block_len],
-            "seq_len": mcfg.seq_len,
-            "eos_id": eos_id,
-            "doc_boundaries": "doc_starts[doc_offsets[r]:doc_offsets[r+1]] are the positions in row r where a "
-            "document begins; every document (and a truncated final piece) ends with eos_id",
-        },
+    job = StoreJob(
+        prep=str(prep),
+        out_dir=str(ctx.out_dir / "train"),
+        sources=tuple((s.name, s.kind, int(plan.budgets.get(s.name, 0))) for s in supplies),
+        block_len=block_len,
+        seq_len=mcfg.seq_len,
+        seed=int(seed),
+        eos_id=eos_id,
+        dtype=info["store"]["dtype"],
+        parts=int(info["store"]["parts"]),
     )
+    store = call_in_task(build_store, job, name="dapt:mix-index")
+    if store.n_blocks != plan.n_blocks:
+        raise RuntimeError(f"mix: the index has {store.n_blocks} blocks, the plan {plan.n_blocks}")
+    used = store.used
+    t_pack = time.perf_counter() - t0
+    achieved = store.domain_tokens / store.total_tokens
 
     per_source = {}
     for sup in supplies:
@@ -270,17 +201,17 @@ def run(ctx: Any) -> dict[str, Any]:
             "docs_used": u["docs"],
             "epochs": round(u["tokens"] / sup.tokens, 6) if sup.tokens else 0.0,
             "max_epochs": sup.max_epochs,
-            "share_of_total": round(u["tokens"] / writer.total_tokens, 6),
+            "share_of_total": round(u["tokens"] / store.total_tokens, 6),
         }
     dom_used = sum(u["tokens"] for n, u in used.items() if kinds[n] == "domain")
     table = [
         {"quantity": "domain fraction", "target": fraction, "achieved": round(achieved, 6)},
-        {"quantity": "total tokens", "target": plan.requested_total_tokens, "achieved": writer.total_tokens},
-        {"quantity": "domain tokens", "target": round(fraction * writer.total_tokens), "achieved": dom_used},
+        {"quantity": "total tokens", "target": plan.requested_total_tokens, "achieved": store.total_tokens},
+        {"quantity": "domain tokens", "target": round(fraction * store.total_tokens), "achieved": dom_used},
         {
             "quantity": "general tokens",
-            "target": round((1 - fraction) * writer.total_tokens),
-            "achieved": writer.total_tokens - dom_used,
+            "target": round((1 - fraction) * store.total_tokens),
+            "achieved": store.total_tokens - dom_used,
         },
     ] + [
         {"quantity": f"{n} tokens", "target": round(plan.ideal.get(n, 0.0)), "achieved": used[n]["tokens"]}
@@ -300,20 +231,14 @@ def run(ctx: Any) -> dict[str, Any]:
     contaminated = {n: stats[n]["contaminated"] if n in stats else 0 for n in kinds}
 
     return {
-        "outputs": {
-            "train_tokens": "train/tokens.npy",
-            "train_index": "train/index.json",
-            "doc_offsets": "train/doc_offsets.npy",
-            "doc_starts": "train/doc_starts.npy",
-            "block_domain_tokens": "train/block_domain_tokens.npy",
-        },
+        "outputs": {"train_tokens": "train/index.json"},
         "seq_len": mcfg.seq_len,
         "block_len": block_len,
         "n_blocks": plan.n_blocks,
         "vocab_size": int(info["encoder"]["vocab_size"]),
         "eos_id": eos_id,
         "encoder_backend": info["encoder"]["backend"],
-        "total_tokens": writer.total_tokens,
+        "total_tokens": store.total_tokens,
         "mix": {
             "target_domain_fraction": fraction,
             "achieved_domain_fraction": achieved,
@@ -343,8 +268,8 @@ def run(ctx: Any) -> dict[str, Any]:
             "train_docs_available": sum(s.docs for s in supplies),
             "doc_instances_packed": sum(u["docs"] for u in used.values()),
             "blocks": plan.n_blocks,
-            "tokens": writer.total_tokens,
-            "domain_tokens": writer.domain_tokens,
+            "tokens": store.total_tokens,
+            "domain_tokens": store.domain_tokens,
         },
     }
 

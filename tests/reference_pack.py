@@ -1,4 +1,9 @@
-"""Packing: a stream of documents (each followed by EOS) cut into blocks of ``seq_len + 1`` tokens.
+"""The packer the token store replaced (``corpora/mix/pack.py`` up to eeb0c8f), kept as the golden
+test's oracle: the token store (``dapt.corpora.mix.index``) must give exactly the rows, document starts
+and domain tokens this gives on the same documents. It held a source's tokens and a numpy array per
+block in the driver, which is why it was replaced; its semantics are the contract.
+
+Packing: a stream of documents (each followed by EOS) cut into blocks of ``seq_len + 1`` tokens.
 
 Blocks are cut in stream order and each stream block is written straight to its shuffled row of a
 memory-mapped ``.npy`` file, so the global block shuffle costs no extra pass and no more memory than

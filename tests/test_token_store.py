@@ -1,0 +1,102 @@
+"""The token store against the packer it replaced, on a prep split into many shards.
+
+Golden comparison: the same documents, budgets and seed through the real index build
+(``dapt.corpora.mix.index.build_store``) and through the reference packer (``tests/reference_pack.py``,
+the pre-store implementation) give the same rows, document starts and domain tokens, row by row; the
+train loop's stream reads the same blocks from any position, across shard boundaries.
+"""
+
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from reference_pack import BlockWriter, source_stream
+from store_fixtures import index_prep, store_from_docs, write_prep
+
+from dapt.corpora.mix.store import TokenStore, open_blocks
+from dapt.train.data import BlockStream
+
+EOS, VOCAB, BLOCK, SEED = 1, 300, 17, 11
+
+
+def _docs(n: int, seed: int, max_len: int = 40) -> list[list[int]]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(2, VOCAB, size=int(rng.integers(1, max_len))).tolist() for _ in range(n)]
+
+
+def _reference(prep: Path, out: Path, budgets: dict[str, tuple[str, int]], n_blocks: int) -> dict:
+    """The pre-store packer over the same prep: documents in (split key, id) order per source."""
+    rows = pq.read_table(prep / "docs").to_pylist()
+    w = BlockWriter(out, n_blocks, BLOCK, SEED)
+    for name, (kind, budget) in budgets.items():
+        docs = sorted((r["key"], r["id"], r) for r in rows if r["source"] == name and r["status"] == "train")
+        toks = []
+        for _k, _i, r in docs:
+            part = np.fromfile(prep / "tokens" / f"part-{r['part']:06d}.bin", dtype=np.uint16)
+            toks.append(part[r["offset"] : r["offset"] + r["n_tokens"]].astype(np.uint32))
+        offsets = np.r_[0, np.cumsum([t.size for t in toks])]
+        flat = np.concatenate(toks)
+        rng = np.random.default_rng([SEED, zlib.crc32(name.encode())])
+        for t, starts, _n in source_stream(flat, offsets, budget, EOS, rng, chunk_tokens=64):
+            w.add(t, starts, kind == "domain")
+    files = w.close()
+    return {k: np.load(out / v) for k, v in files.items()}
+
+
+def test_the_store_gives_the_reference_packers_rows_starts_and_domain_tokens(tmp_path: Path) -> None:
+    sources = {"a": ("domain", _docs(30, 1)), "b": ("domain", _docs(7, 2)), "c": ("general", _docs(40, 3))}
+    prep = tmp_path / "prep"
+    parts = write_prep(prep, sources, EOS, VOCAB, docs_per_part=6)
+    assert parts == 5 + 2 + 7  # several shards per source
+    supply = {n: sum(len(d) + 1 for d in docs) for n, (_k, docs) in sources.items()}
+    # a: 2.5 epochs, b: 3.3 epochs (truncated mid-epoch), c: the rest of whole blocks, under one epoch.
+    budgets = {"a": int(2.5 * supply["a"]), "b": int(3.3 * supply["b"])}
+    total = (budgets["a"] + budgets["b"] + int(0.7 * supply["c"])) // BLOCK * BLOCK
+    budgets["c"] = total - budgets["a"] - budgets["b"]
+    kinds = {n: (sources[n][0], b) for n, b in budgets.items()}
+    result = index_prep(prep, tmp_path / "store", kinds, BLOCK, SEED, EOS, VOCAB, parts)
+    assert result.total_tokens == total and result.n_blocks == total // BLOCK
+    assert result.domain_tokens == budgets["a"] + budgets["b"]
+    assert {n: u["tokens"] for n, u in result.used.items()} == budgets
+
+    ref = _reference(prep, tmp_path / "ref", kinds, result.n_blocks)
+    store = TokenStore(tmp_path / "store")
+    assert store.dtype == np.uint16 and len(store) == result.n_blocks
+    ref_starts = np.split(ref["doc_starts"], ref["doc_offsets"][1:-1])
+    for r in range(len(store)):
+        assert np.array_equal(store.block(r), ref["tokens"][r]), r
+        assert store.doc_starts(r).tolist() == ref_starts[r].tolist(), r
+        assert store.domain_tokens(r) == int(ref["block_domain_tokens"][r]), r
+    assert np.array_equal(np.asarray(store.arrays["block_stream"]), ref["block_stream_index"])
+
+
+def test_the_train_stream_reads_the_same_blocks_from_any_position(tmp_path: Path) -> None:
+    """Resuming is starting the stream at a later position: every start, inside a shard or across a
+    shard boundary, in the first epoch or a reshuffled later one, reads what a full pass reads there."""
+    path = store_from_docs(tmp_path, {"s": ("domain", _docs(50, 4))}, BLOCK, EOS, VOCAB, docs_per_part=5)
+    store = TokenStore(path.parent)
+    assert len(store.info["parts"]) == 10
+    stream = BlockStream(str(path), seed=3)
+    n = stream.n
+    full = stream.get(0, 3 * n)
+    for start in (1, n // 2, n - 1, n, n + 7, 2 * n + 3):
+        assert torch_equal(stream.get(start, 5), full[start : start + 5]), start
+    assert torch_equal(full[:n], full[:n]) and not torch_equal(full[:n], full[n : 2 * n])
+    # Every block of the first epoch is a row of the store, in row order.
+    assert np.array_equal(full[:n].numpy(), store.blocks(range(n)).astype(np.int64))
+
+
+def torch_equal(a, b) -> bool:
+    return bool((a.shape == b.shape) and (a == b).all())
+
+
+def test_a_damaged_store_is_refused_naming_the_file(tmp_path: Path) -> None:
+    path = store_from_docs(tmp_path, {"s": ("domain", _docs(20, 5))}, BLOCK, EOS, VOCAB)
+    damaged = path.parent / "instance_start.bin"
+    damaged.write_bytes(damaged.read_bytes()[:-8])
+    with pytest.raises(ValueError, match=r"instance_start\.bin: \d+ entries, index\.json says \d+"):
+        open_blocks(path)
