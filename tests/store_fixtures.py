@@ -7,11 +7,13 @@ reads the same format, across shard boundaries, that a real mix writes.
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from reference_pack import BlockWriter, source_stream
 
 from dapt.corpora.mix.index import StoreJob, StoreResult, build_store
 from dapt.corpora.mix.prep import OUT_SCHEMA
@@ -138,3 +140,41 @@ def store_from_docs(
         left -= budgets[n][1]
     index_prep(prep, folder / "train", budgets, block_len, seed, eos_id, vocab_size, parts)
     return folder / "train" / INDEX
+
+
+def reference_pack_prep(
+    prep: Path,
+    out: Path,
+    budgets: dict[str, tuple[str, int]],
+    block_len: int,
+    seed: int,
+    eos_id: int,
+    n_blocks: int,
+    dtype: np.dtype,
+) -> dict[str, np.ndarray]:
+    """The pre-store packer (tests/reference_pack.py) over the same prep folder: documents in
+    (split key, id) order per source, as it sorted them; returns its arrays by name."""
+    rows = pq.read_table(prep / "docs").to_pylist()
+    w = BlockWriter(out, n_blocks, block_len, seed)
+    shards: dict[int, np.ndarray] = {}
+    for name, (kind, budget) in budgets.items():
+        if budget == 0:
+            continue
+        docs = sorted(
+            (r["key"], r["id"], r)
+            for r in rows
+            if r["source"] == name and r["status"] == "train" and r["n_tokens"]
+        )
+        toks = []
+        for _k, _i, r in docs:
+            if r["part"] not in shards:
+                shards[r["part"]] = np.fromfile(prep / part_name(r["part"]), dtype=dtype)
+            toks.append(shards[r["part"]][r["offset"] : r["offset"] + r["n_tokens"]].astype(np.uint32))
+        offsets = np.r_[0, np.cumsum([t.size for t in toks])]
+        rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
+        for t, starts, _n in source_stream(
+            np.concatenate(toks), offsets, budget, eos_id, rng, chunk_tokens=64
+        ):
+            w.add(t, starts, kind == "domain")
+    files = w.close()
+    return {k: np.load(out / v) for k, v in files.items()}

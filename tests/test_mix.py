@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 from conftest import make_docs
+from store_fixtures import reference_pack_prep
 
 from dapt.corpora.clean.minhash import jaccard
 from dapt.corpora.mix.store import TokenStore
@@ -261,6 +262,32 @@ def _digests(run_dir: Path) -> dict[str, str]:
     }
 
 
+def _assert_equals_the_reference_packer(run_dir: Path) -> None:
+    """Golden comparison on the real stage: the packer the store replaced (tests/reference_pack.py),
+    run over this mix's own prep cache (many shards), gives the same rows, starts and domain tokens."""
+    m = json.loads((run_dir / "mix" / "manifest.json").read_text())
+    (prep,) = [p for p in (run_dir / ".work" / "mix").glob("prep-*") if (p / "_DONE").exists()]
+    info = json.loads((prep / "prep.json").read_text())
+    assert info["store"]["parts"] > 3
+    budgets = {n: (s["kind"], s["tokens_budget"]) for n, s in m["mix"]["per_source"].items()}
+    ref = reference_pack_prep(
+        prep,
+        run_dir / "ref",
+        budgets,
+        m["block_len"],
+        m["mix"]["seed"],
+        m["eos_id"],
+        m["n_blocks"],
+        np.dtype(info["store"]["dtype"]),
+    )
+    store = TokenStore(run_dir / "mix" / "train")
+    starts = np.split(ref["doc_starts"], ref["doc_offsets"][1:-1])
+    for r in range(len(store)):
+        assert np.array_equal(store.block(r), ref["tokens"][r]), r
+        assert store.doc_starts(r).tolist() == starts[r].tolist(), r
+        assert store.domain_tokens(r) == int(ref["block_domain_tokens"][r]), r
+
+
 def _rows(run_dir: Path) -> list[bytes]:
     store = TokenStore(run_dir / "mix" / "train")
     return [store.block(r).tobytes() for r in range(len(store))]
@@ -283,6 +310,7 @@ def test_same_seed_gives_byte_identical_shards(tmp_path, corpus, sp_tokenizer_di
         list((tmp_path / "a" / "run" / "mix" / "train" / "tokens").glob("*.bin"))
     )
     assert _rows(tmp_path / "c" / "run") == _rows(tmp_path / "a" / "run")
+    _assert_equals_the_reference_packer(tmp_path / "c" / "run")
     run_mix(b, ["mix.seed=4"])
     dc = _digests(tmp_path / "b" / "run")
     assert dc["train/block_stream.bin"] != da["train/block_stream.bin"]

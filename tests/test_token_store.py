@@ -8,14 +8,11 @@ train loop's stream reads the same blocks from any position, across shard bounda
 
 from __future__ import annotations
 
-import zlib
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
-from reference_pack import BlockWriter, source_stream
-from store_fixtures import index_prep, store_from_docs, write_prep
+from store_fixtures import index_prep, reference_pack_prep, store_from_docs, write_prep
 
 from dapt.corpora.mix.store import TokenStore, open_blocks
 from dapt.train.data import BlockStream
@@ -26,25 +23,6 @@ EOS, VOCAB, BLOCK, SEED = 1, 300, 17, 11
 def _docs(n: int, seed: int, max_len: int = 40) -> list[list[int]]:
     rng = np.random.default_rng(seed)
     return [rng.integers(2, VOCAB, size=int(rng.integers(1, max_len))).tolist() for _ in range(n)]
-
-
-def _reference(prep: Path, out: Path, budgets: dict[str, tuple[str, int]], n_blocks: int) -> dict:
-    """The pre-store packer over the same prep: documents in (split key, id) order per source."""
-    rows = pq.read_table(prep / "docs").to_pylist()
-    w = BlockWriter(out, n_blocks, BLOCK, SEED)
-    for name, (kind, budget) in budgets.items():
-        docs = sorted((r["key"], r["id"], r) for r in rows if r["source"] == name and r["status"] == "train")
-        toks = []
-        for _k, _i, r in docs:
-            part = np.fromfile(prep / "tokens" / f"part-{r['part']:06d}.bin", dtype=np.uint16)
-            toks.append(part[r["offset"] : r["offset"] + r["n_tokens"]].astype(np.uint32))
-        offsets = np.r_[0, np.cumsum([t.size for t in toks])]
-        flat = np.concatenate(toks)
-        rng = np.random.default_rng([SEED, zlib.crc32(name.encode())])
-        for t, starts, _n in source_stream(flat, offsets, budget, EOS, rng, chunk_tokens=64):
-            w.add(t, starts, kind == "domain")
-    files = w.close()
-    return {k: np.load(out / v) for k, v in files.items()}
 
 
 def test_the_store_gives_the_reference_packers_rows_starts_and_domain_tokens(tmp_path: Path) -> None:
@@ -63,7 +41,9 @@ def test_the_store_gives_the_reference_packers_rows_starts_and_domain_tokens(tmp
     assert result.domain_tokens == budgets["a"] + budgets["b"]
     assert {n: u["tokens"] for n, u in result.used.items()} == budgets
 
-    ref = _reference(prep, tmp_path / "ref", kinds, result.n_blocks)
+    ref = reference_pack_prep(
+        prep, tmp_path / "ref", kinds, BLOCK, SEED, EOS, result.n_blocks, np.dtype("<u2")
+    )
     store = TokenStore(tmp_path / "store")
     assert store.dtype == np.uint16 and len(store) == result.n_blocks
     ref_starts = np.split(ref["doc_starts"], ref["doc_offsets"][1:-1])
