@@ -18,8 +18,8 @@ Config: ``configs/tiny.yaml`` with its sources replaced by those two, no ``date_
 as ``dapt`` subprocesses; only clean and mix are timed and sampled.
 
 Sampling: every ``--interval`` s (0.2) the whole process tree of the ``dapt`` subprocess is read with
-psutil. The ``dapt`` process is the driver; a process whose title starts with ``ray::`` (or runs
-``default_worker.py``) is a Ray worker; every other descendant (raylet, gcs_server, dashboard, agents,
+psutil. The ``dapt`` process is the driver; a process whose title starts with ``ray::`` or ``dapt:``
+(a named dapt task), or that runs ``default_worker.py``, is a Ray worker; every other descendant (raylet, gcs_server, dashboard, agents,
 log monitor) is a Ray system process, reported separately. Per class: peak RSS of one process (driver,
 largest worker, largest system process) and peak sum over the class; RSS counts the object-store
 pages a process has touched (shared memory), so ``anon`` (RSS minus file/shmem pages) is reported too.
@@ -183,6 +183,8 @@ def classify(proc: psutil.Process, root_pid: int) -> tuple[str, str]:
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
         return "gone", ""
     head = cmd[0] if cmd else name
+    if head.startswith("dapt:") or name.startswith("dapt:"):  # a named dapt task (e.g. dapt:mix-index)
+        return "worker", (head if head.startswith("dapt:") else name).split()[0][:48]
     if head.startswith("ray::"):
         label = head.split()[0][:48]
         return ("system" if label.startswith(_RAY_SYSTEM_TITLES) else "worker"), label

@@ -105,6 +105,32 @@ def call_in_task(fn: Any, *args: Any, name: str, num_cpus: float = 1, max_retrie
         raise_task_cause(e)
 
 
+def map_in_tasks(
+    fn: Any, calls: list[tuple[Any, ...]], name: str, num_cpus: float = 1, max_retries: int = 2
+) -> Any:
+    """``fn(*args)`` for every args tuple, one Ray task each, all submitted at once; yields the results
+    in call order, fetching one at a time, so the driver holds one result while the rest wait in the
+    object store. Errors as :func:`call_in_task`."""
+    import ray
+    from ray.exceptions import RayTaskError
+
+    remote = ray.remote(fn).options(
+        num_cpus=num_cpus, max_retries=max_retries, retry_exceptions=False, name=name
+    )
+    refs = [remote.remote(*args) for args in calls]
+    try:
+        for i, ref in enumerate(refs):
+            try:
+                yield ray.get(ref)
+            except RayTaskError as e:
+                raise_task_cause(e)
+            refs[i] = None  # let the object store free it
+    finally:
+        for ref in refs:
+            if ref is not None:
+                ray.cancel(ref, force=True)
+
+
 def raise_task_cause(e: Any) -> None:
     """Re-raise a RayTaskError as what the task raised: a DaptError as itself with its one-line message
     (no Ray traceback around it), any other exception as its own class chained to the RayTaskError."""

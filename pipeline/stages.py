@@ -106,6 +106,7 @@ STAGES: dict[str, StageSpec] = {
             None,
             "hold out validation and test documents per source, before anything is fitted on the text",
             ignore=("sources.*.weight",),
+            uses_ray=True,
         ),
         StageSpec(
             "tokenizer",

@@ -64,7 +64,9 @@ def corpus(tmp_path_factory) -> dict:
     return {"root": root, "fin": fin}
 
 
-def _run(corpus: dict, tmp: Path, extra: str = "") -> tuple[dict, pa.Table, pa.Table]:
+def _run(
+    corpus: dict, tmp: Path, extra: str = "", shuffle: str = "shuffle_partitions: 2, buckets: 8"
+) -> tuple[dict, pa.Table, pa.Table]:
     root = corpus["root"]
     cfg = tmp / "c.yaml"
     # the general source comes first in the config: ``first`` would keep its copies
@@ -76,7 +78,7 @@ sources:
   - {{name: fin, kind: domain, paths: ["{root}/fin.jsonl"], id_field: id}}
 model: {{from_config: {{}}}}
 ray: {{num_cpus: 2, object_store_memory_gb: 1}}
-clean: {{shuffle_partitions: 2, buckets: 8{extra}}}
+clean: {{{shuffle}{extra}}}
 """,
         encoding="utf-8",
     )
@@ -117,3 +119,24 @@ def test_dedup_prefer_first_keeps_the_copy_first_in_config_order(corpus, tmp_pat
     reasons = {r["id"]: r["reason"] for r in rej.to_pylist()}
     assert (reasons["fin-0"], reasons["fin-1"]) == ("duplicate:exact:web", "duplicate:near:web")
     assert m["sources"]["fin"]["rejected"] == {"duplicate:exact:web": 1, "duplicate:near:web": 1}
+
+
+def test_decisions_do_not_depend_on_the_shuffle_sizing(corpus, tmp_path, ray_local):
+    """shuffle_partitions and buckets are not fingerprinted because they cannot change a decision: the
+    same kept rows, cluster ids and rejections with 2 x 8, 3 x 5 and auto (which the manifest records)."""
+
+    def outcome(tag: str, shuffle: str):
+        (tmp_path / tag).mkdir()
+        m, kept, rej = _run(corpus, tmp_path / tag, shuffle=shuffle)
+        keep = sorted(zip(kept.column("id").to_pylist(), kept.column("cluster_id").to_pylist(), strict=True))
+        drop = sorted(zip(rej.column("id").to_pylist(), rej.column("reason").to_pylist(), strict=True))
+        return m, keep, drop
+
+    _m, keep, drop = outcome("a", "shuffle_partitions: 2, buckets: 8")
+    assert outcome("b", "shuffle_partitions: 3, buckets: 5")[1:] == (keep, drop)
+    m, *rest = outcome("c", "shuffle_partitions: auto")
+    assert tuple(rest) == (keep, drop)
+    sizing = m["dedup"]["shuffle"]
+    assert sizing["from"] == {"partitions": "auto", "buckets": "auto"}
+    assert sizing["partitions"] == 2 and sizing["cluster_cpus"] == 2  # a small corpus: one per CPU
+    assert sizing["buckets"] == 64

@@ -23,6 +23,7 @@ from store_fixtures import reference_pack_prep
 
 from dapt.corpora.clean.minhash import jaccard
 from dapt.corpora.mix.store import TokenStore
+from dapt.corpora.split.select import split_key
 from dapt.pipeline.config import load_config
 from dapt.pipeline.errors import ConfigError
 from dapt.pipeline.stages import run_stage
@@ -415,6 +416,21 @@ def test_date_split_holds_out_later_documents(tmp_path, sp_tokenizer_dir, ray_lo
         for x in (tmp_path / "run" / "split" / "heldout" / "fin" / "test.jsonl").read_text().splitlines()
     ]
     assert sorted(test_ids) == sorted(f"fin-{i}" for i in range(20, 30))
+    assert m["mix"]["per_source"]["fin"]["docs"] == 30 - 12
+
+    # A test set capped below the documents after the cut: a sample of them (the smallest split keys)
+    # is test, and none of the others is trained on either: the rule, not the list, keeps them out.
+    m = run_mix(cfg, ["split.max_docs=4"])
+    split = json.loads((tmp_path / "run" / "split" / "manifest.json").read_text())
+    assert split["heldout"]["fin"] == {"validation": 2, "test": 4}
+    stats = split["heldout_stats"]["fin"]
+    assert stats["dated_after"] == 10 and stats["dated_after_not_in_test"] == 6
+    sampled = [
+        json.loads(x)["id"]
+        for x in (tmp_path / "run" / "split" / "heldout" / "fin" / "test.jsonl").read_text().splitlines()
+    ]
+    by_key = sorted(test_ids, key=lambda i: (split_key(fin[int(i.split("-")[1])]), i))
+    assert sampled == by_key[:4]
     assert m["mix"]["per_source"]["fin"]["docs"] == 30 - 12
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from dapt.corpora.clean.outputs import kept_dir
-from dapt.corpora.split.stage import read_heldout_ids
+from dapt.corpora.split.stage import heldout_rule, read_heldout_ids
 from dapt.pipeline.errors import ConfigError, InputError
 from dapt.pipeline.stages import StageContext
 from dapt.tokenizer.encode import SP_FILE, Encoder, load_encoder
@@ -249,9 +249,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
     kept = kept_dir(ctx)
     ids_file = ctx.require_output("split", "heldout_ids")
-    heldout_ids = read_heldout_ids(ids_file)
+    rule = heldout_rule(read_heldout_ids(ids_file), ctx.upstream_manifest("split"))
     sources = [(s.name, s.kind, s.weight) for s in cfg.sources]
-    sample = sample_corpus(kept, sources, t, cfg.seed, exclude=heldout_ids)
+    sample = sample_corpus(kept, sources, t, cfg.seed, exclude=rule)
     heldout_all = sample.heldout_docs()
 
     base_tok, base_tok_path, base_proto = _load_base_tokenizer(ctx)

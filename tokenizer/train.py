@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dapt.corpora.split.stage import heldout_id
+from dapt.corpora.split.stage import HeldoutRule
 from dapt.pipeline.errors import ConfigError, InputError
 from dapt.tokenizer.config import TokenizerConfig
 from dapt.tokenizer.encode import SP_FILE
@@ -45,8 +45,8 @@ class Sample:
         return [d for s, docs in self.heldout.items() if kind is None or self.kinds[s] == kind for d in docs]
 
 
-def _iter_docs(folder: Path) -> Iterator[tuple[str, str]]:
-    """(id, text) of every document in a clean ``kept/<source>/`` folder, in file order."""
+def _iter_docs(folder: Path) -> Iterator[tuple[str, str, object]]:
+    """(id, text, date) of every document in a clean ``kept/<source>/`` folder, in file order."""
     import pyarrow.parquet as pq
 
     for f in sorted(folder.glob("*.parquet")):
@@ -57,15 +57,16 @@ def _iter_docs(folder: Path) -> Iterator[tuple[str, str]]:
         cols = set(pf.schema_arrow.names)
         if "text" not in cols:
             raise InputError(f"{f}: no 'text' column (columns: {sorted(cols)})")
-        use = ["text"] + (["id"] if "id" in cols else [])
+        use = ["text"] + [c for c in ("id", "date") if c in cols]
         n = 0
         for batch in pf.iter_batches(columns=use, batch_size=1024):
             texts = batch.column("text").to_pylist()
             ids = batch.column("id").to_pylist() if "id" in use else [None] * len(texts)
-            for i, t in zip(ids, texts, strict=True):
+            dates = batch.column("date").to_pylist() if "date" in use else [None] * len(texts)
+            for i, t, d in zip(ids, texts, dates, strict=True):
                 n += 1
                 if t:
-                    yield (str(i) if i is not None else f"{f.name}:{n}"), t
+                    yield (str(i) if i is not None else f"{f.name}:{n}"), t, d
 
 
 def sample_corpus(
@@ -73,7 +74,7 @@ def sample_corpus(
     sources: list[tuple[str, str, float]],
     tcfg: TokenizerConfig,
     seed: int,
-    exclude: frozenset[str] = frozenset(),
+    exclude: HeldoutRule | None = None,
 ) -> Sample:
     """Draw the training sample and the held-out sample from the clean stage's kept documents.
 
@@ -82,8 +83,8 @@ def sample_corpus(
     then by weight within a side. A document is held out when the hash of ``seed:id`` falls under
     ``heldout_fraction``, so the split is stable across runs and independent of file order.
 
-    Documents in ``exclude`` (the split stage's ``heldout_ids``: validation and test) are never
-    read into either sample: the evaluation text must not shape the vocabulary that is evaluated on it.
+    Documents ``exclude`` rules out (the split stage's rule: its validation and test documents, and with
+    ``by: date`` everything dated after the cut) are never read into either sample: the evaluation text must not shape the vocabulary that is evaluated on it.
     The tokenizer's own ``heldout`` is a further cut of the training split, for its fertility checks.
     """
     import xxhash
@@ -106,8 +107,8 @@ def sample_corpus(
         used = 0
         excluded = 0
         if folder.is_dir():
-            for doc_id, text in _iter_docs(folder):
-                if heldout_id(name, doc_id) in exclude:
+            for doc_id, text, date in _iter_docs(folder):
+                if exclude is not None and exclude.excludes(name, doc_id, date):
                     excluded += 1
                     continue
                 if xxhash.xxh64_intdigest(f"{seed}:{doc_id}".encode()) < cut:

@@ -11,9 +11,11 @@ Two kinds of models live here:
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from dapt.pipeline.knobs import NOT_FINGERPRINTED
 
 
 class StepSpec(BaseModel):
@@ -257,10 +259,18 @@ class CleanConfig(BaseModel):
     """Uncompressed JSONL/txt files larger than this are split into byte ranges read in parallel."""
     batch_docs: int = Field(default=1000, ge=1, le=1_000_000)
     """Documents per processing batch inside a shard (bounds memory together with shard_mb)."""
-    shuffle_partitions: int = Field(default=4, ge=1, le=100_000)
-    """Partitions of the dedup shuffles; raise it with the cluster size."""
-    buckets: int = Field(default=64, ge=1, le=1 << 20)
-    """Hash buckets per shuffle: groups are buckets, not single keys (per-group overhead)."""
+    shuffle_partitions: Annotated[int, Field(ge=1, le=100_000)] | Literal["auto"] = Field(
+        default="auto", json_schema_extra=NOT_FINGERPRINTED
+    )
+    """Partitions of the dedup shuffles. ``auto``: sized from the documents and the cluster's CPUs (at
+    least one per CPU, about 2 million shuffle rows each; ``dedup.shuffle_sizing``), recorded in the
+    manifest under ``dedup.shuffle``. The decisions do not depend on it (tested), so it is not
+    fingerprinted."""
+    buckets: Annotated[int, Field(ge=1, le=1 << 20)] | Literal["auto"] = Field(
+        default="auto", json_schema_extra=NOT_FINGERPRINTED
+    )
+    """Hash buckets per shuffle: groups are buckets, not single keys (per-group overhead). ``auto``: at
+    least 64 and the partition count, about 250,000 shuffle rows per bucket (one group's memory)."""
     rejected_text_chars: int = Field(default=100_000, ge=0)
     """Rejected documents keep at most this many characters of text (0: none)."""
     max_cc_rounds: int = Field(default=40, ge=1, le=1000)

@@ -160,7 +160,7 @@ def _run(ctx: Any, validated: list, work: Path, ray_info: dict[str, Any]) -> dic
             warn(log, f"skipped {s.path} (clean.on_bad_file: skip): {bad['reason']}")
     live = [s for s in shards if s.path not in bad_paths]
 
-    dstats = dedup(cc, live, work, log)
+    dstats = dedup(cc, live, work, log, docs=sum(summaries[s.shard]["docs_in"] for s in live))
     t_b = time.perf_counter()
 
     out = Path(ctx.out_dir)

@@ -26,7 +26,7 @@ from dapt.corpora.mix.decontam import NgramIndex, build_index, match_documents
 from dapt.corpora.mix.neardup import HeldoutShingles, best_matches
 from dapt.corpora.mix.store import part_name, token_dtype, write_raw
 from dapt.corpora.split.select import HeldoutDoc, split_key
-from dapt.corpora.split.stage import heldout_id
+from dapt.corpora.split.stage import HeldoutRule, heldout_id
 from dapt.pipeline.fsutil import atomic_write_json
 from dapt.pipeline.ray_runtime import init_ray  # also sets Ray's loopback environment before ray is imported
 
@@ -69,8 +69,9 @@ class PrepState:
 
     encoder: Any
     """The tokenizer stage's exact encoder (``dapt.tokenizer.encode.load_encoder``)."""
-    heldout_ids: frozenset[str]
-    """``split.stage.heldout_id`` of every held-out document: these never enter training."""
+    heldout: HeldoutRule
+    """The split stage's rule: its held-out documents (by id) and, with ``by: date``, every document dated
+    after the cut never enter training."""
     heldout_keys: dict[int, list[int]]
     """Split key -> indices into ``heldout_texts`` (exact copies of held-out text, confirmed on the text)."""
     heldout_texts: list[str]
@@ -163,8 +164,9 @@ def prep_batch(batch: pa.Table, st: PrepState, part: int = 0, filled: int = 0) -
     shard ``part`` at position ``filled`` (the rows' ``offset``)."""
     d = batch.to_pydict()
     n = batch.num_rows
-    held: frozenset[str] = st.heldout_ids
-    rows = [i for i in range(n) if heldout_id(d["source"][i], str(d["id"][i])) not in held]
+    rule: HeldoutRule = st.heldout
+    dates = d.get("date") or [None] * n
+    rows = [i for i in range(n) if not rule.excludes(d["source"][i], str(d["id"][i]), dates[i])]
     texts = [d["text"][i] for i in rows]
     keys = [split_key(t) for t in texts]
     near: list[str | None] = [None] * len(rows)
@@ -230,6 +232,7 @@ def build_prep(
     tok_path: Path,
     texts: dict[str, list[str]],
     prep: Path,
+    heldout_after: Any = None,
 ) -> None:
     """Run the Ray Data pass into ``prep`` (a fresh folder); marks it done last."""
     import ray
@@ -260,7 +263,7 @@ def build_prep(
         hkeys[h.key].append(i)
     state = PrepState(
         encoder=encoder,
-        heldout_ids=frozenset(heldout_id(h.source, h.id) for h in heldout),
+        heldout=HeldoutRule(frozenset(heldout_id(h.source, h.id) for h in heldout), heldout_after),
         heldout_keys=dict(hkeys),
         heldout_texts=[h.text for h in heldout],
         heldout_names=[f"{h.source}/{h.id}" for h in heldout],

@@ -30,7 +30,7 @@ from dapt.corpora.mix.config import MixConfig
 from dapt.corpora.mix.index import StoreJob, build_store, supply_stats
 from dapt.corpora.mix.prep import PREP_VERSION, build_prep
 from dapt.corpora.mix.solver import MixPlan, SourceSupply, solve_mix
-from dapt.corpora.split.stage import read_heldout_docs
+from dapt.corpora.split.stage import heldout_rule, read_heldout_docs
 from dapt.pipeline.errors import ConfigError, InputError
 from dapt.pipeline.fsutil import read_json, resolve_output, stable_hash
 from dapt.pipeline.ray_runtime import call_in_task, init_ray
@@ -133,7 +133,8 @@ def run(ctx: Any) -> dict[str, Any]:
     if ctx.force or not (prep / "_DONE").exists():  # --force also redoes the cached pass
         for old in ctx.work_dir.glob("prep-*"):
             shutil.rmtree(old, ignore_errors=True)  # one cache at a time: it is as large as the corpus
-        build_prep(ctx, files, read_heldout_docs(split_dir, kinds), tok_path, texts, prep)
+        after = heldout_rule(frozenset(), ctx.upstream_manifest("split")).after
+        build_prep(ctx, files, read_heldout_docs(split_dir, kinds), tok_path, texts, prep, after)
         prep_reused = False
     else:
         prep_reused = True

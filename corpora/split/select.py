@@ -6,18 +6,29 @@ two copies of the same text always land on the same side. Per source, the test s
 with the smallest keys and validation the next ones (``by: hash``), or test is everything dated after
 ``split.after`` and validation the smallest keys among the rest (``by: date``).
 
-Selection streams the clean stage's Parquet files once, keeping a bounded heap per source, so memory
-is the held-out text plus 8 bytes per document, whatever the corpus size.
+Selection is one Ray task per kept Parquet file (:func:`scan_file`): it reads the file a batch at a
+time and returns only its best candidates, ``(key, id, row)`` without text; the driver keeps a running
+top-k per source as the results arrive, and the winners' text is read back by one task per file
+(:func:`read_texts`). Memory is bounded everywhere: a task by one batch plus ``k`` candidates, the
+driver by ``k`` candidates per source plus the held-out text itself, whatever the corpus size.
+
+With ``by: date`` the test set is the ``max_docs`` documents dated after the cut with the smallest
+keys (all of them when fewer); every document dated after the cut stays out of training whether it is
+in the test sample or not (:func:`is_after`, applied by the consumers next to the held-out ids), so the
+model never trains on the future and no process holds the post-cut documents.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import heapq
-from collections.abc import Iterator
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import xxhash
 
@@ -66,7 +77,7 @@ def split_counts(n_docs: int, cfg: SplitConfig) -> tuple[int, int]:
         return min(cfg.max_docs, max(cfg.min_docs, round(frac * n_docs)))
 
     n_val = one(cfg.validation_fraction, cfg.validation_docs)
-    n_test = 0 if cfg.by == "date" else one(cfg.test_fraction, cfg.test_docs)
+    n_test = 0 if cfg.by == "date" else one(cfg.test_fraction, cfg.test_docs)  # date: every doc after the cut
     limit = n_docs // 2
     while n_val + n_test > limit and (n_val or n_test):
         if n_test >= n_val and n_test > 0:
@@ -91,75 +102,151 @@ class HeldoutSet:
     """Every held-out document, plus per-source statistics of the selection."""
 
     docs: list[HeldoutDoc] = field(default_factory=list)
-    by_id: dict[tuple[str, str], str] = field(default_factory=dict)
-    """(source, id) -> split, for the hash-chosen documents (date-test documents are decided by rule)."""
     stats: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def of(self, source: str, split: str) -> list[HeldoutDoc]:
         return [d for d in self.docs if d.source == source and d.split == split]
 
 
-def _iter_rows(files: list[Path], with_date: bool) -> Iterator[tuple[str, str, str, object]]:
-    cols = ["id", "kind", "text"] + (["date"] if with_date else [])
-    for f in files:
-        pf = pq.ParquetFile(f)
-        names = set(pf.schema_arrow.names)
-        use = [c for c in cols if c in names]
-        for batch in pf.iter_batches(columns=use, batch_size=4096):
-            d = batch.to_pydict()
-            n = batch.num_rows
-            dates = d.get("date") or [None] * n
-            yield from zip(d["id"], d["kind"], d["text"], dates, strict=True)
+CANDIDATES = pa.schema(
+    [("key", pa.uint64()), ("id", pa.string()), ("file", pa.string()), ("row", pa.int64())]
+)
+SCAN_BATCH_ROWS = 4096
 
 
-def select_heldout(files_by_source: dict[str, list[Path]], cfg: SplitConfig) -> HeldoutSet:
+@dataclass(frozen=True)
+class ScanJob:
+    """One kept Parquet file to scan (the payload of :func:`scan_file`)."""
+
+    file: str
+    k: int
+    """Candidates to return from the pool (validation, and test with ``by: hash``)."""
+    k_after: int
+    """Candidates to return among documents dated after the cut (``by: date``)."""
+    after: str | None
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    file: str
+    docs: int
+    undated: int
+    dated_after: int
+    pool: pa.Table
+    """``CANDIDATES``: the file's ``k`` smallest (key, id) among documents not dated after the cut."""
+    after_pool: pa.Table
+    """``CANDIDATES``: its ``k_after`` smallest among documents dated after the cut."""
+
+
+def smallest(tables: Iterable[pa.Table], k: int) -> pa.Table:
+    """The ``k`` rows of smallest (key, id) among ``CANDIDATES`` tables."""
+    t = pa.concat_tables(list(tables))
+    if k <= 0 or t.num_rows == 0:
+        return CANDIDATES.empty_table()
+    return t.sort_by([("key", "ascending"), ("id", "ascending")]).slice(0, k)
+
+
+def scan_file(job: ScanJob) -> ScanResult:
+    """Split keys of every document of one file; keeps only the best candidates (no text leaves)."""
+    after = dt.date.fromisoformat(job.after[:10]) if job.after else None
+    pf = pq.ParquetFile(job.file)
+    cols = ["id", "text"] + (["date"] if after is not None and "date" in pf.schema_arrow.names else [])
+    pool, late = CANDIDATES.empty_table(), CANDIDATES.empty_table()
+    docs = undated = dated_after = 0
+    for batch in pf.iter_batches(columns=cols, batch_size=SCAN_BATCH_ROWS):
+        d = batch.to_pydict()
+        n = batch.num_rows
+        late_mask = [False] * n
+        if after is not None:
+            parsed = [parse_date(x) for x in (d.get("date") or [None] * n)]
+            undated += sum(p is None for p in parsed)
+            late_mask = [p is not None and p > after for p in parsed]
+            dated_after += sum(late_mask)
+        t = pa.table(
+            {
+                "key": pa.array([split_key(x) for x in d["text"]], pa.uint64()),
+                "id": pa.array([str(i) for i in d["id"]], pa.string()),
+                "file": pa.array([job.file] * n, pa.string()),
+                "row": pa.array(range(docs, docs + n), pa.int64()),
+            },
+            schema=CANDIDATES,
+        )
+        docs += n
+        mask = pa.array(late_mask, pa.bool_())
+        if job.k:
+            pool = smallest([pool, t.filter(pc.invert(mask))], job.k)
+        if job.k_after and any(late_mask):
+            late = smallest([late, t.filter(mask)], job.k_after)
+    return ScanResult(job.file, docs, undated, dated_after, pool, late)
+
+
+def read_texts(file: str, rows: list[int]) -> list[tuple[str, str]]:
+    """(kind, text) of the given rows of one kept file, in the order asked."""
+    t = pq.read_table(file, columns=["kind", "text"]).take(pa.array(rows, pa.int64()))
+    return list(zip(t["kind"].to_pylist(), t["text"].to_pylist(), strict=True))
+
+
+Mapper = Callable[[Callable[..., Any], list[tuple[Any, ...]]], Iterable[Any]]
+"""Runs ``fn(*args)`` for each args tuple and yields the results in call order, one at a time (Ray
+tasks in the stage, a plain loop in unit tests: the same functions either way)."""
+
+
+def in_process(fn: Callable[..., Any], calls: list[tuple[Any, ...]]) -> Iterable[Any]:
+    return (fn(*args) for args in calls)
+
+
+def select_heldout(
+    files_by_source: dict[str, list[Path]], cfg: SplitConfig, run: Mapper = in_process
+) -> HeldoutSet:
     """Choose each source's held-out documents (see the module docstring)."""
-    out = HeldoutSet()
-    after = dt.date.fromisoformat(cfg.after[:10]) if cfg.by == "date" and cfg.after else None
+    after = cfg.after if cfg.by == "date" and cfg.after else None
+    plans: dict[str, tuple[int, int, int]] = {}  # source -> (validation, hash test, date test cap)
+    jobs, owner = [], []
     for source, files in files_by_source.items():
         n_docs = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
         n_val, n_test = split_counts(n_docs, cfg)
-        k = n_val + n_test
-        heap: list[tuple[int, str, str, str]] = []  # max-heap by (key, id) via negation of key
-        test_docs: list[HeldoutDoc] = []
-        undated = 0
-        for doc_id, kind, text, date in _iter_rows(files, after is not None):
-            doc_id = str(doc_id)
-            if after is not None:
-                if parse_date(date) is None:
-                    undated += 1
-                elif is_after(date, after):
-                    test_docs.append(HeldoutDoc(split_key(text), doc_id, source, kind, text, "test"))
-                    continue
-            if k == 0:
-                continue
-            key = split_key(text)
-            item = (-key, _neg_id(doc_id), kind, text)
-            if len(heap) < k:
-                heapq.heappush(heap, item)
-            elif item > heap[0]:
-                heapq.heapreplace(heap, item)
-        chosen = sorted(((-nk, _unneg_id(nid), kind, text) for nk, nid, kind, text in heap))
-        for i, (key, doc_id, kind, text) in enumerate(chosen):
-            split = "test" if i < n_test else "validation"
-            out.docs.append(HeldoutDoc(key, doc_id, source, kind, text, split))
-            out.by_id[(source, doc_id)] = split
-        test_docs.sort(key=lambda d: (d.key, d.id))
-        out.docs.extend(test_docs)
-        out.stats[source] = {
-            "docs": n_docs,
-            "validation": sum(1 for _, *_r in chosen[n_test:]),
-            "test": min(n_test, len(chosen)) + len(test_docs),
-        }
-        if after is not None:
-            out.stats[source]["undated"] = undated
+        plans[source] = (n_val, n_test, cfg.max_docs if after else 0)
+        for f in files:
+            jobs.append((ScanJob(str(f), n_val + n_test, plans[source][2], after),))
+            owner.append(source)
+
+    # A running top-k per source as the results come in: the driver holds k candidates per source.
+    best = {s: CANDIDATES.empty_table() for s in files_by_source}
+    best_after = dict(best)
+    tally = {s: Counter() for s in files_by_source}
+    for source, r in zip(owner, run(scan_file, jobs), strict=True):
+        n_val, n_test, k_after = plans[source]
+        best[source] = smallest([best[source], r.pool], n_val + n_test)
+        best_after[source] = smallest([best_after[source], r.after_pool], k_after)
+        tally[source].update(docs=r.docs, undated=r.undated, dated_after=r.dated_after)
+
+    # Picks in the order the files list them: hash picks by (key, id), the smallest n_test being
+    # test, then the date-test sample by (key, id).
+    picks: dict[str, list[tuple[dict[str, Any], str]]] = {}
+    for source in files_by_source:
+        n_test = plans[source][1]
+        hashed = best[source].to_pylist()
+        picks[source] = [(c, "test" if i < n_test else "validation") for i, c in enumerate(hashed)]
+        picks[source] += [(c, "test") for c in best_after[source].to_pylist()]
+    by_file: dict[str, list[int]] = defaultdict(list)
+    for chosen in picks.values():
+        for c, _split in chosen:
+            by_file[c["file"]].append(c["row"])
+    calls = [(f, sorted(rows)) for f, rows in by_file.items()]
+    texts: dict[tuple[str, int], tuple[str, str]] = {}
+    for (f, rows), got in zip(calls, run(read_texts, calls), strict=True):
+        texts.update({(f, row): kt for row, kt in zip(rows, got, strict=True)})
+
+    out = HeldoutSet()
+    for source, chosen in picks.items():
+        for c, split in chosen:
+            kind, text = texts[(c["file"], c["row"])]
+            out.docs.append(HeldoutDoc(int(c["key"]), c["id"], source, kind, text, split))
+        t = tally[source]
+        n_test = sum(1 for _c, split in chosen if split == "test")
+        out.stats[source] = {"docs": t["docs"], "validation": len(chosen) - n_test, "test": n_test}
+        if after:
+            out.stats[source]["undated"] = t["undated"]
+            out.stats[source]["dated_after"] = t["dated_after"]
+            out.stats[source]["dated_after_not_in_test"] = t["dated_after"] - len(best_after[source])
     return out
-
-
-def _neg_id(doc_id: str) -> tuple[int, ...]:
-    """An ordering key that reverses string order, so the heap keeps the smallest (key, id) pairs."""
-    return tuple(-ord(c) for c in doc_id) + (1,)
-
-
-def _unneg_id(neg: tuple[int, ...]) -> str:
-    return "".join(chr(-c) for c in neg[:-1])

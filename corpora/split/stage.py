@@ -11,16 +11,21 @@ Output::
     heldout/<source>/validation.jsonl   {"id", "source", "kind", "text"} per line
     heldout/<source>/test.jsonl
     heldout_ids.txt                     "<source>\\t<id>" per line, every held-out document
+
+With ``by: date`` the consumers also apply the date rule (:class:`HeldoutRule`): documents dated after
+the cut beyond the test sample are in no file but must not be trained on either.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from dapt.corpora.clean.outputs import kept_files
-from dapt.corpora.split.select import HeldoutDoc, HeldoutSet, select_heldout, split_key
+from dapt.corpora.split.select import HeldoutDoc, HeldoutSet, is_after, select_heldout, split_key
 from dapt.pipeline.errors import InputError
 from dapt.pipeline.fsutil import atomic_write_text
 
@@ -36,6 +41,28 @@ def read_heldout_ids(path: Any) -> frozenset[str]:
     """The ``heldout_ids.txt`` lines as a set (see :func:`heldout_id`)."""
     with open(path, encoding="utf-8") as f:
         return frozenset(line.rstrip("\n") for line in f if line.strip())
+
+
+@dataclass(frozen=True)
+class HeldoutRule:
+    """What must stay out of anything fitted on the text: the held-out documents by id, and with
+    ``by: date`` every document dated after the cut (the test set is a sample of those; the rest are in
+    no file, so the rule, not a list, keeps them out)."""
+
+    ids: frozenset[str]
+    after: dt.date | None = None
+
+    def excludes(self, source: str, doc_id: str, date: object = None) -> bool:
+        return heldout_id(source, doc_id) in self.ids or (
+            self.after is not None and is_after(date, self.after)
+        )
+
+
+def heldout_rule(ids: frozenset[str], split_manifest: dict[str, Any]) -> HeldoutRule:
+    """The rule of a finished split stage, from its ``heldout_ids`` and its manifest's ``rule``."""
+    rule = split_manifest.get("rule") or {}
+    after = rule.get("after") if rule.get("by") == "date" else None
+    return HeldoutRule(ids, dt.date.fromisoformat(after[:10]) if after else None)
 
 
 def read_heldout_docs(
@@ -81,10 +108,18 @@ def _write(heldout: HeldoutSet, sources: dict[str, str], out: Any) -> dict[str, 
     return counts
 
 
+def _ray_tasks(ctx: Any):
+    """The selection's mapper: one Ray task per call (pipeline.ray_runtime.map_in_tasks)."""
+    from dapt.pipeline.ray_runtime import init_ray, map_in_tasks
+
+    init_ray(ctx.cfg.ray)
+    return lambda fn, calls: map_in_tasks(fn, calls, name=f"dapt:split-{fn.__name__}")
+
+
 def run(ctx: Any) -> dict[str, Any]:
     """Stage entry point (see the module docstring)."""
     sources = {s.name: s.kind for s in ctx.cfg.sources}
-    heldout = select_heldout(kept_files(ctx), ctx.cfg.split)
+    heldout = select_heldout(kept_files(ctx), ctx.cfg.split, run=_ray_tasks(ctx))
     counts = _write(heldout, sources, ctx.out_dir)
     ctx.log.info("held out: %s", counts)
     return {

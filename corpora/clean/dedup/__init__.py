@@ -14,6 +14,7 @@ module of plain numpy group functions, testable without Ray.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 import time
@@ -35,20 +36,58 @@ from dapt.corpora.clean.schema import SHARD_BITS, decisions_path, shard_dir
 __all__ = ["dedup", "write_decisions"]
 
 
-def dedup(cc: CleanConfig, shards: list[ShardSpec], work: Path, log: logging.Logger) -> dict[str, Any]:
+ROWS_PER_PARTITION = 2_000_000
+"""``auto`` partitions: about this many rows of the largest shuffle (the LSH band rows) per partition,
+tens of MB as numpy columns, so no reducer holds more than that whatever the corpus."""
+ROWS_PER_BUCKET = 250_000
+"""``auto`` buckets: about this many rows per hash bucket, which is one ``map_groups`` call's input."""
+
+
+def shuffle_sizing(cc: CleanConfig, docs: int, cpus: int) -> dict[str, Any]:
+    """Partitions and buckets of the dedup shuffles for ``docs`` documents on ``cpus`` CPUs: a configured
+    number is taken as given, ``auto`` is sized by the data (see the two constants) and never below the
+    cluster's parallelism. The result goes into the manifest."""
+    nd = cc.near_dedup
+    rows = max(1, docs) * (nd.bands if nd.enabled else 1)
+    auto_p = min(100_000, max(cpus, math.ceil(rows / ROWS_PER_PARTITION)))
+    p = auto_p if cc.shuffle_partitions == "auto" else cc.shuffle_partitions
+    auto_b = min(1 << 20, max(64, p, math.ceil(rows / ROWS_PER_BUCKET)))
+    b = auto_b if cc.buckets == "auto" else cc.buckets
+    return {
+        "partitions": p,
+        "buckets": b,
+        "from": {"partitions": str(cc.shuffle_partitions), "buckets": str(cc.buckets)},
+        "documents": docs,
+        "cluster_cpus": cpus,
+        "largest_shuffle_rows": rows,
+    }
+
+
+def dedup(
+    cc: CleanConfig, shards: list[ShardSpec], work: Path, log: logging.Logger, docs: int = 0
+) -> dict[str, Any]:
     """Phase B+C over the ``meta`` tables of ``shards`` in ``work``: decisions to ``work_dir/dedup/``.
-    Returns dedup statistics for the manifest."""
+    ``docs`` (the documents read) sizes ``auto`` shuffles. Returns dedup statistics for the manifest."""
+    import ray
     import ray.data
 
     nd = cc.near_dedup
-    P, B = cc.shuffle_partitions, cc.buckets
+    sizing = shuffle_sizing(cc, docs, int(ray.cluster_resources().get("CPU", 1)))
+    P, B = sizing["partitions"], sizing["buckets"]
+    log.info("dedup shuffles: %d partitions, %d buckets (%s)", P, B, sizing["from"])
     dd = work / "dedup"
     if dd.exists():
         shutil.rmtree(dd)
     dd.mkdir()
     metas = [str(shard_dir(work, s.shard) / "meta.parquet") for s in shards]
     metas = [m for m in metas if Path(m).exists()]
-    stats: dict[str, Any] = {"exact_edges": 0, "candidate_pairs": 0, "near_edges": 0, "cc_rounds": 0}
+    stats: dict[str, Any] = {
+        "exact_edges": 0,
+        "candidate_pairs": 0,
+        "near_edges": 0,
+        "cc_rounds": 0,
+        "shuffle": sizing,
+    }
     if not metas:
         return stats
     t0 = time.perf_counter()

@@ -1,7 +1,7 @@
 """Candidate pairs verified by true shingle Jaccard, in two shuffles keyed by each side's shard.
 
-The first pass (grouped by the shard of ``u``) attaches ``u``'s shingles, the second (grouped by the
-shard of ``v``) compares them with ``v``'s: each group reads only the texts of one shard from
+The first pass (grouped by the shard of ``u``) attaches ``u``'s shingles once per shard of its
+partners, the second (grouped by the shard of ``v``) compares them with each partner's: each group reads only the texts of one shard from
 ``work_dir``, so no machine ever holds more than a shard's worth of text.
 """
 
@@ -33,34 +33,49 @@ def shard_texts(work: str, shard: int, ranks: np.ndarray) -> dict[int, str]:
 
 
 def verify_a(batch: dict[str, np.ndarray], work: str, ngram: int) -> dict[str, np.ndarray]:
-    """Group = one shard of the pairs' first side: attach the shingle array of ``a``."""
+    """Group = one shard of the pairs' first side: one row per (``u``, shard of its partners) carrying
+    ``u``'s shingle array once and the partners ``vs`` of that shard.
+
+    Why per partner shard and not per pair: a document in a large duplicate cluster is the centre of a
+    star (``max_bucket_pairs``) and pairs with every member; shipping its shingles once per pair made
+    the shuffle grow with the cluster size, once per partner shard bounds it by the shard count."""
     from dapt.corpora.clean.minhash import shingle_array
 
     u, v = batch["u"], batch["v"]
     if u.size == 0:
-        return {"u": u, "v": v, "sh": np.zeros(0, object), "sb": np.zeros(0, np.int64)}
-    pairs = np.unique(np.stack([u, v], axis=1), axis=0)
+        return {"u": u, "vs": np.zeros(0, object), "sh": np.zeros(0, object), "sb": np.zeros(0, np.int64)}
+    pairs = np.unique(np.stack([u, v], axis=1), axis=0)  # sorted by u, then v
     u, v = pairs[:, 0], pairs[:, 1]
+    sb = v >> SHARD_BITS
+    order = np.lexsort((v, sb, u))
+    u, v, sb = u[order], v[order], sb[order]
+    starts = np.flatnonzero(np.r_[True, (u[1:] != u[:-1]) | (sb[1:] != sb[:-1])])
     texts = shard_texts(work, int(u[0] >> SHARD_BITS), np.unique(u))
     cache = {r: shingle_array(t, ngram).tobytes() for r, t in texts.items()}
-    sh = np.array([cache[int(r)] for r in u], dtype=object)
-    return {"u": u, "v": v, "sh": sh, "sb": v >> SHARD_BITS}
+    groups = np.split(v, starts[1:])
+    return {
+        "u": u[starts],
+        "vs": np.array([g.astype(np.int64).tobytes() for g in groups], dtype=object),
+        "sh": np.array([cache[int(r)] for r in u[starts]], dtype=object),
+        "sb": sb[starts],
+    }
 
 
 def verify_b(batch: dict[str, np.ndarray], work: str, ngram: int, threshold: float) -> dict[str, np.ndarray]:
-    """Group = one shard of the pairs' second side: true Jaccard against ``b``; keep >= threshold."""
+    """Group = one shard of the pairs' second side: true Jaccard of each ``u`` against its partners
+    ``vs`` in this shard; keep the pairs at or above ``threshold``."""
     from dapt.corpora.clean.minhash import jaccard_arrays, shingle_array
 
-    u, v, sh = batch["u"], batch["v"], batch["sh"]
-    if u.size == 0:
+    if batch["u"].size == 0:
         return empty_edges()
-    texts = shard_texts(work, int(v[0] >> SHARD_BITS), np.unique(v))
+    vs = [np.frombuffer(x, np.int64) for x in batch["vs"]]
+    texts = shard_texts(work, int(vs[0][0] >> SHARD_BITS), np.unique(np.concatenate(vs)))
     cache = {r: shingle_array(t, ngram) for r, t in texts.items()}
-    keep = np.array(
-        [
-            jaccard_arrays(np.frombuffer(s, np.uint64), cache[int(b)]) >= threshold
-            for s, b in zip(sh, v, strict=True)
-        ],
-        dtype=bool,
-    )
-    return {"u": u[keep], "v": v[keep]}
+    out_u, out_v = [], []
+    for u, group, sh in zip(batch["u"], vs, batch["sh"], strict=True):
+        a = np.frombuffer(sh, np.uint64)
+        for v in group:
+            if jaccard_arrays(a, cache[int(v)]) >= threshold:
+                out_u.append(int(u))
+                out_v.append(int(v))
+    return {"u": np.array(out_u, dtype=np.int64), "v": np.array(out_v, dtype=np.int64)}
