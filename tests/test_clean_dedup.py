@@ -138,5 +138,6 @@ def test_decisions_do_not_depend_on_the_shuffle_sizing(corpus, tmp_path, ray_loc
     assert tuple(rest) == (keep, drop)
     sizing = m["dedup"]["shuffle"]
     assert sizing["from"] == {"partitions": "auto", "buckets": "auto"}
-    assert sizing["partitions"] == 2 and sizing["cluster_cpus"] == 2  # a small corpus: one per CPU
+    assert sizing["partitions"] == 4 and sizing["cluster_cpus"] == 2  # a small corpus: two per CPU
+    assert sizing["verify_partitions"] == 4
     assert sizing["buckets"] == 64

@@ -41,15 +41,19 @@ ROWS_PER_PARTITION = 2_000_000
 tens of MB as numpy columns, so no reducer holds more than that whatever the corpus."""
 ROWS_PER_BUCKET = 250_000
 """``auto`` buckets: about this many rows per hash bucket, which is one ``map_groups`` call's input."""
+PAIRS_PER_VERIFY_PARTITION = 50_000
+"""``auto`` partitions of the two verification shuffles: their rows carry shingle arrays (a few KB each),
+so they are sized by candidate pairs, about 200 MB per partition at 4 KB a row."""
 
 
 def shuffle_sizing(cc: CleanConfig, docs: int, cpus: int) -> dict[str, Any]:
     """Partitions and buckets of the dedup shuffles for ``docs`` documents on ``cpus`` CPUs: a configured
     number is taken as given, ``auto`` is sized by the data (see the two constants) and never below the
-    cluster's parallelism. The result goes into the manifest."""
+    cluster's parallelism (two partitions per CPU, so one slow partition does not idle the rest). The
+    result goes into the manifest; :func:`verify_partitions` adds the verification shuffles' count."""
     nd = cc.near_dedup
     rows = max(1, docs) * (nd.bands if nd.enabled else 1)
-    auto_p = min(100_000, max(cpus, math.ceil(rows / ROWS_PER_PARTITION)))
+    auto_p = min(100_000, max(2 * cpus, math.ceil(rows / ROWS_PER_PARTITION)))
     p = auto_p if cc.shuffle_partitions == "auto" else cc.shuffle_partitions
     auto_b = min(1 << 20, max(64, p, math.ceil(rows / ROWS_PER_BUCKET)))
     b = auto_b if cc.buckets == "auto" else cc.buckets
@@ -61,6 +65,14 @@ def shuffle_sizing(cc: CleanConfig, docs: int, cpus: int) -> dict[str, Any]:
         "cluster_cpus": cpus,
         "largest_shuffle_rows": rows,
     }
+
+
+def verify_partitions(cc: CleanConfig, sizing: dict[str, Any], pairs: int) -> int:
+    """Partitions of the verification shuffles: configured, or by candidate pairs (never fewer than the
+    other shuffles')."""
+    if cc.shuffle_partitions != "auto":
+        return cc.shuffle_partitions
+    return min(100_000, max(sizing["partitions"], math.ceil(pairs / PAIRS_PER_VERIFY_PARTITION)))
 
 
 def dedup(
@@ -129,11 +141,12 @@ def dedup(
             stats["near_edges"] = stats["candidate_pairs"]
             edge_sets.append(near)
         elif stats["candidate_pairs"]:
+            VP = sizing["verify_partitions"] = verify_partitions(cc, sizing, stats["candidate_pairs"])
             near = (
                 cand.map_batches(lambda b: {**b, "sa": b["u"] >> SHARD_BITS}, batch_format="numpy")
-                .groupby("sa", num_partitions=P)
+                .groupby("sa", num_partitions=VP)
                 .map_groups(verify_a, fn_kwargs={"work": str(work), "ngram": nd.ngram}, batch_format="numpy")
-                .groupby("sb", num_partitions=P)
+                .groupby("sb", num_partitions=VP)
                 .map_groups(
                     verify_b,
                     fn_kwargs={"work": str(work), "ngram": nd.ngram, "threshold": nd.threshold},
