@@ -188,6 +188,7 @@ def test_exact_near_dup_equals_minhash_jaccard():
     train += make_docs("general", 5, seed=6) + ["tiny HELD text!", "", "one two three four five six seven"]
     index = HeldoutShingles.build(held, 5)
     got = best_matches(index, train, threshold=0.5)
+    assert best_matches(index, train, threshold=0.5, docs_per_product=4) == got  # groups are independent
     for text, (h, sim) in zip(train, got, strict=True):
         sims = [jaccard(text, x) if text.strip() else 0.0 for x in held]
         best = max(sims)

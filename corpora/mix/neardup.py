@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import sparse
 
 from dapt.corpora.clean.minhash import ngram_hashes, shingle_array, word_hashes
 
@@ -68,9 +69,30 @@ def doc_shingles(texts: list[str], ngram: int) -> tuple[np.ndarray, np.ndarray]:
     return sh, doc
 
 
-def best_matches(index: HeldoutShingles, texts: list[str], threshold: float) -> list[tuple[int, float]]:
+def best_matches(
+    index: HeldoutShingles, texts: list[str], threshold: float, docs_per_product: int = 512
+) -> list[tuple[int, float]]:
     """For each text, ``(held-out index, Jaccard)`` of its most similar held-out document if that
-    similarity reaches ``threshold``, else ``(-1, best Jaccard)``."""
+    similarity reaches ``threshold``, else ``(-1, best Jaccard)``.
+
+    Texts go through in groups of ``docs_per_product`` so the intersection counts of one group (at
+    most ``docs_per_product x held-out documents`` of them) bound the memory, whatever the text.
+    """
+    out: list[tuple[int, float]] = []
+    for start in range(0, len(texts), docs_per_product):
+        out += _best_in_group(index, texts[start : start + docs_per_product], threshold)
+    return out
+
+
+def _best_in_group(index: HeldoutShingles, texts: list[str], threshold: float) -> list[tuple[int, float]]:
+    """Intersection sizes as one sparse product, documents x shingles times shingles x held-out.
+
+    Why a product and not a list of hits: a shingle shared by many held-out documents (boilerplate,
+    a repeated header) makes every training document holding it one hit per owner. Expanding those
+    hits before counting them grew a prep worker to 4.4 GB at 500 MB of input with about 2,600
+    held-out documents; the product accumulates the same counts in place, and the postings it
+    reads are those of the group's distinct shingles, at most the held-out index itself.
+    """
     n = len(texts)
     out = [(-1, 0.0)] * n
     if n == 0 or index.keys.size == 0:
@@ -81,23 +103,25 @@ def best_matches(index: HeldoutShingles, texts: list[str], threshold: float) -> 
     size_d = np.bincount(doc, minlength=n)
     lo = np.searchsorted(index.keys, sh, side="left")
     hi = np.searchsorted(index.keys, sh, side="right")
-    m = hi - lo
-    hit = np.flatnonzero(m)
+    hit = np.flatnonzero(hi > lo)
     if hit.size == 0:
         return out
-    # Expand every (shingle, owner) hit: position lo + k for k < m.
-    reps = m[hit]
-    base = np.repeat(lo[hit] - np.cumsum(np.r_[0, reps[:-1]]), reps)
-    owners = index.owner[base + np.arange(int(reps.sum()))]
-    docs = np.repeat(doc[hit], reps)
+    uniq, first, column = np.unique(sh[hit], return_index=True, return_inverse=True)
+    ulo = lo[hit][first]
+    um = (hi - lo)[hit][first]
+    indptr = np.r_[0, np.cumsum(um)]
+    owners = index.owner[np.repeat(ulo - indptr[:-1], um) + np.arange(int(indptr[-1]))]
     h = index.sizes.size
-    pair, inter = np.unique(docs * h + owners, return_counts=True)
-    pd, ph = pair // h, pair % h
+    ones = np.ones(owners.size, dtype=np.int32)
+    held = sparse.csr_matrix((ones, owners, indptr), shape=(uniq.size, h))
+    docs = sparse.csr_matrix((np.ones(hit.size, np.int32), (doc[hit], column)), shape=(n, uniq.size))
+    counts = (docs @ held).tocoo()
+    pd, ph, inter = counts.row.astype(np.int64), counts.col.astype(np.int64), counts.data
     jac = inter / (size_d[pd] + index.sizes[ph] - inter)
     # Best pair per document (ties: the smallest held-out index, for determinism).
     order = np.lexsort((ph, -jac, pd))
     pd, ph, jac = pd[order], ph[order], jac[order]
-    first = np.r_[True, pd[1:] != pd[:-1]]
-    for d, o, j in zip(pd[first].tolist(), ph[first].tolist(), jac[first].tolist(), strict=True):
+    best = np.r_[True, pd[1:] != pd[:-1]]
+    for d, o, j in zip(pd[best].tolist(), ph[best].tolist(), jac[best].tolist(), strict=True):
         out[d] = (o if j >= threshold else -1, j)
     return out
