@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     from dapt.pipeline.ray_runtime import reap_orphans
 
     quiet.install()  # before any stage imports transformers (and through it torchao)
-    reap_orphans()  # Ray processes a SIGKILLed earlier run left behind (recorded pids only)
+    reap_orphans()  # Ray processes a SIGKILLed earlier run left behind (its own only)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -165,10 +165,14 @@ def started_here() -> bool:
 # ------------------------------------------------------------------------------------------ leftovers
 # A SIGKILLed driver takes its GCS and raylet with it, but not the raylet's agents (dashboard agent,
 # runtime-env agent: measured on Ray 2.60, they are reparented and ignore SIGTERM). Each driver that
-# starts a local Ray records the pids (with start times) of the processes it started; the next `dapt`
-# command (cli.main) stops those of a driver that is gone. Only recorded pids whose start time still
-# matches and whose parent is gone (reparented to init) are touched: a process that still has its Ray
-# parent belongs to a live cluster.
+# starts a local Ray records its session folder and the pids (with start times) of the processes it
+# started; the next `dapt` command (cli.main) stops those of a driver that is gone. Two ways to know a
+# leftover, because the agents start a few seconds after ray.init returns and a driver killed in that
+# window never recorded their pids: a recorded pid whose start time still matches, or a process that
+# holds a file open in the dead driver's session folder (every agent keeps its logs there open; the
+# folder's name carries the driver's pid and start time, so no other cluster's process matches). Either
+# way only processes whose parent is gone (reparented to init) are touched: a process that still has
+# its Ray parent belongs to a live cluster.
 
 
 def _record_dir() -> Path:
@@ -192,18 +196,30 @@ def _started_here() -> list[dict[str, float]]:
     return out
 
 
-def _record_started() -> None:
-    """Record this driver's Ray processes now and again shortly after (agents start late)."""
+def _session_dir() -> str | None:
+    """The running local Ray's session folder (``/tmp/ray/session_<time>_<pid>``), if Ray says."""
+    try:
+        from ray._private import worker
+
+        return worker._global_node.get_session_dir_path()
+    except Exception:  # a private API: the pid record still works without it
+        return None
+
+
+def _record_started(session_dir: str | None = None) -> None:
+    """Record this driver's Ray session and processes now and again shortly after (agents start late)."""
     import threading
 
     me = os.getpid()
+    session_dir = session_dir or _session_dir()
 
     def write() -> None:
         try:
             from dapt.pipeline.fsutil import atomic_write_json
 
             _record_dir().mkdir(parents=True, exist_ok=True)
-            atomic_write_json(_record_file(me), {"driver": me, "processes": _started_here()})
+            record = {"driver": me, "session_dir": session_dir, "processes": _started_here()}
+            atomic_write_json(_record_file(me), record)
         except OSError as e:  # a read-only home must not stop a run
             log.info("could not record local Ray pids: %s", e)
 
@@ -213,8 +229,51 @@ def _record_started() -> None:
     t.start()
 
 
+def _orphaned(proc: Any) -> bool:
+    parent = proc.parent()
+    return parent is None or parent.pid == 1
+
+
+def _holds_file_in(pid: int, folder: str) -> bool:
+    prefix = folder.rstrip("/") + "/"
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}").startswith(prefix):
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def _leftovers_of(rec: dict[str, Any]) -> list[Any]:
+    """The orphaned processes a dead driver's record points at (see the comment above)."""
+    import psutil
+
+    found: dict[int, Any] = {}
+    for p in rec.get("processes", []):
+        try:
+            proc = psutil.Process(int(p["pid"]))
+            if _orphaned(proc) and abs(proc.create_time() - float(p["create_time"])) < 1e-3:
+                found[proc.pid] = proc
+        except (psutil.Error, KeyError, ValueError):
+            continue
+    session = rec.get("session_dir")
+    if session and Path(session).name.startswith("session_"):
+        for proc in psutil.process_iter():
+            try:
+                if proc.pid not in found and _orphaned(proc) and _holds_file_in(proc.pid, session):
+                    found[proc.pid] = proc
+            except psutil.Error:
+                continue
+    return list(found.values())
+
+
 def reap_orphans() -> list[int]:
-    """Stop the recorded Ray processes of earlier drivers that died without shutting Ray down."""
+    """Stop the Ray processes of earlier drivers that died without shutting Ray down."""
     import psutil
 
     from dapt.pipeline.fsutil import read_json
@@ -228,15 +287,11 @@ def reap_orphans() -> list[int]:
             continue
         if psutil.pid_exists(int(rec.get("driver", -1))):
             continue
-        for p in rec.get("processes", []):
+        for proc in _leftovers_of(rec):
             try:
-                proc = psutil.Process(int(p["pid"]))
-                parent = proc.parent()
-                orphaned = parent is None or parent.pid == 1
-                if orphaned and abs(proc.create_time() - float(p["create_time"])) < 1e-3:
-                    proc.kill()
-                    stopped.append(proc.pid)
-            except (psutil.Error, KeyError, ValueError):
+                proc.kill()
+                stopped.append(proc.pid)
+            except psutil.Error:
                 continue
         f.unlink(missing_ok=True)
     if stopped:
