@@ -115,7 +115,7 @@ def build_corpus(out_root: Path, size_mb: float, seed: int = 0) -> dict:
         meta = json.loads(meta_path.read_text())
         if meta.get("size_mb") == size_mb and meta.get("seed") == seed:
             meta["cached"] = True
-            return meta
+            return _with_paths(meta, out)
     t0 = time.perf_counter()
     text = "debian" if debian_installed() else "synthetic"
     if text == "synthetic":
@@ -136,12 +136,19 @@ def build_corpus(out_root: Path, size_mb: float, seed: int = 0) -> dict:
         "docs": truth["docs"],
         "planted": truth["counts"],
         "files": len(parts),
-        "domain": [str(p) for p in parts[:half]],
-        "general": [str(p) for p in parts[half:]],
+        "domain": [p.name for p in parts[:half]],
+        "general": [p.name for p in parts[half:]],
         "build_seconds": round(time.perf_counter() - t0, 1),
     }
     meta_path.write_text(json.dumps(meta, indent=2))
     meta["cached"] = False
+    return _with_paths(meta, out)
+
+
+def _with_paths(meta: dict, folder: Path) -> dict:
+    """The meta with its part files as absolute paths (the cache stores names, so it can move)."""
+    for kind in ("domain", "general"):
+        meta[kind] = [str((folder / Path(p).name).resolve()) for p in meta[kind]]
     return meta
 
 
