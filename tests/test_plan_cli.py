@@ -120,9 +120,16 @@ def test_free_form_json_matches_estimator(capsys):
     want = memory.estimate(
         layers=32, hidden=4096, heads=32, kv_heads=8, intermediate=14336, vocab=128256, world_size=8,
         sharding="zero2", seq_len=8192, micro_batch=2, activation_checkpointing=True,
-        device_mem_bytes=H100_MEM, headroom_fraction=0.08,
+        loss_chunk_tokens=1024, device_mem_bytes=H100_MEM, headroom_fraction=0.08,
     )  # fmt: skip
     assert plan["memory"]["total"] == want["total"]
+    # full logits (train.loss_chunk_tokens: 0): 16k tokens x 128k vocabulary x 12 bytes, against one
+    # 1k-token chunk (8 bytes per entry) and the head's fp32 gradient
+    assert dapt(["plan", *args, "--checkpointing", "--loss-chunk-tokens", "0", "--json"]) == 0
+    full = json.loads(capsys.readouterr().out)
+    assert full["memory"]["logits"] == 2 * 8192 * 128256 * 12
+    assert plan["memory"]["logits"] == 1024 * 128256 * 8 + 4 * 128256 * 4096 + 2 * 8192 * 4096 * 2
+    assert full["memory"]["logits"] > 7 * plan["memory"]["logits"]
     assert plan["memory"]["inputs"]["params"] == 8_030_261_248
     assert plan["max_micro_batch"] >= 2
     assert plan["gpu"]["name"] == "H100-80GB"

@@ -129,7 +129,7 @@ def _saved(precision: str, attn: str, checkpointing: bool, seq: int = 64, batch:
     if precision == "bf16-pure":
         m.to(torch.bfloat16)
     if checkpointing:
-        m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        m.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     m.train()
     ids = torch.randint(0, SHAPE["vocab"], (batch, seq))
     ac = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
@@ -189,3 +189,36 @@ def test_eager_attention_keeps_the_score_matrix():
     heads_seq = SHAPE["heads"] * 64
     # the estimate's 5 bytes per score (fp32) is an upper bound here
     assert per_token_layer <= 5 * heads_seq + 2 * 4 * SHAPE["hidden"]
+
+
+def test_selective_checkpointing_and_chunked_loss_match_the_formula():
+    """4 blocks, every other one checkpointed, and the chunked loss in place of the full logits: what
+    autograd saves is the planner's activations with ``checkpoint_every=2`` plus the chunked loss's
+    two gradients carried from forward to backward (head weight, fp32; hidden states), no logits."""
+    from transformers import AutoModelForCausalLM
+
+    from dapt.train.loss import causal_lm_loss, install_chunked_head
+
+    shape = dict(SHAPE, layers=4)
+    seq, batch = 64, 2
+    torch.manual_seed(0)
+    m = AutoModelForCausalLM.from_config(llama_config(**shape, use_cache=False), attn_implementation="sdpa")
+    m.activation_checkpointing_enable(
+        activation_checkpointing_kwargs={"use_reentrant": False}, every_n_layers=2
+    )
+    head = install_chunked_head(m, chunk_tokens=48)
+    m.train()
+    ids = torch.randint(0, shape["vocab"], (batch, seq))
+    with saved_tensor_bytes(m.parameters()) as r:
+        causal_lm_loss(m, ids, ids, head=head)
+    h, v, f = shape["hidden"], shape["vocab"], shape["intermediate"]
+    acts = memory.activation_bytes(
+        4, h, shape["heads"], f, seq, batch, shape["kv_heads"], 4, True, True, False, checkpoint_every=2
+    )
+    per_layer = memory.activation_bytes_per_token_layer(h, shape["heads"], f, shape["kv_heads"], seq, 4, True)
+    acts -= seq * batch * per_layer  # at the end of the forward the recomputed block does not exist yet
+    chunked = memory.logits_bytes(v, seq, batch, 4, chunk_tokens=48, hidden=h)
+    carried = chunked - 48 * v * (4 + 2 * 4)  # the chunk's own logits are gone by the end of the forward
+    assert carried == 4 * v * h + seq * batch * h * 4
+    pred = acts + carried
+    assert pred == pytest.approx(r["bytes"], rel=0.03), (r["bytes"], pred)

@@ -21,7 +21,7 @@ from conftest import make_docs
 from store_fixtures import store_from_docs
 
 from dapt.train.data import BlockStream, micro_batch_start
-from dapt.train.flops import flops_per_token, mfu, peak_flops
+from dapt.train.flops import causal_context, flops_per_token, mfu, peak_flops
 from dapt.train.loop import train_loop
 from dapt.train.monitor import bits_per_byte, make_windows
 from dapt.train.resume import list_checkpoints
@@ -45,15 +45,21 @@ def _restore_threads():
 
 @pytest.fixture(scope="module")
 def train_data(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> dict[str, Any]:
-    """Packed blocks of real tokenised text and monitor windows, with the tiny model folder."""
+    return build_train_data(tmp_path_factory.mktemp("train_data"), tiny_model_dir)
+
+
+def build_train_data(d: Path, tiny_model_dir: Path, max_doc_tokens: int | None = None) -> dict[str, Any]:
+    """Packed blocks of real tokenised text and monitor windows, with the tiny model folder
+    (``max_doc_tokens``: documents cut to that many tokens, so that blocks hold several)."""
     from transformers import AutoTokenizer
 
-    d = tmp_path_factory.mktemp("train_data")
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     ids = {
         k: [tok(t, add_special_tokens=False)["input_ids"] for t in make_docs(k, 60, seed=1)]
         for k in ("domain", "general")
     }
+    if max_doc_tokens:
+        ids = {k: [doc[:max_doc_tokens] for doc in docs] for k, docs in ids.items()}
     # A real token store in several shards (8 documents each): resumes start inside and across them.
     tokens = store_from_docs(d, {k: (k, v) for k, v in ids.items()}, SEQ + 1, eos_id=2, vocab_size=len(tok))
     arrays: dict[str, Any] = {}
@@ -218,6 +224,10 @@ def test_monitor_windows_predict_every_token_once() -> None:
 
 def test_flops_and_mfu() -> None:
     assert flops_per_token(1000, 2, 8, 16, n_embedding=200) == 6 * 800 + 12 * 2 * 8 * 16
+    # A tied output projection is still a matmul: counted, though the parameter count holds it once.
+    assert flops_per_token(1000, 2, 8, 16, n_embedding=200, tied_output=True) == 6 * 1000 + 12 * 2 * 8 * 16
+    # Causal attention: query i attends to i + 1 keys, (S + 1) / 2 on average.
+    assert causal_context(4) == sum(range(1, 5)) / 4
     assert peak_flops("NVIDIA H100 80GB HBM3", "bf16") == 989e12
     assert peak_flops("NVIDIA H100 PCIe", "bf16") == 756e12
     assert peak_flops("NVIDIA A100-SXM4-80GB", "bf16") == 312e12
@@ -379,6 +389,9 @@ def test_which_train_and_plan_knobs_are_fingerprinted() -> None:
         "keep_checkpoints",
         "max_failures",
         "cpus_per_worker",
+        "activation_checkpointing_every",  # speed and memory options: same math
+        "loss_chunk_tokens",
+        "compile",
     }
     view = fingerprint_view(TrainConfig())
     assert {"lr", "monitor_every", "monitor_max_tokens", "max_general_regression", "seed"} <= set(view)

@@ -52,6 +52,27 @@ class TrainConfig(BaseModel):
     """Compute dtype. Master weights and optimizer state stay fp32; fp16 uses dynamic loss scaling."""
     activation_checkpointing: bool = False
     """Recompute each transformer block's activations in backward: ~30% more compute, far less memory."""
+    activation_checkpointing_every: int = Field(default=1, ge=1, le=1024, json_schema_extra=NOT_FINGERPRINTED)
+    """With ``activation_checkpointing``: recompute every k-th transformer block only (1: all of them,
+    full checkpointing; 2: every other block, selective). Memory for speed; the planner counts the
+    blocks kept. Same math either way, so it is not fingerprinted."""
+    attention: Literal["causal", "document"] = "causal"
+    """causal: a token attends to every earlier token of its packed block, across document boundaries.
+    document: attention stops at the document starts the mix stage recorded, and position ids restart
+    at each document (Llama 3 found it matters for continued pretraining on long sequences). Why
+    causal is the default: docs/training.md, "Attention across documents"."""
+    loss_chunk_tokens: int = Field(default=1024, ge=0, le=1 << 24, json_schema_extra=NOT_FINGERPRINTED)
+    """The output projection and the loss run over chunks of this many tokens, so the full ``[batch,
+    seq, vocab]`` fp32 logits never exist (train/loss.py); 0: full logits (what model families outside
+    ``train.loss.DIRECT_LOGITS`` get anyway). Same loss up to float rounding."""
+    compile: bool = Field(default=False, json_schema_extra=NOT_FINGERPRINTED)
+    """``torch.compile`` each transformer block (inductor), the FSDP2-friendly granularity. Needs a C++
+    compiler on CPU workers and Triton on GPUs; refused with one line where they are missing. The
+    first steps pay the compilation. Same math up to kernel rounding."""
+    float8: bool = False
+    """Float8 training of the linear layers (torchao ``convert_to_float8_training``, tensorwise
+    scaling) on GPUs with float8 tensor cores (compute capability 8.9 or newer: L40S, H100, H200);
+    refused on CPUs and older GPUs. The output projection stays in the compute dtype."""
     cpu_offload: bool = False
     """FSDP2 ``CPUOffloadPolicy``: sharded parameters, gradients and optimizer state in host memory,
     copied to the GPU per layer. GPU runs of a sharded strategy (zero2, zero3, hybrid) with at least two

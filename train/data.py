@@ -16,6 +16,7 @@ class BlockStream:
     """
 
     def __init__(self, path: str, seed: int):
+        self.path = path
         self.blocks = open_blocks(path)  # the mix's token store, or a v1 tokens.npy
         self.n = len(self.blocks)
         self.seed = seed
@@ -29,8 +30,12 @@ class BlockStream:
             self._perm = (epoch, np.random.default_rng([self.seed, epoch]).permutation(self.n))
         return int(self._perm[1][i])
 
+    def rows(self, start: int, count: int) -> list[int]:
+        """The block rows at stream positions ``[start, start + count)``."""
+        return [self.index(p) for p in range(start, start + count)]
+
     def get(self, start: int, count: int) -> torch.Tensor:
-        rows = [self.blocks.block(self.index(p)).astype(np.int64) for p in range(start, start + count)]
+        rows = [self.blocks.block(r).astype(np.int64) for r in self.rows(start, count)]
         return torch.from_numpy(np.stack(rows))
 
 

@@ -1,8 +1,11 @@
 """Model FLOPs per token and peak accelerator throughput, for model-FLOPs utilisation (MFU).
 
-MFU follows the PaLM paper's definition: the FLOPs the model needs (6 per parameter per token for
-forward + backward, plus attention's 12 * layers * hidden * seq_len), divided by the hardware's peak.
-Activation recomputation is not counted (that would be hardware FLOPs utilisation). Stdlib only, so
+MFU: the FLOPs the model needs per token (6 per matmul weight for forward + backward, plus attention's
+12 * layers * hidden * keys attended per query), times tokens/s, divided by the hardware's peak. The
+PaLM paper counts attention over the full sequence (12 * L * H * seq_len); here it follows the mask in
+use, (seq_len + 1) / 2 keys on average for causal attention and fewer with document masking, so it is
+the work the model does, not the work of a dense attention matrix. Activation recomputation is not
+counted (that would be hardware FLOPs utilisation). Stdlib only, so
 bench/gpu_check.py can reuse it on a machine that has only torch and transformers.
 """
 
@@ -33,13 +36,24 @@ def peak_flops(device_name: str | None, precision: str) -> float | None:
     return None
 
 
-def flops_per_token(n_params: int, n_layers: int, hidden: int, seq_len: int, n_embedding: int = 0) -> float:
-    """Training FLOPs per token: 6 * (non-embedding) params + 12 * layers * hidden * seq_len (attention).
+def flops_per_token(
+    n_params: int, n_layers: int, hidden: int, context: float, n_embedding: int = 0, tied_output: bool = False
+) -> float:
+    """Training FLOPs per token: 6 per matmul weight + 12 * layers * hidden * ``context``.
 
-    The input embedding is a lookup, not a matmul, so its parameters are excluded (pass them as
-    ``n_embedding``); the output projection is a matmul and stays in.
+    The input embedding is a lookup, not a matmul, so its ``n_embedding`` parameters are excluded; the
+    output projection is a matmul and counts, also when it is the same (tied) matrix as the embedding,
+    which ``n_params`` counts once (``tied_output=True`` adds it back). ``context`` is the mean number
+    of keys a query attends to under the mask in use: ``(seq_len + 1) / 2`` for causal attention,
+    less with document masking (``train.batches`` measures it on the data).
     """
-    return 6.0 * (n_params - n_embedding) + 12.0 * n_layers * hidden * seq_len
+    matmul_params = n_params - n_embedding + (n_embedding if tied_output else 0)
+    return 6.0 * matmul_params + 12.0 * n_layers * hidden * context
+
+
+def causal_context(seq_len: int) -> float:
+    """Mean keys per query of causal attention over ``seq_len`` tokens: query ``i`` sees ``i + 1``."""
+    return (seq_len + 1) / 2
 
 
 def mfu(tokens_per_s: float, flops_token: float, peak: float | None, n_devices: int = 1) -> float | None:

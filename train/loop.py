@@ -26,6 +26,7 @@ import torch
 import torch.distributed as dist
 
 from dapt.pipeline import quiet
+from dapt.train.batches import StepBatches
 from dapt.train.checkpoint import resume, save_checkpoint
 from dapt.train.data import BlockStream
 from dapt.train.export import export
@@ -155,9 +156,17 @@ def train_loop(spec: TrainSpec | Mapping[str, Any]) -> dict[str, Any]:
     n_total, n_local = count_params(model)
     cfg = unwrap(model).config
     emb = unwrap(model).get_input_embeddings().weight.shape
-    f_token = flops_per_token(
-        n_total, cfg.num_hidden_layers, cfg.hidden_size, int(spec.seq_len), n_embedding=emb[0] * emb[1]
-    )
+
+    def flops_token(context: float) -> float:
+        return flops_per_token(
+            n_total,
+            cfg.num_hidden_layers,
+            cfg.hidden_size,
+            context,
+            n_embedding=emb[0] * emb[1],
+            tied_output=bool(getattr(cfg, "tie_word_embeddings", False)),
+        )
+
     peak = peak_flops(torch.cuda.get_device_name(device) if device.type == "cuda" else None, spec.precision)
     optimizer = build_optimizer(model, spec, device)
     scaler = build_scaler(spec, device)
@@ -177,6 +186,15 @@ def train_loop(spec: TrainSpec | Mapping[str, Any]) -> dict[str, Any]:
         print(f"[dapt.train] resuming from checkpoint step {start_step}{note}", file=sys.stderr, flush=True)
 
     stream = BlockStream(spec.data_path, int(spec.seed))
+    batches = StepBatches(
+        stream,
+        int(spec.micro_batch_size),
+        int(spec.grad_accum),
+        rank,
+        n,
+        device,
+        document_masking=spec.attention == "document",
+    )
     total_steps = int(spec.steps)
     tokens_per_step = n * int(spec.grad_accum) * int(spec.micro_batch_size) * int(spec.seq_len)
     writers = Writers(log_dir, start_step, rank == 0)
@@ -228,7 +246,7 @@ def train_loop(spec: TrainSpec | Mapping[str, Any]) -> dict[str, Any]:
         _maybe_fail(spec, step, rank, n)
         _maybe_pause(spec, step, rank)
         t0 = time.perf_counter()
-        res = train_step(model, optimizer, scaler, stream, spec, step, device)
+        res = train_step(model, optimizer, scaler, batches, spec, step, device)
         dt = time.perf_counter() - t0
         step += 1
         losses.append(res.loss)
@@ -246,7 +264,7 @@ def train_loop(spec: TrainSpec | Mapping[str, Any]) -> dict[str, Any]:
                 "lr": res.lr,
                 "grad_norm": res.grad_norm,
                 "tokens_per_s": tps,
-                "mfu": mfu(tps, f_token, peak, n),
+                "mfu": mfu(tps, flops_token(batches.mean_context(int(spec.seq_len))), peak, n),
                 "memory_bytes": peak_memory(device),
                 "elapsed_s": time.perf_counter() - t_start,
             }
@@ -277,6 +295,7 @@ def train_loop(spec: TrainSpec | Mapping[str, Any]) -> dict[str, Any]:
             save_checkpoint(ckpt_root, step, model, optimizer, state, int(spec.keep_checkpoints))
             if discarded is None:
                 discarded = _discard_set_aside(spec, rank, step)
+    batches.close()
     if pbar is not None:
         pbar.close()
     if windows is not None and last_monitor is None:
@@ -294,6 +313,8 @@ def train_loop(spec: TrainSpec | Mapping[str, Any]) -> dict[str, Any]:
     if spec.export_dir:
         export(model, spec, Path(spec.export_dir))
     tps = (step - start_step) * tokens_per_step / train_time if train_time else None
+    context = batches.mean_context(int(spec.seq_len))
+    f_token = flops_token(context)
     summary = {
         "steps": step,
         "tokens": step * tokens_per_step,
@@ -304,6 +325,7 @@ def train_loop(spec: TrainSpec | Mapping[str, Any]) -> dict[str, Any]:
         "tokens_per_s_per_worker": tps / n if tps else None,
         "mfu": mfu(tps or 0.0, f_token, peak, n),
         "flops_per_token": f_token,
+        "attention_context": context,
         "peak_flops_per_device": peak,
         "peak_memory_bytes": int(peak_mem.cpu()[0]),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",

@@ -32,6 +32,11 @@ HYPERPARAMETERS = (
     "grad_accum",
     "seq_len",
     "activation_checkpointing",
+    "activation_checkpointing_every",
+    "attention",
+    "loss_chunk_tokens",
+    "compile",
+    "float8",
     "cpu_offload",
     "seed",
 )
@@ -70,6 +75,16 @@ class TrainSpec:
     hybrid_shard_size: int | None = None
     precision: str = "bf16"
     activation_checkpointing: bool = False
+    activation_checkpointing_every: int = 1
+    """Recompute every k-th block only (with ``activation_checkpointing``)."""
+    attention: str = "causal"
+    """``causal`` or ``document`` (position ids restart per document; attention stays inside it)."""
+    loss_chunk_tokens: int = 1024
+    """Tokens per chunk of the chunked output projection + loss (``train.loss``); 0: full logits."""
+    compile: bool = False
+    """``torch.compile`` per transformer block."""
+    float8: bool = False
+    """torchao float8 training of the linear layers (GPUs of compute capability 8.9+)."""
     cpu_offload: bool = False
     use_gpu: bool = False
     cpu_threads: int | None = None

@@ -157,6 +157,11 @@ def build_spec(ctx: StageContext) -> tuple[TrainSpec, dict[str, Any]]:
         hybrid_shard_size=tc.hybrid_shard_size,
         precision=tc.precision,
         activation_checkpointing=tc.activation_checkpointing,
+        activation_checkpointing_every=tc.activation_checkpointing_every,
+        attention=tc.attention,
+        loss_chunk_tokens=tc.loss_chunk_tokens,
+        compile=tc.compile,
+        float8=tc.float8,
         cpu_offload=tc.cpu_offload,
         use_gpu=bool(tc.use_gpu),
         cpu_threads=int(tc.cpus_per_worker),
@@ -236,19 +241,25 @@ def _preflight(ctx: StageContext, spec: TrainSpec, facts: dict[str, Any]) -> dic
     )
 
 
-def _refuse_cpu_offload(tc: TrainConfig, use_gpu: bool) -> None:
-    """``train.cpu_offload`` on CPU workers is a ConfigError, before any worker starts.
+def _refuse_gpu_only(tc: TrainConfig, use_gpu: bool) -> None:
+    """``train.cpu_offload`` or ``train.float8`` on CPU workers is a ConfigError, before any worker starts.
 
-    Why not ignore it: on a CPU device the parameters, gradients and optimizer state already live in
+    Why not ignore them: on a CPU device the parameters, gradients and optimizer state already live in
     host memory, so FSDP2's CPUOffloadPolicy has nothing to move (checked: with ``pin_memory=False`` it
     is a no-op, with its default ``pin_memory=True`` it raises "Cannot access accelerator device");
-    a user who asked for it is counting on a memory saving that a GPU run would give and this one not."""
+    float8 matmuls need float8 tensor cores. A user who asked for either is counting on a saving that
+    a GPU run would give and this one not."""
+    why = "train.use_gpu: false" if tc.use_gpu is False else "the Ray cluster has no GPU"
     if tc.cpu_offload and not use_gpu:
-        why = "train.use_gpu: false" if tc.use_gpu is False else "the Ray cluster has no GPU"
         raise ConfigError(
             f"train.cpu_offload: this run computes on CPUs ({why}), where parameters, gradients and "
             "optimizer state already live in host memory; FSDP2 CPU offload is for GPU runs only: "
             "remove train.cpu_offload"
+        )
+    if tc.float8 and not use_gpu:
+        raise ConfigError(
+            f"train.float8: this run computes on CPUs ({why}); float8 training needs GPUs with float8 "
+            "tensor cores (compute capability 8.9+: L40S, H100, H200): remove train.float8"
         )
 
 
@@ -396,10 +407,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
     spec, facts = build_spec(ctx)
 
     if tc.use_gpu is False:
-        _refuse_cpu_offload(tc, False)  # before Ray starts: nothing to detect
+        _refuse_gpu_only(tc, False)  # before Ray starts: nothing to detect
     init_ray(ctx.cfg.ray)
     spec = spec.replace(use_gpu=_detect_gpu(tc))
-    _refuse_cpu_offload(tc, spec.use_gpu)
+    _refuse_gpu_only(tc, spec.use_gpu)
     plan = _preflight(ctx, spec, facts)
     mon = _monitor_windows(ctx, spec, facts)
     if mon is not None:

@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from dapt.train.data import BlockStream, micro_batch_start
+from dapt.train.batches import StepBatches
+from dapt.train.loss import causal_lm_loss, chunked_head
 from dapt.train.monitor import IGNORE, bits_per_byte
 from dapt.train.schedule import lr_factor
 from dapt.train.setup import DTYPES, all_reduce, is_sharded, unwrap, world
@@ -23,15 +23,6 @@ def autocast(spec: TrainSpec, device: torch.device):
     if dtype == torch.float32 or is_sharded(spec):
         return nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def lm_loss(
-    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, reduction: str = "mean"
-) -> torch.Tensor:
-    logits = model(input_ids=x).logits
-    return F.cross_entropy(
-        logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=IGNORE, reduction=reduction
-    )
 
 
 def learning_rate(spec: TrainSpec, step: int) -> float:
@@ -74,28 +65,30 @@ def train_step(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     scaler: Any,
-    stream: BlockStream,
+    batches: StepBatches,
     spec: TrainSpec,
     step: int,
     device: torch.device,
 ) -> StepResult:
     """Optimizer step ``step`` (0-based): ``grad_accum`` micro-batches of ``micro_batch_size`` blocks per
-    rank, then unscale, clip, step, zero. Collective."""
-    rank, n = world()
-    mb, accum = int(spec.micro_batch_size), int(spec.grad_accum)
+    rank, then unscale, clip, step, zero. Collective.
+
+    Nothing in the accumulation loop waits for the device: the loss accumulates in a device tensor and
+    is reduced over ranks once, after the optimizer step, with the gradient norm read at the same time.
+    """
+    _, n = world()
+    accum = int(spec.grad_accum)
     lr = learning_rate(spec, step)
     for g in optimizer.param_groups:
         g["lr"] = lr
-    loss_acc = torch.zeros((), dtype=torch.float64)
-    for a in range(accum):
-        start = micro_batch_start(step, a, rank, n, accum, mb)
-        block = stream.get(start, mb).to(device, non_blocking=True)
-        x, y = block[:, :-1], block[:, 1:]
+    head = chunked_head(unwrap(model))
+    loss_acc = torch.zeros((), dtype=torch.float64, device=device)
+    for a, mb in enumerate(batches.get(step)):
         with _gradient_sync(model, spec, last=a == accum - 1):
             with autocast(spec, device):
-                loss = lm_loss(model, x, y) / accum
+                loss = causal_lm_loss(model, mb.x, mb.y, position_ids=mb.position_ids, head=head) / accum
             (scaler.scale(loss) if scaler is not None else loss).backward()
-        loss_acc += loss.detach().double().cpu()
+        loss_acc += loss.detach()
     if scaler is not None:
         scaler.unscale_(optimizer)
     clip = float(spec.grad_clip) or float("inf")
@@ -108,9 +101,7 @@ def train_step(
     else:
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    loss_avg = float(all_reduce(loss_acc, device)) / n
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    loss_avg = float(all_reduce(loss_acc, device)) / n  # the step's one wait for the device
     return StepResult(loss=loss_avg, lr=lr, grad_norm=float(gnorm))
 
 
@@ -141,7 +132,7 @@ def evaluate_windows(
                 x = torch.zeros((1, xs.shape[1]), dtype=torch.long, device=device)
                 y = torch.full_like(x, IGNORE)
             with autocast(spec, device):
-                nll = lm_loss(model, x, y, reduction="sum")
+                nll = causal_lm_loss(model, x, y, reduction="sum", head=chunked_head(unwrap(model)))
             acc[0] += float(nll)
             acc[1] += int((y != IGNORE).sum())
         acc = all_reduce(acc, device)

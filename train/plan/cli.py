@@ -64,6 +64,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     r.add_argument("--micro-batch", type=_pos_int, help="sequences per GPU per forward/backward")
     r.add_argument("--optimizer", choices=memory.OPTIMIZERS)
     r.add_argument("--checkpointing", action="store_true", default=None, help="activation checkpointing")
+    r.add_argument(
+        "--checkpoint-every", type=_pos_int, help="with --checkpointing: every k-th block only (selective)"
+    )
+    r.add_argument(
+        "--loss-chunk-tokens",
+        type=int,
+        help="tokens per chunk of the chunked loss (default 1024, as train.loss_chunk_tokens; 0: full logits)",
+    )
     r.add_argument("--cpu-offload", action="store_true", default=None)
     r.add_argument("--eager", action="store_true", default=None, help="attention that keeps the s x s scores")
     r.add_argument("--layout", choices=memory.LAYOUTS, help="model-state bookkeeping (torch: FSDP2/DDP)")
@@ -88,6 +96,8 @@ def _knob_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "micro_batch": "micro_batch",
         "optimizer": "optimizer",
         "checkpointing": "activation_checkpointing",
+        "checkpoint_every": "checkpoint_every",
+        "loss_chunk_tokens": "loss_chunk_tokens",
         "cpu_offload": "cpu_offload",
         "layout": "layout",
         "shard_group": "gpus_per_node",
@@ -125,6 +135,8 @@ def _check_free_form(args: argparse.Namespace) -> None:
         raise ConfigError("--gpu-mem: must be > 0 GiB")
     if args.params is not None and args.params <= 0:
         raise ConfigError("--params: must be > 0")
+    if args.loss_chunk_tokens is not None and args.loss_chunk_tokens < 0:
+        raise ConfigError("--loss-chunk-tokens: must be >= 0 (0: full logits)")
 
 
 def plan_from_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -174,6 +186,8 @@ def plan_from_args(args: argparse.Namespace) -> dict[str, Any]:
         world_size=1,
         optimizer="adamw",
         activation_checkpointing=False,
+        checkpoint_every=1,
+        loss_chunk_tokens=1024,
         cpu_offload=False,
         flash_attention=True,
         layout="torch",

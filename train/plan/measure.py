@@ -123,7 +123,7 @@ def _train_step_peak(
     if precision == "bf16-pure":
         model.to(torch.bfloat16)
     if checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     autocast = contextlib.nullcontext()
     if sharding in ("zero2", "zero3"):
         if not dist.is_initialized():

@@ -95,13 +95,16 @@ def activation_bytes(
     checkpointing: bool = False,
     flash_attention: bool = True,
     autocast: bool = False,
+    checkpoint_every: int = 1,
 ) -> float:
     """Activation bytes held at the start of the backward pass, per GPU (logits excluded).
 
     Without checkpointing every layer's saved tensors are alive. With per-block checkpointing
-    (what HF ``gradient_checkpointing_enable`` and FSDP's checkpoint wrapper do) each block keeps only
-    its input (a·h per token; fp32 under autocast) and one block's full set exists while it is
-    recomputed. The final norm keeps (4 + 2a)·h (autocast: (8 + a)·h).
+    (what HF ``activation_checkpointing_enable`` and FSDP's checkpoint wrapper do) each checkpointed
+    block keeps only its input (a·h per token; fp32 under autocast) and one block's full set exists
+    while it is recomputed. Selective checkpointing (``checkpoint_every`` k > 1: blocks 0, k, 2k, ...)
+    checkpoints ceil(layers / k) blocks and the others keep everything. The final norm keeps
+    (4 + 2a)·h (autocast: (8 + a)·h).
     """
     tokens = seq_len * micro_batch
     per_layer = activation_bytes_per_token_layer(
@@ -110,20 +113,39 @@ def activation_bytes(
     final_norm = ((8 + act_bytes) if autocast else (4 + 2 * act_bytes)) * hidden + 4
     if checkpointing:
         stream = 4 if autocast else act_bytes
-        return tokens * (layers * stream * hidden + per_layer + final_norm)
+        recomputed = -(-layers // max(1, checkpoint_every))
+        kept = layers - recomputed
+        return tokens * (recomputed * stream * hidden + (kept + 1) * per_layer + final_norm)
     return tokens * (layers * per_layer + final_norm)
 
 
-def logits_bytes(vocab: int, seq_len: int, micro_batch: int, act_bytes: int = 2) -> float:
-    """The LM head output and the loss at their peak: (a + 10) bytes per vocabulary entry per token.
+def logits_bytes(
+    vocab: int,
+    seq_len: int,
+    micro_batch: int,
+    act_bytes: int = 2,
+    chunk_tokens: int = 0,
+    hidden: int | None = None,
+) -> float:
+    """The LM head output and the loss at their peak.
 
-    The logits in the compute dtype stay alive (the model returns them), the loss upcasts them to fp32
-    and the cross-entropy keeps the fp32 log-probabilities; in backward their fp32 gradient and a cast
-    back exist at once. (a + 4 + 4 + 2) was the best fit to ``torch.cuda.max_memory_allocated`` on an
-    H100 where the logits dominate (with checkpointing at 8k-32k tokens × 32k vocabulary: measured
-    10.0-11.8 bytes per entry); the full a + 12 sum of those tensors over-predicted by up to 14%.
+    Full logits (``chunk_tokens`` 0): (a + 10) bytes per vocabulary entry per token. The logits in the
+    compute dtype stay alive (the model returns them), the loss upcasts them to fp32 and the
+    cross-entropy keeps the fp32 log-probabilities; in backward their fp32 gradient and a cast back
+    exist at once. (a + 4 + 4 + 2) was the best fit to ``torch.cuda.max_memory_allocated`` on an H100
+    where the logits dominate (with checkpointing at 8k-32k tokens × 32k vocabulary: measured 10.0-11.8
+    bytes per entry); the full a + 12 sum of those tensors over-predicted by up to 14%.
+
+    Chunked (train/loss.py): one chunk's logits at a time, in the compute dtype and in fp32, and the
+    fp32 softmax gradient cast back, (4 + 2a) bytes per entry for ``min(chunk, tokens)`` tokens; plus
+    what lives from the forward to the backward pass: the head weight's fp32 gradient (4·V·h) and the
+    hidden states' gradient (a·h per token).
     """
-    return seq_len * micro_batch * vocab * (act_bytes + 10)
+    tokens = seq_len * micro_batch
+    if chunk_tokens <= 0:
+        return tokens * vocab * (act_bytes + 10)
+    h = hidden or 0
+    return min(chunk_tokens, tokens) * vocab * (4 + 2 * act_bytes) + 4 * vocab * h + tokens * h * act_bytes
 
 
 # --------------------------------------------------------------------------------------------------
@@ -148,6 +170,8 @@ def estimate(
     param_shapes: Iterable[Sequence[int]] | None = None,
     optimizer: str = "adamw",
     activation_checkpointing: bool = False,
+    checkpoint_every: int = 1,
+    loss_chunk_tokens: int = 0,
     flash_attention: bool = True,
     cpu_offload: bool = False,
     layout: str = "torch",
@@ -169,6 +193,8 @@ def estimate(
     gradients of the blocks in flight, DDP gradient buckets), ``optimizer_step_temp``, the two peaks
     ``peak_forward_backward`` and ``peak_optimizer_step``, ``total`` (the larger), and with
     ``device_mem_bytes`` also ``usable`` (after ``headroom_fraction``), ``fits`` and ``free``.
+    ``checkpoint_every`` is selective checkpointing (every k-th block), ``loss_chunk_tokens`` the chunked
+    loss (0: full logits; see :func:`logits_bytes`).
     ``grad_accumulation`` (gradients alive during the forward, as with several micro-batches per step)
     and ``foreach`` (the default multi-tensor AdamW/SGD, which needs one shard-sized temporary) are
     conservative defaults.
@@ -229,8 +255,9 @@ def estimate(
         activation_checkpointing,
         flash,
         autocast,
+        checkpoint_every,
     )
-    logits = logits_bytes(vocab, seq_len, micro_batch, a)
+    logits = logits_bytes(vocab, seq_len, micro_batch, a, loss_chunk_tokens, hidden)
 
     # Working buffers: the weights in compute precision while they are used, and gradients in flight.
     kv = hidden * (kv_heads or heads) // heads
@@ -300,6 +327,8 @@ def estimate(
             "shard_group": g,
             "optimizer": optimizer,
             "activation_checkpointing": activation_checkpointing,
+            "checkpoint_every": checkpoint_every,
+            "loss_chunk_tokens": loss_chunk_tokens,
             "flash_attention": flash_attention,
             "cpu_offload": cpu_offload,
             "layout": layout,

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from dapt.train.plan import compute, memory
+from dapt.train.plan.families import chunked_loss_applies
 from dapt.train.plan.gpus import GPU
 
 # Strategies the train stage implements, cheapest (least communication, least recomputation) first.
@@ -36,6 +37,8 @@ def make_plan(
     world_size: int = 1,
     optimizer: str = "adamw",
     activation_checkpointing: bool = False,
+    checkpoint_every: int = 1,
+    loss_chunk_tokens: int = 0,
     cpu_offload: bool = False,
     flash_attention: bool = True,
     layout: str = "torch",
@@ -69,6 +72,9 @@ def make_plan(
         world_size=world_size,
         optimizer=optimizer,
         activation_checkpointing=activation_checkpointing,
+        checkpoint_every=checkpoint_every,
+        # the train loop's chunked loss covers these families only; others get the full logits
+        loss_chunk_tokens=loss_chunk_tokens if chunked_loss_applies(arch.get("model_type")) else 0,
         cpu_offload=cpu_offload,
         flash_attention=flash_attention,
         layout=layout,

@@ -206,6 +206,8 @@ def run_knobs(cfg: Any, seq_len: int | None = None) -> dict[str, Any]:
         "world_size": world,
         "optimizer": str(_train(cfg, "optimizer", pc.optimizer)).lower(),
         "activation_checkpointing": bool(_train(cfg, "activation_checkpointing", False)),
+        "checkpoint_every": int(_train(cfg, "activation_checkpointing_every", 1)),
+        "loss_chunk_tokens": int(_train(cfg, "loss_chunk_tokens", 1024)),
         "cpu_offload": bool(_train(cfg, "cpu_offload", False)),
         "flash_attention": pc.flash_attention,
         "layout": pc.layout,
