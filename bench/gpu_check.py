@@ -80,15 +80,19 @@ def peak_flops(device_name: str | None, precision: str = "bf16") -> float | None
 
 
 def flops_per_token(n_params: int, n_emb: int, layers: int, hidden: int, seq_len: int) -> float:
+    """As dapt's MFU: untied output projection counted, causal attention over (seq_len + 1) / 2 keys."""
     try:
+        from dapt.train.flops import causal_context
         from dapt.train.flops import flops_per_token as fpt
 
-        return fpt(n_params, layers, hidden, seq_len, n_embedding=n_emb)
+        return fpt(n_params, layers, hidden, causal_context(seq_len), n_embedding=n_emb)
     except Exception:
-        return 6.0 * (n_params - n_emb) + 12.0 * layers * hidden * seq_len
+        return 6.0 * (n_params - n_emb) + 12.0 * layers * hidden * (seq_len + 1) / 2
 
 
-def planner_prediction(arch: dict, seq_len: int, micro: int, ac: bool, mem: int | None) -> dict | None:
+def planner_prediction(
+    arch: dict, seq_len: int, micro: int, ac: bool, mem: int | None, every: int = 1, chunk: int = 0
+) -> dict | None:
     """The planner's predicted peak memory for this exact run, if ``train.plan.memory`` imports."""
     try:
         from dapt.train.plan import memory
@@ -110,6 +114,8 @@ def planner_prediction(arch: dict, seq_len: int, micro: int, ac: bool, mem: int 
             sharding="zero3",
             world_size=1,
             activation_checkpointing=ac,
+            checkpoint_every=every,
+            loss_chunk_tokens=chunk,
             flash_attention=True,
             grad_accumulation=False,
             device_mem_bytes=mem,
@@ -249,32 +255,59 @@ def train(args, arch: dict, micro: int) -> dict:
     return result
 
 
-def pipeline_loop_phase(args, arch: dict, micro: int, steps: int) -> dict | None:
-    """Run dapt's own worker loop (``train.loop.train_loop``) on the same model and data shape.
+VARIANTS = {
+    # name: dapt train options (train.loop's TrainSpec fields) on top of the same 1B model and data
+    "eager": {},
+    "compile": {"compile": True},
+    "compile+document": {"compile": True, "attention": "document"},
+    "compile+selective_ac": {
+        "compile": True,
+        "activation_checkpointing": True,
+        "activation_checkpointing_every": 2,
+    },
+    "compile+float8": {"compile": True, "float8": True},
+}
 
-    In a world of one it trains the unsharded model under bf16 autocast (sharding needs >1 rank), so
-    this checks that the product's loop runs on CUDA and how its tokens/s compare with the bare loop.
-    It needs numpy besides torch and transformers; any failure is reported, not fatal.
-    """
+
+def synthetic_store(folder: Path, vocab: int, seq_len: int, blocks: int):
+    """A token store of random documents with geometric lengths (mean seq_len / 2, so a block holds
+    about two document starts), for the document-masking variant; None without numpy / the project."""
+    import numpy as np
+
+    from dapt.corpora.mix.store import write_plain_store
+
+    rng = np.random.default_rng(0)
+    docs, total = [], 0
+    while total < blocks * (seq_len + 1) + seq_len:
+        n = int(rng.geometric(2 / seq_len)) + 1
+        d = rng.integers(3, vocab, n, dtype=np.int64)
+        d[-1] = 2
+        docs.append(d)
+        total += n
+    return write_plain_store(folder, docs, seq_len + 1, eos_id=2, vocab_size=vocab)
+
+
+def dapt_variant(args, arch: dict, micro: int, steps: int, name: str, options: dict, data: Path) -> dict:
+    """Run dapt's own worker loop (``train.loop.train_loop``) with ``options`` on the 1B model: tokens/s
+    (median of the logged windows after the first), MFU as the loop computes it, peak memory and the
+    planner's prediction for the same options. Any failure (a refused option, an import) is reported
+    for that variant and the next one runs."""
     import shutil
     import tempfile
 
-    try:
-        import numpy as np
+    import torch
 
+    try:
         from dapt.train.loop import train_loop
     except Exception as e:
-        say(f"pipeline loop not importable ({type(e).__name__}: {e}); skipped")
         return {"skipped": f"{type(e).__name__}: {e}"}
-    tmp = Path(tempfile.mkdtemp(prefix="dapt_gpu_check_"))
+    tmp = Path(tempfile.mkdtemp(prefix=f"dapt_gpu_check_{name.replace('+', '_')}_"))
     try:
-        rng = np.random.default_rng(0)
-        np.save(
-            tmp / "tokens.npy",
-            rng.integers(0, arch["vocab_size"], (8 * micro, args.seq_len + 1), dtype=np.uint32),
-        )
+        if args.device == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
         spec = {
-            "data_path": str(tmp / "tokens.npy"),
+            "data_path": str(data),
             "model_path": None,
             "model_config": {
                 "model_type": "llama",
@@ -288,7 +321,6 @@ def pipeline_loop_phase(args, arch: dict, micro: int, steps: int) -> dict | None
             "seq_len": args.seq_len,
             "sharding": "zero3",
             "precision": "bf16",
-            "activation_checkpointing": args.activation_checkpointing,
             "lr": 3e-4,
             "min_lr_ratio": 0.1,
             "schedule": "cosine",
@@ -310,28 +342,69 @@ def pipeline_loop_phase(args, arch: dict, micro: int, steps: int) -> dict | None
             "fingerprint": "gpu-check",
             "progress": False,
             "use_gpu": args.device == "cuda",
+            **options,
         }
         t = time.perf_counter()
         summary = train_loop(spec)
         rows = [json.loads(x) for x in (tmp / "logs" / "metrics.jsonl").read_text().splitlines() if x.strip()]
         steady = [r["tokens_per_s"] for r in rows[1:]] or [r["tokens_per_s"] for r in rows]
+        mfus = [r["mfu"] for r in rows[1:] if r.get("mfu") is not None]
+        total_mem = torch.cuda.get_device_properties(0).total_memory if args.device == "cuda" else None
+        ac = bool(options.get("activation_checkpointing"))
+        pred = planner_prediction(
+            arch, args.seq_len, micro, ac, total_mem, options.get("activation_checkpointing_every", 1), 1024
+        )
         out = {
+            "options": options,
             "steps": summary["steps"],
-            "tokens_per_s_overall": summary["tokens_per_s"],
             "tokens_per_s_steady": sorted(steady)[len(steady) // 2],
-            "mfu": summary["mfu"],
+            "mfu_steady": sorted(mfus)[len(mfus) // 2] if mfus else summary["mfu"],
+            "attention_context": summary.get("attention_context"),
+            "flops_per_token": summary["flops_per_token"],
             "peak_memory_gib": summary["peak_memory_bytes"] / 2**30,
+            "planner_total_gib": pred["total"] / 2**30 if pred and pred.get("total") else None,
             "loss_first": rows[0]["loss"] if rows else None,
             "loss_last": rows[-1]["loss"] if rows else None,
             "seconds": time.perf_counter() - t,
         }
-        say(f"pipeline loop: {out}")
+        say(f"variant {name}: {out}")
         return out
     except Exception as e:
-        say(f"pipeline loop failed: {type(e).__name__}: {e}")
-        return {"error": f"{type(e).__name__}: {e}"}
+        say(f"variant {name} failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+        return {"options": options, "error": f"{type(e).__name__}: {e}"}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run_variants(args, arch: dict, micro: int) -> dict:
+    import tempfile
+
+    names = [v for v in args.variants.split(",") if v]
+    unknown = [v for v in names if v not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"--variants: unknown {unknown}; known: {', '.join(VARIANTS)}")
+    data_dir = Path(tempfile.mkdtemp(prefix="dapt_gpu_check_data_"))
+    try:
+        store = synthetic_store(data_dir / "train", arch["vocab_size"], args.seq_len, 8 * micro)
+    except Exception as e:
+        return {"skipped": f"no token store ({type(e).__name__}: {e})"}
+    out = {}
+    for name in names:
+        import gc
+
+        gc.collect()
+        out[name] = dapt_variant(args, arch, micro, args.pipeline_steps, name, VARIANTS[name], store.folder)
+    say("variant              tokens/s     MFU   peak GiB  planner GiB")
+    for name, r in out.items():
+        if "tokens_per_s_steady" in r:
+            mfu = f"{r['mfu_steady']:.1%}" if r.get("mfu_steady") is not None else "n/a"
+            plan = f"{r['planner_total_gib']:.2f}" if r.get("planner_total_gib") else "n/a"
+            say(
+                f"{name:20s} {r['tokens_per_s_steady']:9.0f} {mfu:>7s} {r['peak_memory_gib']:9.2f}  {plan:>10s}"
+            )
+        else:
+            say(f"{name:20s} {r.get('error') or r.get('skipped')}")
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -344,10 +417,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--micro-batch", type=int, default=8)
     p.add_argument("--activation-checkpointing", action="store_true")
     p.add_argument(
-        "--time-limit", type=float, default=330.0, help="seconds for the FSDP2 run; fewer steps if needed"
+        "--time-limit", type=float, default=90.0, help="seconds for the FSDP2 run; fewer steps if needed"
     )
     p.add_argument(
-        "--pipeline-steps", type=int, default=30, help="steps of dapt's own loop afterwards (0: skip)"
+        "--pipeline-steps", type=int, default=20, help="steps of dapt's own loop per variant (0: skip them)"
+    )
+    p.add_argument(
+        "--variants", default=",".join(VARIANTS), help=f"dapt variants to run ({', '.join(VARIANTS)})"
     )
     args = p.parse_args(argv)
     if args.tiny:
@@ -392,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
         gc.collect()
         if args.device == "cuda":
             torch.cuda.empty_cache()
-        result["pipeline_loop"] = pipeline_loop_phase(args, arch, result["micro_batch"], args.pipeline_steps)
+        result["dapt_variants"] = run_variants(args, arch, result["micro_batch"])
     result["wall_seconds"] = time.perf_counter() - T0
     mfu_s = "n/a" if result["mfu"] is None else f"{result['mfu']:.1%}"
     say(

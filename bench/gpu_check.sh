@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One-GPU check: ~1B Llama, FSDP2, bf16, ~100 steps on synthetic data; prints tokens/s, MFU, peak memory
+# One-GPU check: ~1B Llama, FSDP2, bf16 on synthetic data: a bare loop, then dapt's loop in five variants
+# (eager, compile, compile+document, compile+selective_ac, compile+float8); prints tokens/s, MFU, peak memory
 # and the planner's prediction. Needs only this repo, torch and transformers. Finishes within 8 minutes.
 #   bench/gpu_check.sh                      # on a CUDA machine
 #   bench/gpu_check.sh --tiny --device cpu  # a seconds-long CPU run of the same code path

@@ -80,3 +80,17 @@ def test_a_damaged_store_is_refused_naming_the_file(tmp_path: Path) -> None:
     damaged.write_bytes(damaged.read_bytes()[:-8])
     with pytest.raises(ValueError, match=r"instance_start\.bin: \d+ entries, index\.json says \d+"):
         open_blocks(path)
+
+
+def test_plain_store_reads_back_its_documents(tmp_path: Path) -> None:
+    """``write_plain_store`` (benchmarks' store): rows are the concatenated documents, cut in blocks,
+    and document starts are where each document begins."""
+    from dapt.corpora.mix.store import write_plain_store
+
+    docs = [np.array([5, 6, 7, 2]), np.array([8, 2]), np.array([9, 10, 11, 12, 13, 2]), np.array([4, 2])]
+    store = write_plain_store(tmp_path / "s", docs, block_len=5, eos_id=2, vocab_size=100)
+    flat = np.concatenate(docs)
+    assert len(store) == 2
+    assert store.blocks(range(2)).tolist() == [flat[:5].tolist(), flat[5:10].tolist()]
+    assert store.doc_starts(0).tolist() == [0, 4] and store.doc_starts(1).tolist() == [1]
+    assert store.domain_tokens(0) == 5

@@ -240,3 +240,51 @@ def open_blocks(path: str | Path) -> TokenStore | PackedBlocks:
     if p.suffix == ".npy":
         return PackedBlocks(p)
     return TokenStore(p.parent if p.name == INDEX else p)
+
+
+def write_plain_store(
+    folder: str | Path, docs: list[np.ndarray], block_len: int, eos_id: int, vocab_size: int
+) -> TokenStore:
+    """The simplest valid store: one domain source whose documents (each ending in ``eos_id``) are the
+    stream in the order given, one shard, rows in stream order, the last partial block dropped.
+
+    For benchmarks and checks that need a store with real document boundaries (document masking)
+    without the mix stage: ``bench/gpu_check.py``. The mix stage writes its stores with
+    :mod:`corpora.mix.index` (budgets, epochs, shuffles)."""
+    from dapt.pipeline.fsutil import atomic_write_json
+
+    out = Path(folder)
+    dtype = token_dtype(vocab_size)
+    lengths = np.array([len(d) for d in docs], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    total = int(lengths.sum())
+    n_blocks = total // block_len
+    write_raw(out / part_name(0), np.concatenate(docs) if docs else np.zeros(0), dtype)
+    arrays = {
+        "doc_offset": offsets,
+        "doc_length": lengths,
+        "instance_doc": np.arange(len(docs), dtype=np.int64),
+        "instance_start": np.concatenate([offsets, [total]]).astype(np.int64),
+        "block_stream": np.arange(n_blocks, dtype=np.int64),
+    }
+    for name, arr in arrays.items():
+        write_raw(out / f"{name}.bin", arr, INDEX_DTYPE)
+    atomic_write_json(
+        out / INDEX,
+        {
+            "format": FORMAT,
+            "dtype": dtype.str,
+            "seq_len": block_len - 1,
+            "block_len": block_len,
+            "n_blocks": n_blocks,
+            "eos_id": eos_id,
+            "seed": 0,
+            "tokens": total,
+            "domain_tokens": total,
+            "parts": [{"file": part_name(0), "tokens": total}],
+            "lengths": {name: int(arr.size) for name, arr in arrays.items()},
+            "sources": [SourceRange("plain", "domain", (0, len(docs)), (0, len(docs)), (0, total)).as_json()],
+            "layout": "docs/mixing.md (Output); reader: dapt.corpora.mix.store.TokenStore",
+        },
+    )
+    return TokenStore(out)
