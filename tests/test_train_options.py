@@ -262,3 +262,28 @@ def test_compile_without_a_compiler_and_gpu_only_options_are_refused(
 
     with pytest.raises(ValueError, match="train.float8 needs CUDA GPUs"):
         check_float8(torch.device("cpu"))
+
+
+def test_document_masking_on_old_packed_blocks_is_refused_before_any_worker(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """A v1 ``tokens.npy`` (mix output before the token store) has no document starts: one line naming
+    the option and the file, nothing written."""
+    import json
+
+    from train_fixtures import SEQ, make_run
+
+    from dapt.pipeline.config import load_config
+    from dapt.pipeline.errors import ConfigError
+    from dapt.pipeline.stages import run_stage
+
+    path = make_run(tmp_path, tiny_model_dir, {"micro_batch_size": 2, "global_batch_tokens": 64})
+    cfg = load_config(path, ["train.attention=document"])
+    mix = cfg.run_path / "mix"
+    np.save(mix / "tokens.npy", np.full((8, SEQ + 1), 5, dtype=np.uint16))
+    man = json.loads((mix / "manifest.json").read_text())
+    man["outputs"]["train_tokens"] = "tokens.npy"
+    (mix / "manifest.json").write_text(json.dumps(man))
+    with pytest.raises(ConfigError, match=r"train.attention: document .*tokens.npy.*rerun `dapt mix`"):
+        run_stage(cfg, "train", echo=None, extra={"preflight": False})
+    assert not (cfg.run_path / "train").exists()

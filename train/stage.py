@@ -141,6 +141,11 @@ def build_spec(ctx: StageContext) -> tuple[TrainSpec, dict[str, Any]]:
     mix_dir, mix = ctx.upstream_dir("mix"), ctx.upstream_manifest("mix")
     tok_dir, tok = ctx.upstream_dir("tokenizer"), ctx.upstream_manifest("tokenizer")
     data_path, seq_len, n_blocks = _packed_blocks(mix_dir, mix)
+    if tc.attention == "document" and data_path.endswith(".npy"):
+        raise ConfigError(
+            f"train.attention: document needs the document starts of the mix stage's token store; "
+            f"{data_path} is an old packed-blocks file without them: rerun `dapt mix`"
+        )
     model = _base_model(tok_dir, tok, mix)
     geometry = plan_steps(tc, n_blocks, seq_len)
     if not ctx.fingerprint or not ctx.state_key:
