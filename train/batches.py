@@ -17,14 +17,16 @@ import torch
 
 from dapt.train.data import BlockStream, micro_batch_start
 from dapt.train.flops import causal_context
+from dapt.train.objectives import TokenRoles, make_batch
 
 
 @dataclass(frozen=True)
 class MicroBatch:
     x: torch.Tensor
-    """Inputs, ``[micro_batch, seq_len]``."""
+    """Inputs, ``[micro_batch, seq_len]`` (span corruption: the corrupted input's length)."""
     y: torch.Tensor
-    """Targets (the inputs shifted by one)."""
+    """Targets: the inputs shifted by one (clm), the original tokens at masked positions and
+    ``IGNORE`` elsewhere (mlm), the sentinels and spans (span)."""
     position_ids: torch.Tensor | None
     """Positions restarting at every document start (document masking), else None (0..seq_len-1)."""
 
@@ -50,10 +52,16 @@ class StepBatches:
         world: int,
         device: torch.device,
         document_masking: bool = False,
+        objective: str = "clm",
+        seed: int = 0,
+        roles: TokenRoles | None = None,
+        objective_options: dict[str, float] | None = None,
     ) -> None:
         self.stream, self.mb, self.accum = stream, micro_batch, accum
         self.rank, self.world, self.device = rank, world, device
         self.document_masking = document_masking
+        self.objective, self.seed, self.roles = objective, seed, roles
+        self.objective_options = dict(objective_options or {})
         if document_masking and not hasattr(stream.blocks, "doc_starts"):
             raise ValueError(
                 f"train.attention: document needs the mix stage's token store (document starts); "
@@ -63,11 +71,23 @@ class StepBatches:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dapt-batches")
         self._ahead: tuple[int, Future] | None = None
 
-    def _read(self, step: int) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
-        out = []
+    def _read(self, step: int) -> list[tuple[torch.Tensor, ...]]:
+        out: list[tuple[torch.Tensor, ...]] = []
         for a in range(self.accum):
             start = micro_batch_start(step, a, self.rank, self.world, self.accum, self.mb)
             block = self.stream.get(start, self.mb)
+            if self.objective != "clm":  # masked or corrupted: inputs and targets are two arrays
+                x, y = make_batch(
+                    self.objective,
+                    block.numpy(),
+                    list(range(start, start + self.mb)),
+                    self.seed,
+                    self.roles,
+                    self.objective_options,
+                )
+                pair = (torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.ascontiguousarray(y)))
+                out.append(tuple(t.pin_memory() for t in pair) if self.device.type == "cuda" else pair)
+                continue
             pos = None
             if self.document_masking:
                 starts = np.zeros(tuple(block.shape), dtype=bool)
@@ -86,6 +106,8 @@ class StepBatches:
     def mean_context(self, seq_len: int) -> float:
         """Mean keys per query of the attention mask in use: measured on the blocks read so far with
         document masking, ``(seq_len + 1) / 2`` for causal attention."""
+        if self.objective != "clm":  # bidirectional encoder attention: every key (span: approximate)
+            return float(seq_len)
         if self.document_masking and self._context[1]:
             return self._context[0] / self._context[1]
         return causal_context(seq_len)
@@ -98,7 +120,12 @@ class StepBatches:
             host = self._read(step)
         self._ahead = (step + 1, self._pool.submit(self._read, step + 1))
         batches = []
-        for block, pos in host:
+        for item in host:
+            if len(item) == 2 and self.objective != "clm":
+                x, y = (t.to(self.device, non_blocking=True) for t in item)
+                batches.append(MicroBatch(x=x, y=y, position_ids=None))
+                continue
+            block, pos = item
             block = block.to(self.device, non_blocking=True)
             batches.append(
                 MicroBatch(

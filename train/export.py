@@ -24,7 +24,9 @@ def export(model: torch.nn.Module, spec: TrainSpec, out: Path) -> None:
     assigned into a meta-device model, so rank 0 holds one copy of the weights, not two.
     """
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+    from transformers import AutoTokenizer, GenerationConfig
+
+    from dapt.train.objectives import auto_class
 
     rank, n = world()
     if n > 1:
@@ -35,7 +37,7 @@ def export(model: torch.nn.Module, spec: TrainSpec, out: Path) -> None:
         dtype = DTYPES.get(spec.export_dtype, torch.float32)
         config = unwrap(model).config
         with torch.device("meta"):
-            m = AutoModelForCausalLM.from_config(config, dtype=dtype)
+            m = auto_class(spec.objective).from_config(config, dtype=dtype)
         m.load_state_dict({k: v.to(dtype) for k, v in sd.items()}, strict=False, assign=True)
         if getattr(config, "tie_word_embeddings", False):
             m.tie_weights()

@@ -80,6 +80,19 @@ def _maybe_fail(spec: TrainSpec, step: int, rank: int, n: int) -> None:
         raise InjectedFailure(f"injected failure at step {step} on rank {rank}")
 
 
+def _token_roles(spec: TrainSpec, vocab_size: int) -> Any:
+    """The mask / sentinel token ids the objective needs, from the run's tokenizer; None for clm."""
+    if spec.objective == "clm":
+        return None
+    from transformers import AutoTokenizer
+
+    from dapt.train.objectives import token_roles
+
+    if not spec.tokenizer_path:
+        raise ValueError(f"train.objective: {spec.objective} needs the run's tokenizer (its special tokens)")
+    return token_roles(AutoTokenizer.from_pretrained(spec.tokenizer_path), spec.objective, vocab_size)
+
+
 def _maybe_pause(spec: TrainSpec, step: int, rank: int) -> None:
     """Test hook: the first attempt that reaches ``pause_at_step`` holds every rank there (up to
     ``pause_s``) after rank 0 wrote ``pause_marker``, so a test can kill a node at a known point; a
@@ -194,12 +207,20 @@ def train_loop(spec: TrainSpec | Mapping[str, Any]) -> dict[str, Any]:
         n,
         device,
         document_masking=spec.attention == "document",
+        objective=spec.objective,
+        seed=int(spec.seed),
+        roles=_token_roles(spec, int(cfg.vocab_size)),
+        objective_options={
+            "mlm_probability": float(spec.mlm_probability),
+            "span_noise_density": float(spec.span_noise_density),
+            "span_mean_length": float(spec.span_mean_length),
+        },
     )
     total_steps = int(spec.steps)
     tokens_per_step = n * int(spec.grad_accum) * int(spec.micro_batch_size) * int(spec.seq_len)
     writers = Writers(log_dir, start_step, rank == 0)
     windows = None
-    if spec.monitor_path and Path(spec.monitor_path).exists():
+    if spec.monitor_path and Path(spec.monitor_path).exists() and spec.objective == "clm":
         windows = dict(np.load(spec.monitor_path))
 
     def monitor(step: int) -> dict[str, Any] | None:
@@ -246,6 +267,9 @@ def train_loop(spec: TrainSpec | Mapping[str, Any]) -> dict[str, Any]:
         _maybe_fail(spec, step, rank, n)
         _maybe_pause(spec, step, rank)
         t0 = time.perf_counter()
+        # Dropout's random numbers as a function of (seed, step, rank): a resumed run draws what an
+        # uninterrupted one drew at the same step, with no generator state in the checkpoint.
+        torch.manual_seed(int(np.random.SeedSequence([int(spec.seed), step, rank]).generate_state(1)[0]))
         res = train_step(model, optimizer, scaler, batches, spec, step, device)
         dt = time.perf_counter() - t0
         step += 1

@@ -166,3 +166,42 @@ def causal_lm_loss(
     if reduction == "sum":
         return total
     return total / (y != IGNORE).sum()
+
+
+def masked_lm_loss(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, reduction: str = "mean"
+) -> torch.Tensor:
+    """Cross-entropy at the masked positions (``y`` is ``IGNORE`` elsewhere); a micro-batch in which no
+    token was chosen contributes zero, not NaN."""
+    logits = model(input_ids=x).logits
+    total = F.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=IGNORE, reduction="sum"
+    )
+    if reduction == "sum":
+        return total
+    return total / (y != IGNORE).sum().clamp(min=1)
+
+
+def seq2seq_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy of an encoder-decoder's predictions of the targets ``y`` given the inputs ``x``; the
+    model shifts ``y`` right itself (its ``decoder_start_token_id`` first) to feed the decoder."""
+    logits = model(input_ids=x, labels=y, use_cache=False).logits
+    return F.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=IGNORE, reduction=reduction
+    )
+
+
+def objective_loss(
+    objective: str,
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    position_ids: torch.Tensor | None = None,
+    head: ChunkedLossHead | None = None,
+) -> torch.Tensor:
+    """The mean loss of one micro-batch under ``objective`` (train.objectives)."""
+    if objective == "mlm":
+        return masked_lm_loss(model, x, y)
+    if objective == "span":
+        return seq2seq_loss(model, x, y)
+    return causal_lm_loss(model, x, y, position_ids=position_ids, head=head)

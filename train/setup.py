@@ -81,6 +81,18 @@ def load_model_config(spec: TrainSpec):
     return PretrainedConfig.from_dict(mc) if "model_type" not in mc else AutoConfig.for_model(**mc)
 
 
+def reinit_buffers(model: torch.nn.Module, device: torch.device) -> None:
+    """Recompute every non-persistent buffer (no state dict carries them, so a model built on the meta
+    device and ``to_empty``-ed has garbage there): BERT's ``position_ids`` and ``token_type_ids``
+    through the model's own ``_init_weights`` for the modules that hold such buffers (weights it may
+    touch there are loaded afterwards), rotary ``inv_freq`` through :func:`reinit_rotary`."""
+    init = getattr(model, "_init_weights", None)
+    for m in model.modules():
+        if init is not None and getattr(m, "_non_persistent_buffers_set", None) and not hasattr(m, "inv_freq"):
+            init(m)
+    reinit_rotary(model, device)
+
+
 def reinit_rotary(model: torch.nn.Module, device: torch.device) -> None:
     """Recompute rotary ``inv_freq`` buffers: they are non-persistent (not in any state dict), so a model
     built on the meta device and ``to_empty``-ed has garbage in them."""
@@ -103,28 +115,45 @@ def reinit_rotary(model: torch.nn.Module, device: torch.device) -> None:
 
 def _full_state_dict_rank0(spec: TrainSpec, config) -> dict[str, torch.Tensor]:
     """The pretrained weights (fp32, CPU), materialised on rank 0 only."""
-    from transformers import AutoModelForCausalLM
+    from dapt.train.objectives import auto_class
 
+    auto = auto_class(spec.objective)
     if spec.model_path:
-        m = AutoModelForCausalLM.from_pretrained(
-            spec.model_path, revision=spec.model_revision, dtype=torch.float32
-        )
+        m = auto.from_pretrained(spec.model_path, revision=spec.model_revision, dtype=torch.float32)
     else:
         torch.manual_seed(int(spec.init_seed))
-        m = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        m = auto.from_config(config, dtype=torch.float32)
     return m.state_dict()
 
 
+_BLOCK_STACKS = (
+    ("model.layers",),  # Llama, Mistral, Qwen, ModernBERT, ...
+    ("transformer.h",),  # GPT-2
+    ("model.decoder.layers",),  # OPT
+    ("gpt_neox.layers",),
+    ("bert.encoder.layer",),
+    ("roberta.encoder.layer",),
+    ("encoder.block", "decoder.block"),  # T5: the encoder's blocks, then the decoder's
+    ("model.encoder.layers", "model.decoder.layers"),  # BART
+)
+
+
 def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """The transformer blocks (HF causal LMs keep them in ``model.layers`` or similar)."""
-    for path in ("model.layers", "transformer.h", "model.decoder.layers", "gpt_neox.layers"):
+    """The transformer blocks, FSDP2's wrap units: a decoder's layers, an encoder's layers, or an
+    encoder-decoder's encoder blocks followed by its decoder blocks."""
+
+    def find(path: str) -> Any:
         obj: Any = model
-        try:
-            for part in path.split("."):
-                obj = getattr(obj, part)
-        except AttributeError:
-            continue
-        return list(obj)
+        for part in path.split("."):
+            obj = getattr(obj, part, None)
+            if obj is None:
+                return None
+        return obj
+
+    for paths in sorted(_BLOCK_STACKS, key=len, reverse=True):  # T5 / BART before their halves
+        stacks = [find(p) for p in paths]
+        if all(s is not None for s in stacks):
+            return [block for s in stacks for block in s]
     raise ValueError(f"cannot find the transformer blocks of {type(model).__name__}")
 
 
@@ -216,7 +245,7 @@ def apply_options(model: torch.nn.Module, spec: TrainSpec, device: torch.device)
     ``torch.compile`` per block."""
     from dapt.train.loss import install_chunked_head
 
-    if int(spec.loss_chunk_tokens) > 0:
+    if int(spec.loss_chunk_tokens) > 0 and spec.objective == "clm":
         install_chunked_head(model, int(spec.loss_chunk_tokens))
     if spec.activation_checkpointing:  # transformers' own selective form: blocks 0, k, 2k, ...
         model.activation_checkpointing_enable(
@@ -244,13 +273,14 @@ def build_model(spec: TrainSpec, device: torch.device, mesh: Any = None) -> torc
     """Build, shard (on ``mesh``, from :func:`build_mesh`) and load the model as ``spec.sharding``
     says (see the module docstring)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-    from transformers import AutoModelForCausalLM
+
+    from dapt.train.objectives import auto_class
 
     rank, n = world()
     config = load_model_config(spec)
     mode = sharding_mode(spec, n)
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model = auto_class(spec.objective).from_config(config, dtype=torch.float32)
     model.config.use_cache = False
     apply_options(model, spec, device)
 
@@ -259,7 +289,7 @@ def build_model(spec: TrainSpec, device: torch.device, mesh: Any = None) -> torc
             mesh = build_mesh(device, mode, n)
         kw = _fully_shard(model, spec, device, mode, mesh)
         model.to_empty(device="cpu" if kw.get("offload_policy") else device)
-        reinit_rotary(model, device)
+        reinit_buffers(model, device)
         full = _full_state_dict_rank0(spec, config) if rank == 0 else {}
         set_model_state_dict(
             model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
@@ -274,7 +304,7 @@ def build_model(spec: TrainSpec, device: torch.device, mesh: Any = None) -> torc
     # (other ranks: DDP overwrites their empty model with rank 0's weights at construction)
     if getattr(model.config, "tie_word_embeddings", False):
         model.tie_weights()
-    reinit_rotary(model, device)
+    reinit_buffers(model, device)
     if mode == "ddp":
         from torch.nn.parallel import DistributedDataParallel as DDP
 

@@ -18,6 +18,10 @@ from typing import Any
 from dapt.train.schedule import PLAN_KEYS
 
 HYPERPARAMETERS = (
+    "objective",
+    "mlm_probability",
+    "span_noise_density",
+    "span_mean_length",
     "lr",
     "min_lr_ratio",
     "schedule",
@@ -69,6 +73,13 @@ class TrainSpec:
     """Seed of the random init of a model built from ``model_config``."""
     tokenizer_path: str | None = None
     """Saved with the export, so the exported folder loads with ``AutoTokenizer``."""
+
+    # --- objective ---------------------------------------------------------------------------------
+    objective: str = "clm"
+    """``clm``, ``mlm`` or ``span`` (train.objectives); the stage resolves ``auto`` from the model."""
+    mlm_probability: float = 0.15
+    span_noise_density: float = 0.15
+    span_mean_length: float = 3.0
 
     # --- parallelism and precision ---------------------------------------------------------------
     sharding: str = "zero3"

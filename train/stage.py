@@ -163,6 +163,9 @@ def build_spec(ctx: StageContext) -> tuple[TrainSpec, dict[str, Any]]:
         precision=tc.precision,
         activation_checkpointing=tc.activation_checkpointing,
         activation_checkpointing_every=tc.activation_checkpointing_every,
+        mlm_probability=tc.mlm_probability,
+        span_noise_density=tc.span_noise_density,
+        span_mean_length=tc.span_mean_length,
         attention=tc.attention,
         loss_chunk_tokens=tc.loss_chunk_tokens,
         compile=tc.compile,
@@ -195,6 +198,7 @@ def build_spec(ctx: StageContext) -> tuple[TrainSpec, dict[str, Any]]:
         export_dtype=tc.export_dtype,
         **{k: ctx.extra[k] for k in TEST_HOOKS if k in ctx.extra},
     )
+    spec = spec.replace(objective=_objective(tc, spec))
     facts = {
         "n_blocks": n_blocks,
         "mix_dir": mix_dir,
@@ -208,9 +212,40 @@ def build_spec(ctx: StageContext) -> tuple[TrainSpec, dict[str, Any]]:
     return spec, facts
 
 
+def _objective(tc: TrainConfig, spec: TrainSpec) -> str:
+    """``train.objective``, or for ``auto`` the one the model's architecture implies; document masking
+    is a causal-LM option."""
+    from dapt.train.objectives import infer_objective
+    from dapt.train.setup import load_model_config
+
+    config = load_model_config(spec)
+    objective = tc.objective if tc.objective != "auto" else infer_objective(config)
+    if objective != "clm" and tc.attention == "document":
+        raise ConfigError(
+            f"train.attention: document applies to causal LM training; this run's objective is {objective}"
+        )
+    if objective != "clm":  # the workers need these tokens: check them here, before any worker starts
+        from transformers import AutoTokenizer
+
+        from dapt.train.objectives import token_roles
+
+        if not spec.tokenizer_path:
+            raise ConfigError(f"train.objective: {objective} needs the run's tokenizer (its special tokens)")
+        try:
+            token_roles(AutoTokenizer.from_pretrained(spec.tokenizer_path), objective, int(config.vocab_size))
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+    return objective
+
+
 def _preflight(ctx: StageContext, spec: TrainSpec, facts: dict[str, Any]) -> dict[str, Any] | None:
     """The plan of this run on the device it will use; raises PreflightError if it cannot fit."""
     if not ctx.extra.get("preflight", True):
+        return None
+    if spec.objective != "clm":
+        ctx.log.info(
+            "preflight: the planner models decoder-only training; none for objective %s", spec.objective
+        )
         return None
     try:
         from dapt.train.plan.preflight import preflight
@@ -316,6 +351,11 @@ def _monitor_windows(ctx: StageContext, spec: TrainSpec, facts: dict[str, Any]) 
     from dapt.train.monitor import build_monitor_file
 
     heldout = facts["heldout"]
+    if spec.objective != "clm":
+        ctx.log.warning(
+            "the forgetting monitor measures causal-LM bits per byte: off for objective %s", spec.objective
+        )
+        return None
     if not (heldout and Path(heldout).is_dir() and spec.tokenizer_path):
         ctx.log.warning("no held-out split or tokenizer: the forgetting monitor is off")
         return None

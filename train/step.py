@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from dapt.train.batches import StepBatches
-from dapt.train.loss import causal_lm_loss, chunked_head
+from dapt.train.loss import causal_lm_loss, chunked_head, objective_loss
 from dapt.train.monitor import IGNORE, bits_per_byte
 from dapt.train.schedule import lr_factor
 from dapt.train.setup import DTYPES, all_reduce, is_sharded, unwrap, world
@@ -86,7 +86,7 @@ def train_step(
     for a, mb in enumerate(batches.get(step)):
         with _gradient_sync(model, spec, last=a == accum - 1):
             with autocast(spec, device):
-                loss = causal_lm_loss(model, mb.x, mb.y, position_ids=mb.position_ids, head=head) / accum
+                loss = objective_loss(spec.objective, model, mb.x, mb.y, mb.position_ids, head) / accum
             (scaler.scale(loss) if scaler is not None else loss).backward()
         loss_acc += loss.detach()
     if scaler is not None:

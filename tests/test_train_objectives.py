@@ -1,0 +1,258 @@
+"""Masked LM (encoders) and span corruption (encoder-decoders) through the same train loop (issue 15):
+the masking and the corruption themselves, then a tiny BERT and a tiny T5 trained by real gloo
+processes under zero3, matching one worker, resuming exactly and exporting folders the matching
+``transformers`` Auto class loads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_train import build_train_data, losses, make_spec, run_world
+
+from dapt.train.monitor import IGNORE
+from dapt.train.objectives import (
+    TokenRoles,
+    corrupted_lengths,
+    infer_objective,
+    make_batch,
+    mlm_mask,
+    reconstruct,
+    span_corrupt,
+    span_lengths,
+    token_roles,
+)
+
+SENTINELS = 16
+
+
+@pytest.fixture(scope="module")
+def train_data(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> dict:
+    return build_train_data(tmp_path_factory.mktemp("train_data"), tiny_model_dir)
+
+
+def _tokenizer(src: Path, out: Path, **special):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(src)
+    tok.add_special_tokens(special)
+    tok.save_pretrained(out)
+    return tok
+
+
+@pytest.fixture(scope="module")
+def tiny_bert_dir(sp_tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer BertForMaskedLM with the test tokenizer plus a mask token."""
+    from transformers import BertConfig, BertForMaskedLM
+
+    out = tmp_path_factory.mktemp("tiny_bert")
+    tok = _tokenizer(sp_tokenizer_dir, out, mask_token="<mask>")
+    torch.manual_seed(0)
+    cfg = BertConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        max_position_embeddings=128,
+        pad_token_id=0,
+        hidden_dropout_prob=0.0,  # 1 worker vs 2 compares numerics, not per-rank dropout draws
+        attention_probs_dropout_prob=0.0,
+    )
+    BertForMaskedLM(cfg).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_t5_dir(sp_tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2+2-layer T5ForConditionalGeneration with the test tokenizer plus sentinels <extra_id_i>."""
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    out = tmp_path_factory.mktemp("tiny_t5")
+    tok = _tokenizer(
+        sp_tokenizer_dir, out, additional_special_tokens=[f"<extra_id_{i}>" for i in range(SENTINELS)]
+    )
+    torch.manual_seed(0)
+    cfg = T5Config(
+        vocab_size=len(tok),
+        d_model=64,
+        d_kv=16,
+        d_ff=128,
+        num_layers=2,
+        num_decoder_layers=2,
+        num_heads=4,
+        pad_token_id=0,
+        eos_token_id=2,
+        decoder_start_token_id=0,
+        dropout_rate=0.0,
+    )
+    T5ForConditionalGeneration(cfg).save_pretrained(out)
+    return out
+
+
+def _roles_span() -> TokenRoles:
+    return TokenRoles(
+        vocab_size=400, special_ids=(0, 1, 2), sentinel_ids=tuple(range(399, 299, -1)), eos_id=2
+    )
+
+
+# ----------------------------------------------------------------------------------------------------
+# the objectives themselves
+# ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("length", [8, 32, 127, 512])
+def test_span_corruption_reconstructs_the_text_and_has_fixed_lengths(length: int) -> None:
+    roles = _roles_span()
+    tokens = np.random.default_rng(length).integers(3, 290, length)
+    want_in, want_out = corrupted_lengths(length)
+    seen = set()
+    for position in range(20):
+        inputs, targets = span_corrupt(tokens, position, seed=7, roles=roles)
+        assert (len(inputs), len(targets)) == (want_in, want_out)
+        assert inputs[-1] == 2 and targets[-1] == 2
+        assert reconstruct(inputs, targets, roles).tolist() == tokens.tolist()
+        n_spans = int(np.isin(targets, roles.sentinel_ids).sum())
+        assert targets[0] == roles.sentinel_ids[0] and n_spans == span_lengths(length)[1]
+        seen.add(tuple(inputs.tolist()))
+    # a new corruption per stream position (dynamic); one span of one token is always last, as in T5
+    assert len(seen) > 1 or span_lengths(length) == (1, 1)
+    again = span_corrupt(tokens, 3, seed=7, roles=roles)
+    assert [a.tolist() for a in again] == [a.tolist() for a in span_corrupt(tokens, 3, seed=7, roles=roles)]
+    # T5's counts: 15% noise in spans of mean length 3
+    assert corrupted_lengths(512) == (512 - 77 + 26 + 1, 77 + 26 + 1)
+
+
+def test_mlm_masks_15_percent_80_10_10_and_never_a_special_token() -> None:
+    roles = TokenRoles(vocab_size=1000, special_ids=(0, 1, 2), mask_id=999)
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(3, 990, 200_000)
+    tokens[::50] = 2  # separators
+    inputs, labels = mlm_mask(tokens, position=5, seed=1, roles=roles)
+    chosen = labels != IGNORE
+    eligible = tokens != 2
+    assert not chosen[~eligible].any() and (inputs[~eligible] == 2).all()
+    assert chosen.sum() / eligible.sum() == pytest.approx(0.15, abs=0.005)
+    assert (labels[chosen] == tokens[chosen]).all()
+    masked = (inputs == 999) & chosen
+    kept = (inputs == tokens) & chosen
+    assert masked.sum() / chosen.sum() == pytest.approx(0.8, abs=0.01)
+    assert kept.sum() / chosen.sum() == pytest.approx(0.1, abs=0.01)
+    assert (inputs[~chosen] == tokens[~chosen]).all()
+    # a pure function of (seed, stream position): same block, same mask; next epoch, another mask
+    assert np.array_equal(mlm_mask(tokens, 5, 1, roles)[0], inputs)
+    assert not np.array_equal(mlm_mask(tokens, 6, 1, roles)[0], inputs)
+
+
+def test_batches_per_objective_and_the_objective_inferred_from_the_model() -> None:
+    from transformers import BertConfig, LlamaConfig, T5Config
+
+    assert infer_objective(BertConfig()) == "mlm"
+    assert infer_objective(T5Config()) == "span"
+    assert infer_objective(LlamaConfig()) == "clm"
+    blocks = np.arange(2 * 33).reshape(2, 33) % 300 + 3
+    x, y = make_batch("clm", blocks, [0, 1], 0, None)
+    assert np.array_equal(x, blocks[:, :-1]) and np.array_equal(y, blocks[:, 1:])
+    x, y = make_batch("span", blocks, [0, 1], 0, _roles_span())
+    assert x.shape == (2, corrupted_lengths(32)[0]) and y.shape == (2, corrupted_lengths(32)[1])
+
+
+def test_token_roles_need_the_objectives_tokens(sp_tokenizer_dir: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(sp_tokenizer_dir)
+    with pytest.raises(ValueError, match="train.objective: mlm needs a mask token"):
+        token_roles(tok, "mlm", 300)
+    with pytest.raises(ValueError, match="train.objective: span needs T5's sentinel tokens"):
+        token_roles(tok, "span", 300)
+
+
+# ----------------------------------------------------------------------------------------------------
+# training: 2 gloo workers vs 1, resume, export
+# ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("objective", ["mlm", "span"])
+def test_two_workers_match_one_resume_exactly_and_export(
+    objective: str, train_data, tiny_bert_dir: Path, tiny_t5_dir: Path, tmp_path: Path
+) -> None:
+    import torch.multiprocessing as mp
+    from transformers import AutoModelForMaskedLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+    from dapt.train.loop import train_loop
+    from dapt.train.loss import objective_loss
+    from dapt.train.objectives import token_roles
+
+    model_dir = tiny_bert_dir if objective == "mlm" else tiny_t5_dir
+    kw = dict(
+        model_path=str(model_dir),
+        tokenizer_path=str(model_dir),
+        objective=objective,
+        monitor_path=None,
+        checkpoint_every=2,
+        lr=3e-3,
+    )
+    one = make_spec(train_data, tmp_path / "one", grad_accum=2, export_dir=str(tmp_path / "x1"), **kw)
+    train_loop(one)
+    zero3 = make_spec(train_data, tmp_path / "zero3", sharding="zero3", export_dir=str(tmp_path / "x2"), **kw)
+    crash = make_spec(train_data, tmp_path / "crash", sharding="zero3", fail_at_step=3, **kw)
+    (s2,) = run_world(2, [zero3])
+    assert s2["num_workers"] == 2
+    ref = losses(one)
+    assert all(np.isfinite(ref)) and ref[-1] < ref[0]
+    np.testing.assert_allclose(losses(zero3), ref, rtol=0, atol=1e-4)
+    with pytest.raises(mp.ProcessRaisedException, match="injected failure"):
+        run_world(2, [crash])
+    (resumed,) = run_world(2, [crash.replace(fail_at_step=None)])
+    assert resumed["resumed_from_step"] == 2
+    assert losses(crash.replace(fail_at_step=None)) == losses(zero3)  # masks / spans included
+
+    auto = AutoModelForMaskedLM if objective == "mlm" else AutoModelForSeq2SeqLM
+    m1, m2 = auto.from_pretrained(tmp_path / "x1"), auto.from_pretrained(tmp_path / "x2")
+    assert type(m1).__name__ == ("BertForMaskedLM" if objective == "mlm" else "T5ForConditionalGeneration")
+    roles = token_roles(AutoTokenizer.from_pretrained(tmp_path / "x2"), objective, m2.config.vocab_size)
+    blocks = np.random.default_rng(0).integers(3, 290, (2, 33))
+    x, y = (torch.from_numpy(a) for a in make_batch(objective, blocks, [0, 1], 0, roles))
+    with torch.no_grad():
+        l1, l2 = (objective_loss(objective, m.eval(), x, y).item() for m in (m1, m2))
+    assert l1 == pytest.approx(l2, abs=1e-4)  # the sharded run exported the same model as one worker
+
+
+def test_dropout_resumes_exactly(train_data, tiny_bert_dir: Path, tmp_path: Path) -> None:
+    """BERT's 10% dropout on: its random numbers are seeded per (seed, step, rank), so a run killed at
+    step 5 and resumed from step 3 has the uninterrupted run's losses bit for bit."""
+    import shutil
+
+    from transformers import BertForMaskedLM
+
+    from dapt.train.loop import train_loop
+
+    model_dir = tmp_path / "bert_dropout"
+    shutil.copytree(tiny_bert_dir, model_dir)
+    m = BertForMaskedLM.from_pretrained(
+        tiny_bert_dir, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1
+    )
+    m.save_pretrained(model_dir)
+    kw = dict(
+        model_path=str(model_dir), tokenizer_path=str(model_dir), objective="mlm", monitor_path=None, steps=6
+    )
+    full = make_spec(train_data, tmp_path / "full", checkpoint_every=3, **kw)
+    train_loop(full)
+    part = make_spec(train_data, tmp_path / "part", checkpoint_every=3, **kw)
+    with pytest.raises(RuntimeError, match="injected failure"):
+        train_loop(part.replace(fail_at_step=5))
+    assert train_loop(part)["resumed_from_step"] == 3
+    assert losses(part) == losses(full)
+    nodrop = make_spec(
+        train_data,
+        tmp_path / "nodrop",
+        model_path=str(tiny_bert_dir),
+        tokenizer_path=str(tiny_bert_dir),
+        objective="mlm",
+        monitor_path=None,
+        steps=6,
+    )
+    train_loop(nodrop)
+    assert losses(nodrop) != losses(full)  # dropout was really on
