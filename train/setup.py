@@ -88,7 +88,11 @@ def reinit_buffers(model: torch.nn.Module, device: torch.device) -> None:
     touch there are loaded afterwards), rotary ``inv_freq`` through :func:`reinit_rotary`."""
     init = getattr(model, "_init_weights", None)
     for m in model.modules():
-        if init is not None and getattr(m, "_non_persistent_buffers_set", None) and not hasattr(m, "inv_freq"):
+        if (
+            init is not None
+            and getattr(m, "_non_persistent_buffers_set", None)
+            and not hasattr(m, "inv_freq")
+        ):
             init(m)
     reinit_rotary(model, device)
 
