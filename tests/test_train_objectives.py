@@ -25,71 +25,10 @@ from dapt.train.objectives import (
     token_roles,
 )
 
-SENTINELS = 16
-
 
 @pytest.fixture(scope="module")
 def train_data(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> dict:
     return build_train_data(tmp_path_factory.mktemp("train_data"), tiny_model_dir)
-
-
-def _tokenizer(src: Path, out: Path, **special):
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(src)
-    tok.add_special_tokens(special)
-    tok.save_pretrained(out)
-    return tok
-
-
-@pytest.fixture(scope="module")
-def tiny_bert_dir(sp_tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 2-layer BertForMaskedLM with the test tokenizer plus a mask token."""
-    from transformers import BertConfig, BertForMaskedLM
-
-    out = tmp_path_factory.mktemp("tiny_bert")
-    tok = _tokenizer(sp_tokenizer_dir, out, mask_token="<mask>")
-    torch.manual_seed(0)
-    cfg = BertConfig(
-        vocab_size=len(tok),
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=128,
-        max_position_embeddings=128,
-        pad_token_id=0,
-        hidden_dropout_prob=0.0,  # 1 worker vs 2 compares numerics, not per-rank dropout draws
-        attention_probs_dropout_prob=0.0,
-    )
-    BertForMaskedLM(cfg).save_pretrained(out)
-    return out
-
-
-@pytest.fixture(scope="module")
-def tiny_t5_dir(sp_tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 2+2-layer T5ForConditionalGeneration with the test tokenizer plus sentinels <extra_id_i>."""
-    from transformers import T5Config, T5ForConditionalGeneration
-
-    out = tmp_path_factory.mktemp("tiny_t5")
-    tok = _tokenizer(
-        sp_tokenizer_dir, out, additional_special_tokens=[f"<extra_id_{i}>" for i in range(SENTINELS)]
-    )
-    torch.manual_seed(0)
-    cfg = T5Config(
-        vocab_size=len(tok),
-        d_model=64,
-        d_kv=16,
-        d_ff=128,
-        num_layers=2,
-        num_decoder_layers=2,
-        num_heads=4,
-        pad_token_id=0,
-        eos_token_id=2,
-        decoder_start_token_id=0,
-        dropout_rate=0.0,
-    )
-    T5ForConditionalGeneration(cfg).save_pretrained(out)
-    return out
 
 
 def _roles_span() -> TokenRoles:
