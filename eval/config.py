@@ -39,6 +39,10 @@ class EvalConfig(BaseModel):
     batch_size: int = Field(default=8, ge=1, le=4096)
     """Windows (bits-per-byte) and lm-eval requests (``hf`` backend) or packed rows (``dapt`` backend)
     per forward pass."""
+    pll_batch_size: int = Field(default=64, ge=1, le=1 << 16)
+    """Rows per forward pass of the pseudo-log-likelihood (masked LMs): a row is one window with one
+    token masked, so a window of n tokens costs n rows; larger than ``batch_size`` because each row
+    reads one position's logits only."""
     lm_backend: Literal["dapt", "hf"] = "dapt"
     """How lm-eval tasks are scored. ``dapt`` (eval/lm_backend.py): lm-eval's ``HFLM`` with each context
     run once for all its continuations and requests packed into rows, same log-likelihoods, less

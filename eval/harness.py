@@ -31,10 +31,18 @@ def _metric_value(res: dict, metric: str) -> tuple[float | None, float | None]:
 
 
 def run_lm_eval(
-    model: Any, tok: Any, loaded: LoadedTasks, ctx: StageContext, max_length: int, device: str
+    model: Any,
+    tok: Any,
+    loaded: LoadedTasks,
+    ctx: StageContext,
+    max_length: int,
+    device: str,
+    objective: str = "clm",
 ) -> dict[str, Any]:
     """Run every loaded task on the in-memory model. Returns per leaf task: metrics (value, stderr,
-    aggregation, higher_is_better), per-item values by doc id, versions and sample counts."""
+    aggregation, higher_is_better), per-item values by doc id, versions and sample counts. An
+    encoder-decoder (objective ``span``) goes through lm-eval's own seq2seq model type (the context
+    to the encoder, the continuation scored by the decoder); dapt's packed backend is causal only."""
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
 
@@ -49,7 +57,12 @@ def run_lm_eval(
     common = dict(
         pretrained=model, tokenizer=tok, batch_size=e.batch_size, max_length=max_length, device=device
     )
-    lm = DaptLM(**common, pack_tokens=e.pack_tokens) if e.lm_backend == "dapt" else HFLM(**common)
+    if objective == "span":
+        lm = HFLM(**common, backend="seq2seq")
+    elif e.lm_backend == "dapt":
+        lm = DaptLM(**common, pack_tokens=e.pack_tokens)
+    else:
+        lm = HFLM(**common)
     seed = ctx.cfg.seed
     res = simple_evaluate(
         model=lm,

@@ -27,23 +27,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from dapt.eval.bpb import LN2, encode_texts
-
-
-def _special_frame(tokenizer: Any) -> tuple[list[int], list[int]]:
-    """The ids the tokenizer puts before and after a text (``[CLS]`` / ``[SEP]`` for BERT), found by
-    encoding a probe with and without special tokens: transformers 5's fast tokenizers no longer have
-    ``build_inputs_with_special_tokens``, and this works for every tokenizer family."""
-    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
-    full = tokenizer("a", add_special_tokens=True)["input_ids"]
-    for off in range(len(full) - len(plain) + 1):
-        if full[off : off + len(plain)] == plain:
-            return list(full[:off]), list(full[off + len(plain) :])
-    return [], []
+from dapt.train.objectives import special_frame
 
 
 def _windows(tokenizer: Any, tokens: list[int], max_length: int) -> list[tuple[list[int], int, int]]:
     """(input ids, first content position, content length) per window of one document."""
-    head, tail = _special_frame(tokenizer)
+    head, tail = special_frame(tokenizer)
     size = max(1, max_length - len(head) - len(tail))
     return [
         (head + tokens[lo : lo + size] + tail, len(head), len(tokens[lo : lo + size]))

@@ -79,20 +79,22 @@ def _device(name: str) -> str:
     return name
 
 
-def load_model(path: str, tokenizer: str, device: str) -> tuple[Any, Any]:
-    """An fp32 causal LM and its tokenizer; InputError with the path when either cannot be loaded.
+def load_model(path: str, tokenizer: str, device: str, objective: str = "clm") -> tuple[Any, Any]:
+    """An fp32 model (through the objective's Auto class) and its tokenizer; InputError with the path
+    when either cannot be loaded.
 
     The tokenizer is made ``text_only`` (``dapt.tokenizer.encode``): bits-per-byte, lm-eval's tasks and
     the cross-check then all encode a text that spells a special token as characters, as the mix stage
     did when it built the training blocks."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from dapt.tokenizer.encode import text_only
+    from dapt.train.objectives import auto_class
 
     try:
         tok = AutoTokenizer.from_pretrained(tokenizer)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        model = auto_class(objective).from_pretrained(path, dtype=torch.float32)
     except (OSError, ValueError) as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise InputError(
@@ -107,13 +109,43 @@ def _n_params(model: Any) -> int:
 
 
 # ------------------------------------------------------------------------------------------- measuring
-def measure_bpb(model: Any, tok: Any, heldout: dict, max_length: int, stride: int | None, batch: int, device):
+BPB_METRICS = {
+    "clm": "bits per byte (next-token log-likelihood, sliding windows)",
+    "mlm": "pseudo-log-likelihood bits per byte (each token masked in turn; Salazar et al. 2020)",
+    "span": "denoising bits per byte (span-corruption target loss per byte of the text)",
+}
+"""What the held-out ``bpb`` rows measure for each objective (results.json ``settings.bpb_metric``).
+Only base vs adapted under the same objective is compared: the three are not on one scale."""
+
+
+def measure_bpb(
+    model: Any,
+    tok: Any,
+    heldout: dict,
+    max_length: int,
+    stride: int | None,
+    batch: int,
+    device,
+    objective: str = "clm",
+    seed: int = 0,
+    pll_batch: int = 64,
+):
+    """Per held-out source, the objective's bits-per-byte result (eval/bpb.py, eval/pll.py): the same
+    shape for all three (``bpb``, ``nll_sum``, ``bytes``, ``per_doc``), so the same paired bootstrap
+    compares base and adapted."""
+    from dapt.eval.pll import denoising_bits_per_byte, pll_bits_per_byte
+
     out = {}
     for source, h in heldout.items():
         t0 = time.perf_counter()
-        r = bits_per_byte(
-            model, tok, h["texts"], max_length=max_length, stride=stride, batch_size=batch, device=device
-        )
+        if objective == "mlm":
+            r = pll_bits_per_byte(model, tok, h["texts"], max_length, batch_size=pll_batch, device=device)
+        elif objective == "span":
+            r = denoising_bits_per_byte(model, tok, h["texts"], max_length, seed=seed, device=device)
+        else:
+            r = bits_per_byte(
+                model, tok, h["texts"], max_length=max_length, stride=stride, batch_size=batch, device=device
+            )
         r["seconds"] = round(time.perf_counter() - t0, 3)
         out[source] = r
     return out
@@ -146,14 +178,23 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
     cfg, e = ctx.cfg, ctx.cfg.eval
     device = _device(e.device)
-    max_length = e.max_length or int(ctx.upstream_manifest("mix")["seq_len"])
+    mix = ctx.upstream_manifest("mix")
+    objective = str(mix.get("objective") or "clm")
+    # span windows are raw text (the block length), so that the corrupted input fits the model's row
+    default_length = int(mix["block_len"]) if objective == "span" else int(mix["seq_len"])
+    max_length = e.max_length or default_length
     stride = min(e.stride, max_length) if e.stride else max(1, max_length // 2)
 
     # 1. everything that can fail on configuration, before any model is loaded
     models = resolve_models(ctx)
     heldout = read_heldout(ctx)
     loaded = LoadedTasks()
-    if e.tasks:
+    if e.tasks and objective == "mlm":  # lm-eval has no masked-LM model type
+        loaded.unavailable = {
+            name: "objective mlm: lm-eval scores causal and seq2seq models only (see the probe rows)"
+            for name in e.tasks
+        }
+    elif e.tasks:
         inc = prepare_include_dir(e.task_dirs, ctx.work_dir / "lm_eval_tasks")
         loaded = load_tasks(e.tasks, inc)
         if loaded.unavailable and e.fail_on_unavailable:
@@ -179,8 +220,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
         if role not in models:
             continue
         info = models[role]
-        model, tok = load_model(info["path"], info["tokenizer"], device)
-        pos = getattr(model.config, "max_position_embeddings", None)
+        model, tok = load_model(info["path"], info["tokenizer"], device, objective)
+        pos = getattr(model.config, "max_position_embeddings", None) if objective != "span" else None
         if pos and max_length > pos:
             raise ConfigError(
                 f"eval.max_length: {max_length} exceeds {role} model's max_position_embeddings ({pos})"
@@ -188,15 +229,26 @@ def run(ctx: StageContext) -> dict[str, Any]:
         info.update(params=_n_params(model), vocab_size=vocab_rows(tok), model_type=model.config.model_type)
         cmp_model = model if e.dtype == "fp32" else variant(model, e.dtype)
         t0 = time.perf_counter()
-        bpb[role] = measure_bpb(cmp_model, tok, heldout, max_length, stride, e.batch_size, device)
+        bpb[role] = measure_bpb(
+            cmp_model,
+            tok,
+            heldout,
+            max_length,
+            stride,
+            e.batch_size,
+            device,
+            objective,
+            cfg.seed,
+            e.pll_batch_size,
+        )
         timings[f"{role}_bpb"] = round(time.perf_counter() - t0, 3)
         ctx.log.info("%s bpb: %s", role, {s: round(r["bpb"], 4) for s, r in bpb[role].items()})
         if loaded.tasks:
             t0 = time.perf_counter()
-            tasks[role] = run_lm_eval(cmp_model, tok, loaded, ctx, max_length, device)
+            tasks[role] = run_lm_eval(cmp_model, tok, loaded, ctx, max_length, device, objective)
             timings[f"{role}_tasks"] = round(time.perf_counter() - t0, 3)
         if role == "adapted":
-            if e.crosscheck_lmeval:
+            if e.crosscheck_lmeval and objective == "clm":  # lm-eval's rolling loglikelihood is causal
                 check = crosscheck(model, tok, heldout, ctx, max_length, device)
             for prec in e.precisions:
                 t0 = time.perf_counter()
@@ -204,7 +256,18 @@ def run(ctx: StageContext) -> dict[str, Any]:
                 if prec == e.dtype:
                     res = bpb[role]
                 else:
-                    res = measure_bpb(v, tok, heldout, max_length, stride, e.batch_size, device)
+                    res = measure_bpb(
+                        v,
+                        tok,
+                        heldout,
+                        max_length,
+                        stride,
+                        e.batch_size,
+                        device,
+                        objective,
+                        cfg.seed,
+                        e.pll_batch_size,
+                    )
                 qdir = ctx.work_dir / "precision" / prec
                 disk, fmt = save_variant(v, prec, qdir)
                 shutil.rmtree(qdir, ignore_errors=True)
@@ -244,6 +307,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "schema_version": SCHEMA_VERSION,
         "models": models,
         "settings": {
+            "objective": objective,
+            "bpb_metric": BPB_METRICS[objective],
             "max_length": max_length,
             "stride": stride,
             "batch_size": e.batch_size,

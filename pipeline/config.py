@@ -168,6 +168,12 @@ class ModelConfig(StrictModel):
     trust_remote_code: bool = False
     pretraining_tokens: float | None = Field(default=None, gt=0)
     """Tokens the base model was pretrained on, for the planner's continued-pretraining arithmetic."""
+    objective: Literal["auto", "clm", "mlm", "span"] = "auto"
+    """The pretraining objective the model is adapted with: ``clm`` causal LM (decoders), ``mlm``
+    masked LM (BERT-style encoders), ``span`` T5's span corruption (encoder-decoders); ``auto``: the
+    one the model's architecture was pretrained with. It lives here, not under ``train``, because it
+    changes the tokenizer (mask or sentinel tokens), the mix (block lengths) and eval too: the
+    tokenizer stage resolves it and records it in its manifest, where the later stages read it."""
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelConfig:

@@ -209,7 +209,9 @@ def test_doc_boundaries_and_heldout_files(shared_run):
             assert len(lines) == split_manifest["heldout"][src][split] >= 1
             rec = json.loads(lines[0])
             assert set(rec) == {"id", "source", "kind", "text"} and rec["source"] == src
-    assert m["outputs"] == {"train_tokens": "train/index.json"}
+    # The mix manifest names the split's held-out folder (train's forgetting monitor reads it there).
+    assert m["outputs"] == {"train_tokens": "train/index.json", "heldout": "../split/heldout"}
+    assert (run_dir / "mix" / m["outputs"]["heldout"]).resolve() == (run_dir / "split" / "heldout").resolve()
     assert split_manifest["outputs"] == {"heldout": "heldout", "heldout_ids": "heldout_ids.txt"}
 
 

@@ -15,6 +15,7 @@ from test_train import build_train_data, losses, make_spec, run_world
 from dapt.train.monitor import IGNORE
 from dapt.train.objectives import (
     TokenRoles,
+    block_tokens,
     corrupted_lengths,
     infer_objective,
     make_batch,
@@ -94,17 +95,30 @@ def test_batches_per_objective_and_the_objective_inferred_from_the_model() -> No
     blocks = np.arange(2 * 33).reshape(2, 33) % 300 + 3
     x, y = make_batch("clm", blocks, [0, 1], 0, None)
     assert np.array_equal(x, blocks[:, :-1]) and np.array_equal(y, blocks[:, 1:])
-    x, y = make_batch("span", blocks, [0, 1], 0, _roles_span())
-    assert x.shape == (2, corrupted_lengths(32)[0]) and y.shape == (2, corrupted_lengths(32)[1])
+    x, y = make_batch("span", blocks, [0, 1], 0, _roles_span())  # the whole block is raw text
+    assert x.shape == (2, corrupted_lengths(33)[0]) and y.shape == (2, corrupted_lengths(33)[1])
+    framed = TokenRoles(vocab_size=400, special_ids=(0, 1, 2), mask_id=3, head=(1,), tail=(2,))
+    x, y = make_batch("mlm", blocks, [0, 1], 0, framed)  # the tokenizer's frame around every block
+    assert x.shape == (2, 35) and (x[:, 0] == 1).all() and (x[:, -1] == 2).all()
+    assert (y[:, 0] == IGNORE).all() and (y[:, -1] == IGNORE).all()
+
+
+@pytest.mark.parametrize("seq_len", [16, 128, 512, 2048])
+def test_block_lengths_fill_the_model_input_row(seq_len: int) -> None:
+    assert block_tokens("clm", seq_len) == seq_len + 1
+    assert block_tokens("mlm", seq_len, frame_len=2) == seq_len - 2
+    raw = block_tokens("span", seq_len)
+    assert corrupted_lengths(raw)[0] <= seq_len < corrupted_lengths(raw + 1)[0]
+    assert raw > seq_len  # T5's packing: more raw text than input positions
 
 
 def test_token_roles_need_the_objectives_tokens(sp_tokenizer_dir: Path) -> None:
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(sp_tokenizer_dir)
-    with pytest.raises(ValueError, match="train.objective: mlm needs a mask token"):
+    with pytest.raises(ValueError, match="model.objective: mlm needs a mask token"):
         token_roles(tok, "mlm", 300)
-    with pytest.raises(ValueError, match="train.objective: span needs T5's sentinel tokens"):
+    with pytest.raises(ValueError, match="model.objective: span needs T5's sentinel tokens"):
         token_roles(tok, "span", 300)
 
 
@@ -195,3 +209,30 @@ def test_dropout_resumes_exactly(train_data, tiny_bert_dir: Path, tmp_path: Path
     )
     train_loop(nodrop)
     assert losses(nodrop) != losses(full)  # dropout was really on
+
+
+def test_a_parameter_without_gradients_resumes(train_data, tiny_bert_dir: Path, tmp_path: Path) -> None:
+    """An untied BERT (``tie_word_embeddings: false``) has ``cls.predictions.bias``, a parameter its
+    forward never uses: it gets no gradient and no optimizer state, so the checkpoint has none for it,
+    and the resume must accept that (it failed with "Missing key in checkpoint state_dict") and go on
+    with the uninterrupted run's losses."""
+    from transformers import BertForMaskedLM
+
+    from dapt.train.loop import train_loop
+
+    model_dir = tmp_path / "bert_untied"
+    m = BertForMaskedLM.from_pretrained(tiny_bert_dir, tie_word_embeddings=False)
+    assert m.cls.predictions.bias is not m.cls.predictions.decoder.bias  # really unused in forward
+    m.save_pretrained(model_dir)
+    for f in tiny_bert_dir.glob("tokenizer*"):
+        (model_dir / f.name).write_bytes(f.read_bytes())
+    kw = dict(
+        model_path=str(model_dir), tokenizer_path=str(model_dir), objective="mlm", monitor_path=None, steps=6
+    )
+    full = make_spec(train_data, tmp_path / "full", checkpoint_every=3, **kw)
+    train_loop(full)
+    part = make_spec(train_data, tmp_path / "part", checkpoint_every=3, **kw)
+    with pytest.raises(RuntimeError, match="injected failure"):
+        train_loop(part.replace(fail_at_step=5))
+    assert train_loop(part)["resumed_from_step"] == 3
+    assert losses(part) == losses(full)

@@ -250,13 +250,13 @@ def test_compile_without_a_compiler_and_gpu_only_options_are_refused(
 
     from dapt.pipeline.errors import ConfigError
     from dapt.train.config import TrainConfig
-    from dapt.train.stage import _refuse_gpu_only
+    from dapt.train.prelaunch import refuse_gpu_only
 
     with pytest.raises(ConfigError, match="train.float8: this run computes on CPUs"):
-        _refuse_gpu_only(TrainConfig(float8=True, use_gpu=False), False)
+        refuse_gpu_only(TrainConfig(float8=True, use_gpu=False), False)
     with pytest.raises(ConfigError, match="train.cpu_offload"):
-        _refuse_gpu_only(TrainConfig(cpu_offload=True, num_workers=2), False)
-    _refuse_gpu_only(TrainConfig(float8=True), True)  # a GPU run gets as far as the worker's own check
+        refuse_gpu_only(TrainConfig(cpu_offload=True, num_workers=2), False)
+    refuse_gpu_only(TrainConfig(float8=True), True)  # a GPU run gets as far as the worker's own check
 
     from dapt.train.setup import check_float8
 

@@ -28,7 +28,7 @@ def test_blocks_that_do_not_match_the_mix_seq_len_are_an_input_error(
     cfg = load_config(path)
     man_path = cfg.run_path / "mix" / "manifest.json"
     man_path.write_text(json.dumps({**json.loads(man_path.read_text()), "seq_len": 64}))
-    with pytest.raises(InputError, match=r"seq_len 64 .*rerun `dapt mix`"):
+    with pytest.raises(InputError, match=r"block_len 65; rerun `dapt mix`"):
         run_stage(cfg, "train", echo=None, extra={"preflight": False})
     assert not (cfg.run_path / "train").exists()
 

@@ -1,7 +1,8 @@
 """Resizing a model to a new tokenizer and initialising rows from sub-token means (ChipNeMo).
 
 For every token that needs a row, we recover the exact bytes it stands for, segment those bytes with
-the *base* tokenizer, and average the base rows of that segmentation. Existing rows are never
+the *base* tokenizer, and average the base rows of that segmentation (for a WordPiece base a ``##``
+piece is segmented as a word continuation, from the base's ``##`` pieces). Existing rows are never
 recomputed: ``resize_token_embeddings`` copies them, so they stay bit-identical. This runs on the
 unsharded model, before any FSDP wrapping, in float32 arithmetic.
 """
@@ -87,6 +88,10 @@ class BaseSegmenter:
         self.tok = base_tok
         self.tj = json.loads(base_tok.backend_tokenizer.to_str())
         self.byte_level = _has(self.tj.get("pre_tokenizer"), "ByteLevel")
+        model = self.tj["model"]
+        self.wp_prefix = (
+            (model.get("continuing_subword_prefix") or "##") if model["type"] == "WordPiece" else None
+        )
         self.backend = Tokenizer.from_str(base_tok.backend_tokenizer.to_str())
         self.backend.encode_special_tokens = True
         self.vocab = base_tok.get_vocab()
@@ -101,6 +106,8 @@ class BaseSegmenter:
             if text is None:
                 return [self.vocab[BYTE_ENCODER[b]] for b in data if BYTE_ENCODER[b] in self.vocab]
             ids = self.backend.encode(text, add_special_tokens=False).ids
+        elif self.wp_prefix is not None:
+            ids = self._wordpiece_ids(text) if text is not None else []
         elif text is None:
             ids = [self.vocab.get(f"<0x{b:02X}>", -1) for b in data]
             ids = [i for i in ids if i >= 0]
@@ -109,6 +116,24 @@ class BaseSegmenter:
             # piece, and the pipeline's dummy-prefix/whitespace normalisation must not add or drop one.
             ids = [t.id for t in self.backend.model.tokenize(text.replace(" ", "▁"))]
         return [i for i in ids if i != self.unk]
+
+    def _wordpiece_ids(self, text: str) -> list[int]:
+        """WordPiece has no space pieces (words are split before the model), so plain text goes
+        through the whole base pipeline; a ``##`` piece is a word's continuation and is matched
+        greedily against the base's ``##`` pieces, or as a word where the base has none for it."""
+        prefix = self.wp_prefix
+        assert prefix is not None
+        rest = text[len(prefix) :] if text.startswith(prefix) and len(text) > len(prefix) else None
+        if rest is None:
+            return self.backend.encode(text, add_special_tokens=False).ids
+        ids, i = [], 0
+        while i < len(rest):
+            j = next((j for j in range(len(rest), i, -1) if prefix + rest[i:j] in self.vocab), None)
+            if j is None:
+                return self.backend.encode(rest, add_special_tokens=False).ids
+            ids.append(self.vocab[prefix + rest[i:j]])
+            i = j
+        return ids
 
 
 def _role_map(new_tok: Any, base_tok: Any) -> dict[int, int]:

@@ -282,6 +282,15 @@ def _hf_ids(tok: Any, texts: list[str]) -> list[list[int]]:
     return [list(tok(t, add_special_tokens=False)["input_ids"]) for t in texts]
 
 
+def boundary_id(tok: Any, sp_eos: int = -1) -> int | None:
+    """The id packed between documents: EOS, or for BERT-style tokenizers (no EOS) ``[SEP]``, which
+    is what BERT puts between segments; else the sentencepiece model's EOS (-1: none)."""
+    for tid in (tok.eos_token_id, getattr(tok, "sep_token_id", None)):
+        if tid is not None:
+            return int(tid)
+    return sp_eos
+
+
 def load_encoder(path: str | Path, probes: list[str] | None = None, exact: bool = True) -> Encoder:
     """The encoder for the HF tokenizer folder ``path``.
 
@@ -318,7 +327,7 @@ def load_encoder(path: str | Path, probes: list[str] | None = None, exact: bool 
 
         proto = sp_file.read_bytes()
         sp = spm.SentencePieceProcessor(model_proto=proto)
-        eos = tok.eos_token_id if tok.eos_token_id is not None else sp_eos
+        eos = boundary_id(tok, sp_eos)
         if eos is None or eos < 0:
             raise InputError(f"{folder}: tokenizer has no EOS token (needed for document boundaries)")
         if sp.get_piece_size() <= vocab_size:
@@ -326,9 +335,9 @@ def load_encoder(path: str | Path, probes: list[str] | None = None, exact: bool 
             if enc.encode_batch(texts) == reference:
                 return enc
 
-    eos = tok.eos_token_id if tok.eos_token_id is not None else sp_eos
+    eos = boundary_id(tok, sp_eos)
     if eos is None or eos < 0:
-        raise InputError(f"{folder}: tokenizer has no EOS token (needed for document boundaries)")
+        raise InputError(f"{folder}: tokenizer has no EOS or SEP token (needed for document boundaries)")
     enc = Encoder(str(folder), "hf_fast", eos, vocab_size, hf_json=hf_json)
     got = enc.encode_batch(texts)
     if got != reference:

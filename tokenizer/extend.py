@@ -12,6 +12,11 @@ form them and decoding stays exact (plain ``add_tokens`` matches inside words an
   word left to right from its base tokens. Base merges always fire first, so text in which no new
   merge fires encodes exactly as before; chains whose intermediate result is already a base token
   are skipped, because such a merge could change base-only encodings.
+- **WordPiece** (BERT family): frequent domain words (the base's pre-tokens) become whole-word vocabulary
+  entries. WordPiece is greedy longest-match-first per word, so an entry can only change the encoding
+  of a word it is a prefix of; see :func:`extend_wordpiece`.
+
+T5 is a Unigram base whose 100 ``<extra_id_i>`` sentinels end the vocabulary; new pieces go after them.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import json
 import logging
 import shutil
 from collections import Counter
+from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +59,44 @@ def _has_digit(token: str) -> bool:
     return any(c.isdigit() for c in token)
 
 
+def extension_kind(tj: dict[str, Any]) -> str:
+    """Which ``extend_*`` function handles this ``tokenizer.json``: "unigram", "bpe" or "wordpiece".
+
+    Raises ``InputError`` for any other model (WordLevel has no way to split an unseen word)."""
+    kind = tj["model"]["type"]
+    kinds = {"Unigram": "unigram", "BPE": "bpe", "WordPiece": "wordpiece"}
+    if kind not in kinds:
+        raise InputError(f"cannot extend a {kind} tokenizer (Unigram, BPE and WordPiece are supported)")
+    return kinds[kind]
+
+
+def _ranked(
+    candidates: Iterable[tuple[str, int]],
+    tokenize: Callable[[str], Any],
+    existing: Container[str],
+    min_frequency: int,
+    allow_digits: bool,
+    unk_id: int | None,
+) -> list[tuple[int, str, int, list[int]]]:
+    """(savings, token, count, base ids) of the candidates worth adding, best first.
+
+    Savings = count x (base tokens it replaces - 1), an estimate of tokens saved on the domain sample.
+    Skipped: existing tokens, rare ones, digit-containing ones unless ``allow_digits`` (bases that split
+    numbers into digits do so on purpose), and ones the base keeps whole or can only spell with unk."""
+    ranked = []
+    for token, count in candidates:
+        if token in existing or count < min_frequency or not token.strip("▁"):
+            continue
+        if not allow_digits and _has_digit(token):
+            continue
+        ids = [t.id for t in tokenize(token)]
+        if len(ids) < 2 or (unk_id is not None and unk_id in ids):
+            continue
+        ranked.append((count * (len(ids) - 1), token, count, ids))
+    ranked.sort(key=lambda r: (-r[0], r[1]))
+    return ranked
+
+
 def extend_unigram(
     tj: dict[str, Any],
     candidates: list[tuple[str, int]],
@@ -63,34 +107,20 @@ def extend_unigram(
     """Append up to ``new_tokens`` of ``candidates`` ((piece, count in the domain sample), piece in
     the model's ``▁`` space) to a Unigram ``tokenizer.json``, best savings first.
 
-    Savings of a piece = count x (base pieces it replaces - 1), an estimate of tokens saved.
+    Savings of a piece = count x (base pieces it replaces - 1), an estimate of tokens saved. New ids
+    follow every existing id, T5's sentinels included, so no existing id moves.
     """
     from tokenizers import Tokenizer
 
-    model = tj["model"]
-    vocab: list[list[Any]] = model["vocab"]
-    if any(a["id"] >= len(vocab) for a in tj.get("added_tokens", [])):
-        raise InputError(
-            "base tokenizer has added tokens after its Unigram vocabulary; extend cannot append pieces "
-            "without renumbering them (use mode: replace)"
-        )
     base = Tokenizer.from_str(json.dumps(tj))
+    new = json.loads(json.dumps(tj))
+    _absorb_trailing_added(new)
+    vocab: list[list[Any]] = new["model"]["vocab"]
     existing = {p for p, _ in vocab}
     scores = [s for _, s in vocab]
-    unk_id = model.get("unk_id")
-    ranked = []
-    for piece, count in candidates:
-        if piece in existing or count < min_frequency or not piece.strip("▁"):
-            continue
-        if not allow_digits and _has_digit(piece):
-            continue
-        seg = base.model.tokenize(piece)
-        ids = [t.id for t in seg]
-        if len(ids) < 2 or (unk_id is not None and unk_id in ids):
-            continue
-        ranked.append((count * (len(ids) - 1), piece, count, ids))
-    ranked.sort(key=lambda r: (-r[0], r[1]))
-    new = json.loads(json.dumps(tj))
+    ranked = _ranked(
+        candidates, base.model.tokenize, existing, min_frequency, allow_digits, tj["model"].get("unk_id")
+    )
     added = []
     next_id = len(vocab)
     for _savings, piece, count, ids in ranked[:new_tokens]:
@@ -99,6 +129,29 @@ def extend_unigram(
         added.append({"token": piece, "id": next_id, "count": count, "base_ids": ids, "score": score})
         next_id += 1
     return Extension(new, added)
+
+
+def _absorb_trailing_added(tj: dict[str, Any]) -> None:
+    """Make special tokens that sit after the Unigram vocabulary (sentinels such as T5's
+    ``<extra_id_i>`` when a tokenizer.json lists them only as added tokens) vocabulary pieces at their
+    own ids, in place, so that new pieces can be numbered after them.
+
+    Score 0.0 as transformers' T5 converter lays sentinels out; the pieces are never reached from text
+    (the added-token table takes special tokens first, and ``encode.text_only_backend`` hides special
+    pieces). Non-special added tokens there, or gaps between the ids, are refused: a non-special one
+    with ``single_word`` could be reached by the model inside a longer word."""
+    vocab = tj["model"]["vocab"]
+    after = [a for a in tj.get("added_tokens", []) if a["id"] >= len(vocab)]
+    if not after:
+        return
+    ids = sorted(a["id"] for a in after)
+    if ids != list(range(len(vocab), len(vocab) + len(ids))) or not all(a.get("special") for a in after):
+        raise InputError(
+            "base tokenizer has added tokens after its Unigram vocabulary (not all special, or with gaps "
+            "between their ids); extend cannot append pieces without renumbering them (use mode: replace)"
+        )
+    content = {a["id"]: a["content"] for a in after}
+    vocab.extend([content[i], 0.0] for i in ids)
 
 
 def extend_sp_proto(proto: bytes, added: list[dict[str, Any]]) -> bytes:
@@ -189,6 +242,73 @@ def extend_bpe(
     return Extension(new, added)
 
 
+def extend_wordpiece(
+    tj: dict[str, Any], counts: Counter[str], new_tokens: int, min_frequency: int, allow_digits: bool = False
+) -> Extension:
+    """Append up to ``new_tokens`` domain words from ``counts`` (pre-tokens with their counts, from
+    :func:`pretoken_counts`) that the base splits into several pieces to a WordPiece ``tokenizer.json``
+    as whole-word entries, best savings first (as :func:`extend_unigram`), with ids after the largest
+    existing id.
+
+    WordPiece takes, at each position of a word, the longest vocabulary entry there (``##``-prefixed
+    after the first). A whole-word entry ``w`` can only be taken at a word's start, so it changes the
+    encoding of exactly the words that begin with ``w`` ("revenue", "revenues": ``revenue ##s``); all
+    other words encode as before. After ``w`` the rest of such a word is spelled with ``##`` pieces; a
+    base that can encode a character ``c`` inside a word only within a longer piece, with no ``##c``,
+    would turn some of those words into ``[UNK]``, so such ``##c`` are added first and count against
+    ``new_tokens`` (they change no word the base could encode: where the base matched, its match was
+    longer than one character). A WordPieceTrainer vocabulary has every ``##c`` it needs.
+    """
+    from tokenizers import Tokenizer
+
+    base = Tokenizer.from_str(json.dumps(tj))
+    new = json.loads(json.dumps(tj))
+    model = new["model"]
+    vocab: dict[str, int] = model["vocab"]
+    prefix = model.get("continuing_subword_prefix") or "##"
+    specials = {a["content"] for a in tj.get("added_tokens", [])}
+    closure = _missing_continuations(base, vocab, prefix, specials)
+    words = [(w, c) for w, c in counts.items() if not w.startswith(prefix)]
+    unk_id = base.token_to_id(model["unk_token"])
+    ranked = _ranked(words, base.model.tokenize, vocab.keys() | specials, min_frequency, allow_digits, unk_id)
+    ranked = ranked[: max(new_tokens - len(closure), 0)]
+    if not ranked:
+        if closure and len(closure) >= new_tokens:
+            log.warning("extend: the %d ##-pieces the base lacks leave no room in new_tokens", len(closure))
+        return Extension(new, [])
+    added: list[dict[str, Any]] = []
+    next_id = _max_id(tj) + 1
+    for piece in closure:
+        ids = [t.id for t in base.model.tokenize(piece[len(prefix) :])]
+        added.append({"token": piece, "id": next_id, "count": 0, "base_ids": ids, "continuation": True})
+        next_id += 1
+    for _savings, word, count, ids in ranked:
+        added.append({"token": word, "id": next_id, "count": count, "base_ids": ids, "word": word})
+        next_id += 1
+    vocab.update((a["token"], a["id"]) for a in added)
+    return Extension(new, added)
+
+
+def _missing_continuations(base: Any, vocab: dict[str, int], prefix: str, specials: set[str]) -> list[str]:
+    """``prefix + c`` for each character ``c`` the base can encode inside a word (some piece has it
+    after a word's first character) but has no continuation piece for, and that the normaliser keeps
+    and the pre-tokeniser does not split off. Empty for trainer-made and BERT vocabularies."""
+    inner = set()
+    for t in vocab:
+        if t not in specials:
+            inner.update(t[len(prefix) :] if t.startswith(prefix) else t[1:])
+    missing = []
+    for c in sorted(inner):
+        if prefix + c in vocab:
+            continue
+        probe = f"a{c}a"
+        if base.normalizer is not None and base.normalizer.normalize_str(probe) != probe:
+            continue
+        if base.pre_tokenizer is None or len(base.pre_tokenizer.pre_tokenize_str(probe)) == 1:
+            missing.append(prefix + c)
+    return missing
+
+
 def save_extended(base_tok: Any, ext: Extension, out_dir: Path, sp_proto: bytes | None = None) -> Any:
     """Write the extended tokenizer as an HF folder (the base's config, the new ``tokenizer.json``,
     and ``tokenizer.model`` when given) and return it reloaded with ``AutoTokenizer``."""
@@ -198,7 +318,7 @@ def save_extended(base_tok: Any, ext: Extension, out_dir: Path, sp_proto: bytes 
     if src.exists():
         shutil.rmtree(src)
     base_tok.save_pretrained(str(src))
-    for stale in ("tokenizer.model", "vocab.json", "merges.txt"):
+    for stale in ("tokenizer.model", "spiece.model", "vocab.json", "merges.txt", "vocab.txt"):
         (src / stale).unlink(missing_ok=True)  # tokenizer.json must be the only definition
     (src / "tokenizer.json").write_text(json.dumps(ext.tokenizer_json, ensure_ascii=False), encoding="utf-8")
     tok = AutoTokenizer.from_pretrained(str(src))

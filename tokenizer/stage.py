@@ -24,8 +24,21 @@ from dapt.corpora.split.stage import heldout_rule, read_heldout_ids
 from dapt.pipeline.errors import ConfigError, InputError
 from dapt.pipeline.stages import StageContext
 from dapt.tokenizer.encode import SP_FILE, Encoder, load_encoder
-from dapt.tokenizer.extend import extend_bpe, extend_sp_proto, extend_unigram, pretoken_counts, save_extended
+from dapt.tokenizer.extend import (
+    extend_bpe,
+    extend_sp_proto,
+    extend_unigram,
+    extend_wordpiece,
+    pretoken_counts,
+    save_extended,
+)
 from dapt.tokenizer.fertility import fertility, token_reduction
+from dapt.tokenizer.objective import (
+    ensure_objective_tokens,
+    model_config,
+    resolve_objective,
+    set_objective_ids,
+)
 from dapt.tokenizer.train import (
     Sample,
     sample_corpus,
@@ -90,16 +103,19 @@ def _save_tokenizer(tok: Any, out: Path, proto: bytes | None) -> None:
         (out / SP_FILE).write_bytes(proto)
 
 
-def _load_model(ctx: StageContext, vocab_rows: int) -> Any:
+def _load_model(ctx: StageContext, vocab_rows: int, objective: str) -> Any:
     """The base model: pretrained from ``model.name_or_path`` or random from ``model.from_config``
-    (whose vocabulary size is the tokenizer's, ``vocab_rows``)."""
+    (whose vocabulary size is the tokenizer's, ``vocab_rows``), through the objective's Auto class."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig
 
+    from dapt.train.objectives import auto_class
+
+    auto = auto_class(objective)
     m = ctx.cfg.model
     if m.name_or_path:
         try:
-            return AutoModelForCausalLM.from_pretrained(
+            return auto.from_pretrained(
                 m.name_or_path, revision=m.revision, trust_remote_code=m.trust_remote_code, dtype="auto"
             )
         except Exception as e:  # noqa: BLE001
@@ -128,7 +144,7 @@ def _load_model(ctx: StageContext, vocab_rows: int) -> Any:
         ctx.log.info(
             "from_config: vocab_size %d taken from the tokenizer (config said %d)", vocab_rows, fc.vocab_size
         )
-    return AutoModelForCausalLM.from_config(conf)
+    return auto.from_config(conf)
 
 
 def _set_special_ids(model: Any, tok: Any) -> None:
@@ -140,8 +156,9 @@ def _set_special_ids(model: Any, tok: Any) -> None:
             setattr(gen, key, value)
 
 
-def _save_model(model: Any, tok: Any, out: Path) -> None:
+def _save_model(model: Any, tok: Any, out: Path, objective: str) -> None:
     _set_special_ids(model, tok)
+    set_objective_ids(model, tok, objective)
     model.save_pretrained(str(out))
     tok.save_pretrained(str(out))
 
@@ -255,6 +272,13 @@ def run(ctx: StageContext) -> dict[str, Any]:
     heldout_all = sample.heldout_docs()
 
     base_tok, base_tok_path, base_proto = _load_base_tokenizer(ctx)
+    try:
+        objective = resolve_objective(m, model_config(m))
+    except Exception as e:  # noqa: BLE001 - any config load failure is a config problem
+        raise ConfigError(
+            f"{cfg.config_path or 'config'}: model: cannot read the model's config: {e}"
+        ) from None
+    ctx.log.info("objective: %s (model.objective: %s)", objective, m.objective)
     if base_tok is None and t.mode != "replace":
         raise ConfigError(
             f"{cfg.config_path or 'config'}: model.tokenizer: mode {t.mode!r} with model.from_config needs a "
@@ -268,20 +292,27 @@ def run(ctx: StageContext) -> dict[str, Any]:
         _save_tokenizer(base_tok, work / "base_tokenizer", base_proto)
         folders["base"] = work / "base_tokenizer"
 
-    result: dict[str, Any] = {"mode": t.mode}
+    result: dict[str, Any] = {"mode": t.mode, "objective": objective}
+    objective_tokens: list[str] = []
     added: list[dict[str, Any]] = []
     model_ref: str
     new_tok: Any
 
     if t.mode == "base":
+        missing = ensure_objective_tokens(AutoTokenizer.from_pretrained(folders["base"]), objective)
+        if missing:
+            raise ConfigError(
+                f"{cfg.config_path or 'config'}: model.objective {objective} needs {missing[:3]} in the tokenizer, "
+                "which tokenizer.mode: base cannot add (use extend or replace)"
+            )
         _save_tokenizer(base_tok, out_tok, base_proto)
         new_tok = AutoTokenizer.from_pretrained(str(out_tok))
         local_model = _local(m.name_or_path)
         if local_model is not None:
             model_ref = str(local_model)  # pretrained and local: point at it, do not copy
         else:
-            model = _load_model(ctx, len(base_tok))
-            _save_model(model, new_tok, out_model)
+            model = _load_model(ctx, len(base_tok), objective)
+            _save_model(model, new_tok, out_model, objective)
             model_ref = "model"
 
     elif t.mode == "extend":
@@ -297,12 +328,19 @@ def run(ctx: StageContext) -> dict[str, Any]:
             counts = pretoken_counts(base_tok.backend_tokenizer, sample.train_docs("domain"))
             ext = extend_bpe(tj, counts, t.new_tokens, t.min_frequency, allow_digits=not t.split_digits)
             proto = None
+        elif kind == "WordPiece":  # BERT family: whole domain words appended, ids kept
+            counts = pretoken_counts(base_tok.backend_tokenizer, sample.train_docs("domain"))
+            ext = extend_wordpiece(tj, counts, t.new_tokens, t.min_frequency, allow_digits=not t.split_digits)
+            proto = None
         else:
             raise InputError(
-                f"{base_tok_path}: cannot extend a {kind} tokenizer (Unigram and BPE are supported)"
+                f"{base_tok_path}: cannot extend a {kind} tokenizer (Unigram, BPE and WordPiece are supported)"
             )
         added = ext.added
         new_tok = save_extended(base_tok, ext, out_tok, proto)
+        objective_tokens = ensure_objective_tokens(new_tok, objective)
+        if objective_tokens:
+            new_tok.save_pretrained(str(out_tok))
         base_vocab, new_vocab = base_tok.get_vocab(), new_tok.get_vocab()
         changed = [k for k, v in base_vocab.items() if new_vocab.get(k) != v]
         if changed:
@@ -322,6 +360,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
         sp_model, sweep = train_with_sweep(lines, work, t, heldout_all)
         sp_to_hf(sp_model, out_tok)
         new_tok = AutoTokenizer.from_pretrained(str(out_tok))
+        objective_tokens = ensure_objective_tokens(new_tok, objective)
+        if objective_tokens:
+            new_tok.save_pretrained(str(out_tok))
         result["sweep"] = sweep
 
     output_name = {"base": "base", "extend": "extended", "replace": "trained"}[t.mode]
@@ -333,21 +374,22 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
         old_len = len(base_tok) if base_tok is not None else None
         loss_texts: list[list[int]] = []
-        if t.mode == "extend" and t.loss_check_docs:
+        causal = objective == "clm"  # the loss checks score next-token prediction
+        if t.mode == "extend" and t.loss_check_docs and causal:
             loss_texts = _no_new_token_texts(
                 base_tok, new_tok, heldout_all, t.loss_check_docs, t.loss_check_tokens
             )
         if base_tok is None:
-            model = _load_model(ctx, len(new_tok))  # random init at the trained tokenizer's size
+            model = _load_model(ctx, len(new_tok), objective)  # random init at the trained tokenizer's size
             init = {"initialised": 0, "note": "random init from model.from_config: no base to transfer"}
         else:
-            model = _load_model(ctx, len(base_tok))
+            model = _load_model(ctx, len(base_tok), objective)
             ctx.log.info("loaded the base model")
             rows = model.get_input_embeddings().weight.shape[0]
             if rows < len(base_tok):
                 raise InputError(f"model has {rows} embedding rows but its tokenizer {len(base_tok)} tokens")
             base_losses = _loss(model, loss_texts)[0] if loss_texts else []
-            bpb_texts = [d[:600] for d in heldout_all if d.strip()][: t.loss_check_docs]
+            bpb_texts = [d[:600] for d in heldout_all if d.strip()][: t.loss_check_docs] if causal else []
             if t.mode == "replace" and bpb_texts:
                 base_bpb = _bits_per_byte(model, base_tok, bpb_texts)
             ctx.log.info("base losses on %d texts", len(loss_texts))
@@ -374,7 +416,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
                     ),
                 }
         result["embedding_init"] = init
-        _save_model(model, new_tok, out_model)
+        _save_model(model, new_tok, out_model, objective)
         ctx.log.info("saved the model")
         model_ref = "model"
         del model
@@ -404,6 +446,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
             },
             "vocab_size": len(new_tok),
             "added_tokens": len(added),
+            "objective_tokens": objective_tokens,
             "eos_id": enc.eos_id,
             "bos_id": new_tok.bos_token_id,
             "encoder_backend": enc.backend,

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
 from dapt.train.resume import TRAINER_STATE, read_checkpoints
 
@@ -125,10 +125,23 @@ def resume(
 def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """Collective: restore model, optimizer and this rank's RNG; return the trainer state."""
     msd, osd = get_state_dict(model, optimizer)
+    # get_state_dict gives every parameter optimizer state; a parameter that never had a gradient
+    # (BERT's unused ``cls.predictions.bias`` when the decoder is untied) has none in the checkpoint.
+    # It has none in an uninterrupted run either, so leave it without: a partial load of just those.
+    saved = set(dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata)
+    for fqn in [f for f in osd.get("state", {}) if not any(k.startswith(f"optim.state.{f}.") for k in saved)]:
+        del osd["state"][fqn]
     state = {"model": msd, "optim": osd}
     with _quiet_single_process():
         dcp.load(state, checkpoint_id=str(path), no_dist=not _distributed())
-    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    # strict=False only for those stateless parameters: dcp.load above already required every model key
+    set_state_dict(
+        model,
+        optimizer,
+        model_state_dict=state["model"],
+        optim_state_dict=state["optim"],
+        options=StateDictOptions(strict=False),
+    )
     rng_file = path / f"rng-{_rank()}.pt"
     if rng_file.exists():  # absent when resuming with a different world size
         rng = torch.load(rng_file, weights_only=True)

@@ -50,17 +50,9 @@ class TrainConfig(BaseModel):
     """Ranks per shard group for ``hybrid``; default: the workers on one node (GPUs per node)."""
     precision: Literal["fp32", "bf16", "fp16"] = "bf16"
     """Compute dtype. Master weights and optimizer state stay fp32; fp16 uses dynamic loss scaling."""
-    objective: Literal["auto", "clm", "mlm", "span"] = "auto"
-    """clm: causal LM (decoders); mlm: masked LM (BERT-style encoders: 15% of tokens chosen, 80/10/10
-    mask / random / kept); span: T5's span corruption (encoder-decoders). auto: from the model's
-    architecture (an encoder-decoder: span; a ``...ForMaskedLM`` or BERT-family encoder: mlm; else
-    clm); the manifest records the objective used (train/objectives.py, docs/training.md)."""
     mlm_probability: float = Field(default=0.15, gt=0, lt=1)
-    """Fraction of non-special tokens chosen for prediction (mlm)."""
-    span_noise_density: float = Field(default=0.15, gt=0, lt=1)
-    """Fraction of tokens in noise spans (span)."""
-    span_mean_length: float = Field(default=3.0, ge=1)
-    """Mean noise span length in tokens (span)."""
+    """Fraction of non-special tokens chosen for prediction when ``model.objective`` is mlm (dynamic
+    masking: a new mask each time a block is read)."""
     activation_checkpointing: bool = False
     """Recompute each transformer block's activations in backward: ~30% more compute, far less memory."""
     activation_checkpointing_every: int = Field(default=1, ge=1, le=1024, json_schema_extra=NOT_FINGERPRINTED)

@@ -89,7 +89,7 @@ def _token_roles(spec: TrainSpec, vocab_size: int) -> Any:
     from dapt.train.objectives import token_roles
 
     if not spec.tokenizer_path:
-        raise ValueError(f"train.objective: {spec.objective} needs the run's tokenizer (its special tokens)")
+        raise ValueError(f"model.objective: {spec.objective} needs the run's tokenizer (its special tokens)")
     return token_roles(AutoTokenizer.from_pretrained(spec.tokenizer_path), spec.objective, vocab_size)
 
 
@@ -220,7 +220,7 @@ def train_loop(spec: TrainSpec | Mapping[str, Any]) -> dict[str, Any]:
     tokens_per_step = n * int(spec.grad_accum) * int(spec.micro_batch_size) * int(spec.seq_len)
     writers = Writers(log_dir, start_step, rank == 0)
     windows = None
-    if spec.monitor_path and Path(spec.monitor_path).exists() and spec.objective == "clm":
+    if spec.monitor_path and Path(spec.monitor_path).exists():
         windows = dict(np.load(spec.monitor_path))
 
     def monitor(step: int) -> dict[str, Any] | None:

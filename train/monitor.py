@@ -83,10 +83,65 @@ def make_windows(
     return {"inputs": np.stack(inputs), "targets": np.stack(targets), "bytes": n_bytes, "tokens": n_tokens}
 
 
-def build_monitor_file(
-    heldout_dir: Path, tokenizer_path: str, seq_len: int, max_tokens: int, sep_id: int, out: Path
+MONITOR_POSITION = 1 << 40
+"""Stream position the monitor's masks and spans are seeded from: far beyond any training position, so
+the monitor's noise is fixed across steps (a trend, not resampled noise) and never a training block's."""
+
+
+def make_objective_windows(
+    token_lists: list[list[int]],
+    texts: list[str],
+    block_len: int,
+    max_tokens: int,
+    sep_id: int,
+    objective: str,
+    roles: Any,
+    seed: int,
 ) -> dict[str, Any]:
-    """Write ``out`` (.npz) with ``<kind>_inputs``, ``<kind>_targets``, ``<kind>_bytes`` for both kinds."""
+    """Masked-LM or span-corruption windows: the documents packed as training packs them (each after
+    the separator), cut into whole blocks of ``block_len`` and turned into inputs/targets with a fixed
+    mask or corruption. The partial last block is dropped, so ``bytes`` is the documents' bytes prorated
+    by the tokens kept: per-byte figures for trends, as the causal monitor's."""
+    from dapt.train.objectives import make_batch
+
+    stream: list[int] = []
+    n_bytes = 0
+    for ids, text in zip(token_lists, texts, strict=True):
+        if not ids:
+            continue
+        if stream and len(stream) + len(ids) + 1 > max_tokens:
+            break
+        stream += [sep_id, *ids]
+        n_bytes += len(text.encode("utf-8"))
+    n_blocks = len(stream) // block_len
+    if not n_blocks:
+        return {
+            "inputs": np.zeros((0, 1), np.int64),
+            "targets": np.zeros((0, 1), np.int64),
+            "bytes": 0,
+            "tokens": 0,
+        }
+    blocks = np.asarray(stream[: n_blocks * block_len], dtype=np.int64).reshape(n_blocks, block_len)
+    positions = [MONITOR_POSITION + i for i in range(n_blocks)]
+    x, y = make_batch(objective, blocks, positions, seed, roles)
+    kept = n_blocks * block_len
+    return {"inputs": x, "targets": y, "bytes": round(n_bytes * kept / len(stream)), "tokens": kept}
+
+
+def build_monitor_file(
+    heldout_dir: Path,
+    tokenizer_path: str,
+    seq_len: int,
+    max_tokens: int,
+    sep_id: int,
+    out: Path,
+    objective: str = "clm",
+    block_len: int | None = None,
+    roles: Any = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Write ``out`` (.npz) with ``<kind>_inputs``, ``<kind>_targets``, ``<kind>_bytes`` for both kinds:
+    causal windows (:func:`make_windows`), or for ``mlm`` / ``span`` :func:`make_objective_windows`."""
     from dapt.tokenizer.encode import load_encoder
 
     enc = load_encoder(tokenizer_path)
@@ -109,7 +164,12 @@ def build_monitor_file(
                     break
             if total > max_tokens:
                 break
-        w = make_windows(ids, used, seq_len, max_tokens, sep_id)
+        if objective == "clm":
+            w = make_windows(ids, used, seq_len, max_tokens, sep_id)
+        else:
+            w = make_objective_windows(
+                ids, used, int(block_len or seq_len), max_tokens, sep_id, objective, roles, seed
+            )
         arrays[f"{kind}_inputs"] = w["inputs"]
         arrays[f"{kind}_targets"] = w["targets"]
         arrays[f"{kind}_bytes"] = np.int64(w["bytes"])

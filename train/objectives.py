@@ -63,6 +63,50 @@ class TokenRoles:
     """T5's ``<extra_id_0>``, ``<extra_id_1>``, ... in that order."""
     eos_id: int | None = None
     decoder_start_id: int | None = None
+    head: tuple[int, ...] = ()
+    """mlm: the ids the tokenizer puts before a text (BERT's ``[CLS]``), added before every block."""
+    tail: tuple[int, ...] = ()
+    """mlm: the ids it puts after a text (``[SEP]``), added after every block."""
+
+
+def special_frame(tokenizer: Any) -> tuple[list[int], list[int]]:
+    """The ids a tokenizer puts before and after a text (``[CLS]`` / ``[SEP]`` for BERT, ``<s>`` for
+    Llama-style sentencepiece), found by encoding a probe with and without special tokens:
+    transformers 5's fast tokenizers no longer have ``build_inputs_with_special_tokens``, and this
+    works for every family."""
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a", add_special_tokens=True)["input_ids"]
+    for off in range(len(full) - len(plain) + 1):
+        if full[off : off + len(plain)] == plain:
+            return list(full[:off]), list(full[off + len(plain) :])
+    return [], []
+
+
+def block_tokens(
+    objective: str, seq_len: int, frame_len: int = 0, density: float = 0.15, mean_span: float = 3.0
+) -> int:
+    """Tokens per packed block so that the model's input row is ``seq_len`` tokens long.
+
+    clm: ``seq_len + 1`` (inputs and shifted targets come from one block). mlm: ``seq_len`` minus the
+    special frame the loop adds around each block. span: the longest raw length whose corrupted input
+    (kept tokens + one sentinel per span + EOS) is at most ``seq_len``, as T5's reference
+    preprocessing (``random_spans_helper``) packs raw text so that inputs fill the row. Every token of
+    a block is consumed by the objective, so the mix stage's token-exact ratio is a ratio of what the
+    model trains on."""
+    if objective == "clm":
+        return seq_len + 1
+    if objective == "mlm":
+        if seq_len - frame_len < 2:
+            raise ValueError(f"mix.seq_len {seq_len} leaves no room inside the {frame_len} special tokens")
+        return seq_len - frame_len
+    if objective != "span":
+        raise ValueError(f"unknown objective {objective!r}")
+    raw = seq_len
+    while corrupted_lengths(raw + 1, density, mean_span)[0] <= seq_len:
+        raw += 1
+    while raw > 2 and corrupted_lengths(raw, density, mean_span)[0] > seq_len:
+        raw -= 1
+    return raw
 
 
 def token_roles(tokenizer: Any, objective: str, vocab_size: int) -> TokenRoles:
@@ -71,9 +115,12 @@ def token_roles(tokenizer: Any, objective: str, vocab_size: int) -> TokenRoles:
     if objective == "mlm":
         if tokenizer.mask_token_id is None:
             raise ValueError(
-                "train.objective: mlm needs a mask token in the tokenizer (tokenizer.mask_token), and it has none"
+                "model.objective: mlm needs a mask token in the tokenizer (tokenizer.mask_token), and it has none"
             )
-        return TokenRoles(vocab_size, specials, mask_id=int(tokenizer.mask_token_id))
+        head, tail = special_frame(tokenizer)
+        return TokenRoles(
+            vocab_size, specials, mask_id=int(tokenizer.mask_token_id), head=tuple(head), tail=tuple(tail)
+        )
     if objective == "span":
         sentinels = []
         for i in range(1000):
@@ -83,7 +130,7 @@ def token_roles(tokenizer: Any, objective: str, vocab_size: int) -> TokenRoles:
             sentinels.append(int(tid))
         if not sentinels:
             raise ValueError(
-                "train.objective: span needs T5's sentinel tokens <extra_id_0>, <extra_id_1>, ... in the "
+                "model.objective: span needs T5's sentinel tokens <extra_id_0>, <extra_id_1>, ... in the "
                 "tokenizer, and it has none"
             )
         eos = tokenizer.eos_token_id
@@ -151,7 +198,7 @@ def span_corrupt(
     noise, spans = span_lengths(n, density, mean_span)
     if spans > len(roles.sentinel_ids):
         raise ValueError(
-            f"train.objective: span needs {spans} sentinel tokens for blocks of {n} tokens; the tokenizer has "
+            f"model.objective: span needs {spans} sentinel tokens for blocks of {n} tokens; the tokenizer has "
             f"{len(roles.sentinel_ids)}: use a shorter mix.seq_len or a larger span_mean_length"
         )
     rng = _rng(seed, _SPAN_STREAM, position)
@@ -194,20 +241,21 @@ def make_batch(
     roles: TokenRoles | None,
     options: dict[str, float] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(inputs, targets) ``int64`` arrays for a micro-batch of packed blocks ``[mb, seq_len + 1]`` read at
-    stream ``positions``. clm: the block shifted by one. mlm and span: the first ``seq_len`` tokens,
-    masked or corrupted as above."""
+    """(inputs, targets) ``int64`` arrays for a micro-batch of packed blocks ``[mb, block_len]`` read at
+    stream ``positions`` (``block_len`` from :func:`block_tokens`). clm: the block shifted by one.
+    mlm: the block inside the tokenizer's special frame, masked. span: the whole block, corrupted."""
     if objective == "clm":
         blocks = np.asarray(blocks, dtype=np.int64)
         return blocks[:, :-1], blocks[:, 1:]
     opts = options or {}
     assert roles is not None
+    head, tail = np.asarray(roles.head, dtype=np.int64), np.asarray(roles.tail, dtype=np.int64)
     rows = [
-        mlm_mask(b[:-1], p, seed, roles, opts.get("mlm_probability", 0.15))
+        mlm_mask(np.concatenate([head, b, tail]), p, seed, roles, opts.get("mlm_probability", 0.15))
         if objective == "mlm"
         else span_corrupt(
-            b[:-1], p, seed, roles, opts.get("span_noise_density", 0.15), opts.get("span_mean_length", 3.0)
+            b, p, seed, roles, opts.get("span_noise_density", 0.15), opts.get("span_mean_length", 3.0)
         )
-        for b, p in zip(blocks, positions, strict=True)
+        for b, p in zip(np.asarray(blocks, dtype=np.int64), positions, strict=True)
     ]
     return np.stack([r[0] for r in rows]), np.stack([r[1] for r in rows])

@@ -24,6 +24,13 @@ from dapt.pipeline.errors import ConfigError, InputError
 from dapt.pipeline.fsutil import has_tokenizer_files, resolve_output
 from dapt.pipeline.stages import StageContext
 from dapt.train.config import TrainConfig
+from dapt.train.prelaunch import (
+    detect_gpu,
+    monitor_windows,
+    preflight_plan,
+    refuse_gpu_only,
+    resolve_objective,
+)
 from dapt.train.ranks import PLACEMENT_FILE, read_placement
 from dapt.train.schedule import warmup_steps
 from dapt.train.spec import TrainSpec
@@ -81,10 +88,11 @@ def _packed_blocks(mix_dir: Path, mix: dict[str, Any]) -> tuple[str, int, int]:
         raise InputError(str(e)) from None
     except OSError as e:
         raise InputError(f"{tokens_path}: cannot read the packed blocks ({e}); rerun `dapt mix`") from None
-    if blocks.block_len != seq_len + 1:
+    want = int(mix.get("block_len") or seq_len + 1)  # manifests before objectives: seq_len + 1
+    if blocks.block_len != want:
         raise InputError(
             f"{tokens_path}: blocks of {blocks.block_len} tokens do not match the mix manifest's "
-            f"seq_len {seq_len} (want {seq_len + 1}); rerun `dapt mix`"
+            f"block_len {want}; rerun `dapt mix`"
         )
     n_blocks = len(blocks)
     if n_blocks == 0:
@@ -164,8 +172,8 @@ def build_spec(ctx: StageContext) -> tuple[TrainSpec, dict[str, Any]]:
         activation_checkpointing=tc.activation_checkpointing,
         activation_checkpointing_every=tc.activation_checkpointing_every,
         mlm_probability=tc.mlm_probability,
-        span_noise_density=tc.span_noise_density,
-        span_mean_length=tc.span_mean_length,
+        span_noise_density=float((mix.get("packing") or {}).get("span_noise_density", 0.15)),
+        span_mean_length=float((mix.get("packing") or {}).get("span_mean_length", 3.0)),
         attention=tc.attention,
         loss_chunk_tokens=tc.loss_chunk_tokens,
         compile=tc.compile,
@@ -198,117 +206,19 @@ def build_spec(ctx: StageContext) -> tuple[TrainSpec, dict[str, Any]]:
         export_dtype=tc.export_dtype,
         **{k: ctx.extra[k] for k in TEST_HOOKS if k in ctx.extra},
     )
-    spec = spec.replace(objective=_objective(tc, spec))
+    spec = spec.replace(objective=resolve_objective(tc, spec, mix))
     facts = {
         "n_blocks": n_blocks,
         "mix_dir": mix_dir,
         "heldout": _manifest_path(mix_dir, (mix.get("outputs") or {}).get("heldout")),
         "eos_id": mix.get("eos_id"),
+        "block_len": int(mix.get("block_len") or seq_len + 1),
         "vocab_size": mix.get("vocab_size"),
         "tokens_per_step": geometry["tokens_per_step"],
         "epochs": geometry["epochs"],
         "pretraining_tokens": (tok.get("base_model") or {}).get("pretraining_tokens"),
     }
     return spec, facts
-
-
-def _objective(tc: TrainConfig, spec: TrainSpec) -> str:
-    """``train.objective``, or for ``auto`` the one the model's architecture implies; document masking
-    is a causal-LM option."""
-    from dapt.train.objectives import infer_objective
-    from dapt.train.setup import load_model_config
-
-    config = load_model_config(spec)
-    objective = tc.objective if tc.objective != "auto" else infer_objective(config)
-    if objective != "clm" and tc.attention == "document":
-        raise ConfigError(
-            f"train.attention: document applies to causal LM training; this run's objective is {objective}"
-        )
-    if objective != "clm":  # the workers need these tokens: check them here, before any worker starts
-        from transformers import AutoTokenizer
-
-        from dapt.train.objectives import token_roles
-
-        if not spec.tokenizer_path:
-            raise ConfigError(f"train.objective: {objective} needs the run's tokenizer (its special tokens)")
-        try:
-            token_roles(AutoTokenizer.from_pretrained(spec.tokenizer_path), objective, int(config.vocab_size))
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
-    return objective
-
-
-def _preflight(ctx: StageContext, spec: TrainSpec, facts: dict[str, Any]) -> dict[str, Any] | None:
-    """The plan of this run on the device it will use; raises PreflightError if it cannot fit."""
-    if not ctx.extra.get("preflight", True):
-        return None
-    if spec.objective != "clm":
-        ctx.log.info(
-            "preflight: the planner models decoder-only training; none for objective %s", spec.objective
-        )
-        return None
-    try:
-        from dapt.train.plan.preflight import preflight
-    except ImportError:
-        ctx.log.info("preflight: train.plan.preflight not available; skipped")
-        return None
-    from dapt.train.setup import load_model_config
-
-    mem = None
-    kind = "cpu"
-    if spec.use_gpu:
-        try:
-            import torch
-
-            if torch.cuda.is_available():
-                kind = torch.cuda.get_device_name(0)
-                mem = int(torch.cuda.get_device_properties(0).total_memory)
-            else:
-                kind = "cuda"
-        except Exception:  # the driver may sit on a CPU-only head node
-            kind = "cuda"
-    else:
-        import psutil
-
-        mem = int(psutil.virtual_memory().total)
-    return preflight(
-        ctx.cfg,
-        load_model_config(spec),
-        kind,
-        mem,
-        seq_len=spec.seq_len,
-        pretraining_tokens=facts.get("pretraining_tokens"),
-    )
-
-
-def _refuse_gpu_only(tc: TrainConfig, use_gpu: bool) -> None:
-    """``train.cpu_offload`` or ``train.float8`` on CPU workers is a ConfigError, before any worker starts.
-
-    Why not ignore them: on a CPU device the parameters, gradients and optimizer state already live in
-    host memory, so FSDP2's CPUOffloadPolicy has nothing to move (checked: with ``pin_memory=False`` it
-    is a no-op, with its default ``pin_memory=True`` it raises "Cannot access accelerator device");
-    float8 matmuls need float8 tensor cores. A user who asked for either is counting on a saving that
-    a GPU run would give and this one not."""
-    why = "train.use_gpu: false" if tc.use_gpu is False else "the Ray cluster has no GPU"
-    if tc.cpu_offload and not use_gpu:
-        raise ConfigError(
-            f"train.cpu_offload: this run computes on CPUs ({why}), where parameters, gradients and "
-            "optimizer state already live in host memory; FSDP2 CPU offload is for GPU runs only: "
-            "remove train.cpu_offload"
-        )
-    if tc.float8 and not use_gpu:
-        raise ConfigError(
-            f"train.float8: this run computes on CPUs ({why}); float8 training needs GPUs with float8 "
-            "tensor cores (compute capability 8.9+: L40S, H100, H200): remove train.float8"
-        )
-
-
-def _detect_gpu(tc: TrainConfig) -> bool:
-    if tc.use_gpu is not None:
-        return tc.use_gpu
-    import ray
-
-    return float(ray.cluster_resources().get("GPU", 0)) > 0
 
 
 def launch(
@@ -344,28 +254,6 @@ def launch(
         ),
     )
     trainer.fit()
-
-
-def _monitor_windows(ctx: StageContext, spec: TrainSpec, facts: dict[str, Any]) -> dict[str, Any] | None:
-    """Tokenise the held-out validation windows once, for every worker; None when there are none."""
-    from dapt.train.monitor import build_monitor_file
-
-    heldout = facts["heldout"]
-    if spec.objective != "clm":
-        ctx.log.warning(
-            "the forgetting monitor measures causal-LM bits per byte: off for objective %s", spec.objective
-        )
-        return None
-    if not (heldout and Path(heldout).is_dir() and spec.tokenizer_path):
-        ctx.log.warning("no held-out split or tokenizer: the forgetting monitor is off")
-        return None
-    sep = facts["eos_id"] if facts["eos_id"] is not None else 0
-    mon_path = ctx.work_dir / "monitor_windows.npz"
-    mon = build_monitor_file(
-        Path(heldout), spec.tokenizer_path, spec.seq_len, ctx.cfg.train.monitor_max_tokens, int(sep), mon_path
-    )
-    ctx.log.info("monitor windows: %s", mon)
-    return {"path": str(mon_path.resolve()), "windows": mon}
 
 
 def checkpoint_meta(ctx: StageContext) -> dict[str, Any]:
@@ -452,12 +340,12 @@ def run(ctx: StageContext) -> dict[str, Any]:
     spec, facts = build_spec(ctx)
 
     if tc.use_gpu is False:
-        _refuse_gpu_only(tc, False)  # before Ray starts: nothing to detect
+        refuse_gpu_only(tc, False)  # before Ray starts: nothing to detect
     init_ray(ctx.cfg.ray)
-    spec = spec.replace(use_gpu=_detect_gpu(tc))
-    _refuse_gpu_only(tc, spec.use_gpu)
-    plan = _preflight(ctx, spec, facts)
-    mon = _monitor_windows(ctx, spec, facts)
+    spec = spec.replace(use_gpu=detect_gpu(tc))
+    refuse_gpu_only(tc, spec.use_gpu)
+    plan = preflight_plan(ctx, spec, facts)
+    mon = monitor_windows(ctx, spec, facts)
     if mon is not None:
         spec = spec.replace(monitor_path=mon["path"])
     _check_shared_storage(ctx, spec)

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from dapt.train.batches import StepBatches
-from dapt.train.loss import causal_lm_loss, chunked_head, objective_loss
+from dapt.train.loss import causal_lm_loss, chunked_head, masked_lm_loss, objective_loss, seq2seq_loss
 from dapt.train.monitor import IGNORE, bits_per_byte
 from dapt.train.schedule import lr_factor
 from dapt.train.setup import DTYPES, all_reduce, is_sharded, unwrap, world
@@ -109,8 +109,9 @@ def train_step(
 def evaluate_windows(
     model: torch.nn.Module, windows: dict[str, np.ndarray], spec: TrainSpec, device: torch.device
 ) -> dict[str, float | None]:
-    """Loss and bits-per-byte on the monitor windows of both kinds. Collective: windows are split over
-    ranks and padded so every rank runs the same number of forwards (FSDP needs that)."""
+    """Loss and bits-per-byte on the monitor windows of both kinds, under the run's objective (masked
+    positions for mlm, the span targets for span). Collective: windows are split over ranks and padded
+    so every rank runs the same number of forwards (FSDP needs that)."""
     rank, n = world()
     mb = int(spec.micro_batch_size)
     was_training = model.training
@@ -132,7 +133,12 @@ def evaluate_windows(
                 x = torch.zeros((1, xs.shape[1]), dtype=torch.long, device=device)
                 y = torch.full_like(x, IGNORE)
             with autocast(spec, device):
-                nll = causal_lm_loss(model, x, y, reduction="sum", head=chunked_head(unwrap(model)))
+                if spec.objective == "mlm":
+                    nll = masked_lm_loss(model, x, y, reduction="sum")
+                elif spec.objective == "span":
+                    nll = seq2seq_loss(model, x, y, reduction="sum")
+                else:
+                    nll = causal_lm_loss(model, x, y, reduction="sum", head=chunked_head(unwrap(model)))
             acc[0] += float(nll)
             acc[1] += int((y != IGNORE).sum())
         acc = all_reduce(acc, device)

@@ -54,8 +54,17 @@ class MixConfig(BaseModel):
     """The general share, for users who think in continual-pretraining "replay" terms:
     ``domain_fraction = 1 - replay``. Mutually exclusive with ``domain_fraction``."""
     seq_len: int = Field(default=512, ge=8, le=1 << 20)
-    """Tokens per training sequence: the stage packs blocks of ``seq_len + 1`` tokens and records
-    ``seq_len`` in its manifest, where train and eval read it (config version 1 had ``train.seq_len``)."""
+    """Tokens per training sequence (the model's input row): the stage packs blocks of ``seq_len + 1``
+    tokens for causal LM, ``seq_len`` minus the tokenizer's special frame for masked LM, and for span
+    corruption the raw length whose corrupted input is ``seq_len`` tokens; it records ``seq_len`` and
+    ``block_len`` in its manifest, where train and eval read them (config version 1 had
+    ``train.seq_len``)."""
+    span_noise_density: float = Field(default=0.15, gt=0, lt=1)
+    """Span corruption (``model.objective: span``): the fraction of tokens in noise spans. With the mean
+    span length it fixes how many raw tokens a block holds so that the corrupted input is ``seq_len``
+    tokens (T5's packing), so it is a mix knob; train reads both from the manifest."""
+    span_mean_length: float = Field(default=3.0, ge=1)
+    """Span corruption: mean noise span length in tokens."""
     total_tokens: int | None = Field(default=None, gt=0)
     """Training tokens to produce (rounded to whole blocks of ``seq_len + 1``)."""
     domain_epochs: float | None = Field(default=None, gt=0)

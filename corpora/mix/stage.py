@@ -18,6 +18,7 @@ The block length ``seq_len`` is this stage's fact: train and eval read it from t
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -111,12 +112,60 @@ def _prep_key(ctx: Any, texts: dict[str, list[str]], tok_path: Path) -> str:
     )
 
 
+def objective_blocks(objective: str, mcfg: MixConfig, tok_path: Path) -> tuple[int, dict[str, Any]]:
+    """Block length for the run's objective (``train.objectives.block_tokens``) and the manifest's
+    account of how blocks and the ratio are counted."""
+    from dapt.train.objectives import block_tokens, special_frame
+
+    frame: tuple[list[int], list[int]] = ([], [])
+    if objective == "mlm":
+        from transformers import AutoTokenizer
+
+        frame = special_frame(AutoTokenizer.from_pretrained(str(tok_path)))
+    try:
+        block_len = block_tokens(
+            objective,
+            mcfg.seq_len,
+            len(frame[0]) + len(frame[1]),
+            mcfg.span_noise_density,
+            mcfg.span_mean_length,
+        )
+    except ValueError as e:
+        raise ConfigError(f"mix.seq_len: {e}") from None
+    counted = {
+        "clm": "every token of a block (seq_len inputs + the last target)",
+        "mlm": "every token of a block; the special frame train adds around it is not text and not counted",
+        "span": "every raw token of a block (inputs and targets come from them); sentinels and EOS are not counted",
+    }[objective]
+    packing = {
+        "objective": objective,
+        "model_input_tokens": mcfg.seq_len,
+        "block_tokens": block_len,
+        "ratio_counted_in": counted,
+    }
+    if objective == "mlm":
+        packing["frame"] = {"head": frame[0], "tail": frame[1]}
+    if objective == "span":
+        from dapt.train.objectives import corrupted_lengths
+
+        inputs, targets = corrupted_lengths(block_len, mcfg.span_noise_density, mcfg.span_mean_length)
+        packing.update(
+            span_noise_density=mcfg.span_noise_density,
+            span_mean_length=mcfg.span_mean_length,
+            input_tokens=inputs,
+            target_tokens=targets,
+        )
+    return block_len, packing
+
+
 def run(ctx: Any) -> dict[str, Any]:
     """Stage entry point (see the module docstring)."""
     cfg = ctx.cfg
     mcfg: MixConfig = cfg.mix
     seed = mcfg.seed if mcfg.seed is not None else cfg.seed
-    block_len = mcfg.seq_len + 1
+    objective = ctx.upstream_manifest("tokenizer").get("objective", "clm")
+    tok_path = tokenizer_path(ctx)
+    block_len, packing = objective_blocks(objective, mcfg, tok_path)
     fraction = mcfg.target_domain_fraction
     kinds = {s.name: s.kind for s in cfg.sources}
     for name in {**mcfg.weights, **mcfg.max_epochs_per_source}:
@@ -125,7 +174,6 @@ def run(ctx: Any) -> dict[str, Any]:
 
     files = kept_files(ctx)
     split_dir = ctx.require_output("split", "heldout", folder=True)
-    tok_path = tokenizer_path(ctx)
     texts, decontam_problem = eval_texts(ctx)
 
     key = _prep_key(ctx, texts, tok_path)
@@ -232,9 +280,13 @@ def run(ctx: Any) -> dict[str, Any]:
     contaminated = {n: stats[n]["contaminated"] if n in stats else 0 for n in kinds}
 
     return {
-        "outputs": {"train_tokens": "train/index.json"},
+        # The split stage's held-out folder, relative to this one: train's forgetting monitor reads its
+        # validation text through this manifest (train needs only tokenizer and mix).
+        "outputs": {"train_tokens": "train/index.json", "heldout": os.path.relpath(split_dir, ctx.out_dir)},
         "seq_len": mcfg.seq_len,
         "block_len": block_len,
+        "objective": objective,
+        "packing": packing,
         "n_blocks": plan.n_blocks,
         "vocab_size": int(info["encoder"]["vocab_size"]),
         "eos_id": eos_id,

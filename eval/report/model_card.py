@@ -119,6 +119,22 @@ def from_scratch(data: RunData) -> bool:
     )
 
 
+CARD_OBJECTIVES = {
+    "clm": ("a causal language model", "decoder-only causal language model", "text-generation",
+            "next-token prediction (causal language modelling)"),
+    "mlm": ("a masked language model", "encoder masked language model", "fill-mask",
+            "masked language modelling (15% of tokens chosen, 80/10/10 mask / random / kept)"),
+    "span": ("an encoder-decoder model", "encoder-decoder span-corruption model", "text2text-generation",
+             "span corruption (T5: noise spans replaced by sentinels, the decoder restores them)"),
+}  # fmt: skip
+"""Per objective: the card's noun, its model type, the Hub pipeline tag and the objective sentence."""
+
+
+def objective_of(data: RunData) -> str:
+    """The run's objective as the mix stage packed for it (older runs: causal)."""
+    return str(data.m("mix").get("objective") or "clm")
+
+
 def card_data(data: RunData, rcfg: Any, name: str) -> ModelCardData:
     """The metadata the Hub indexes; ``model-index`` holds the adapted model's results."""
     results = []
@@ -129,7 +145,7 @@ def card_data(data: RunData, rcfg: Any, name: str) -> ModelCardData:
         target, bpb = row_target(r), r.get("kind") == "bpb"
         results.append(
             EvalResult(
-                task_type="text-generation",
+                task_type=CARD_OBJECTIVES[objective_of(data)][2],
                 task_name="bits-per-byte" if bpb else target,
                 dataset_type=target,
                 dataset_name=f"held-out {target}" if bpb else target,
@@ -143,7 +159,7 @@ def card_data(data: RunData, rcfg: Any, name: str) -> ModelCardData:
         license=rcfg.license or None,
         language=list(rcfg.language),
         library_name="transformers",
-        pipeline_tag="text-generation",
+        pipeline_tag=CARD_OBJECTIVES[objective_of(data)][2],
         tags=["dapt", "domain-adaptation", "continued-pretraining"],
         # The Hub validates base_model against repo ids; a local path would fail it.
         base_model=base if _looks_hub_id(base) else None,
@@ -314,8 +330,11 @@ def _context(data: RunData, rcfg: Any, concl: list[str], name: str) -> dict[str,
     totals = clean_totals(data)
     results, quant = _results(data, alpha)
     hub_id = rcfg.model_name if _looks_hub_id(rcfg.model_name) else None
+    noun, model_type, _, objective_sentence = CARD_OBJECTIVES[objective_of(data)]
     return {
         "name": name,
+        "model_noun": noun,
+        "objective_sentence": objective_sentence,
         "run_name": data.run_name,
         "domain_sources": ", ".join(s.name for s in data.cfg.sources_of("domain")),
         "from_scratch": scratch,
@@ -324,7 +343,7 @@ def _context(data: RunData, rcfg: Any, concl: list[str], name: str) -> dict[str,
             ("Developed by", rcfg.developed_by or NR),
             (
                 "Model type",
-                f"decoder-only causal language model ({fmt_value(mc.get('architectures') or [mc.get('model_type', NR)])})",
+                f"{model_type} ({fmt_value(mc.get('architectures') or [mc.get('model_type', NR)])})",
             ),
             ("Language(s) (NLP)", ", ".join(rcfg.language)),
             ("License", rcfg.license or NR),

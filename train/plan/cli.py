@@ -53,6 +53,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--intermediate", type=_pos_int, help="MLP width (default: Llama's 8/3 x hidden)")
     g.add_argument("--vocab", type=_pos_int)
     g.add_argument("--tied", action="store_true", default=None, help="input embedding tied to the LM head")
+    g.add_argument(
+        "--objective",
+        choices=("auto", "clm", "mlm", "span"),
+        help="clm (decoders), mlm (BERT-style encoders), span (T5 encoder-decoders); auto (default): "
+        "train.objective, else from the model's architecture as the train stage infers it",
+    )
     r = parser.add_argument_group("run")
     r.add_argument("--precision", choices=memory.PRECISIONS)
     r.add_argument("--sharding", choices=memory.SHARDINGS)
@@ -149,7 +155,8 @@ def plan_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
         cfg = load_config(args.config, list(args.overrides or []) + _plan_overrides(args))
         model_config = load_model_config(args.model) if args.model else None
-        plan = plan_for_run(cfg, model_config, knob_overrides=knobs, tokens=args.tokens)
+        objective = args.objective if args.objective not in (None, "auto") else None
+        plan = plan_for_run(cfg, model_config, knob_overrides=knobs, tokens=args.tokens, objective=objective)
         plan["config"] = args.config
         return plan
     if args.overrides:
@@ -159,14 +166,19 @@ def plan_from_args(args: argparse.Namespace) -> dict[str, Any]:
         from dapt.train.plan.preflight import arch_from_model_config, exact_param_shapes, load_model_config
 
         mc = load_model_config(args.model)
-        arch = arch_from_model_config(mc)
-        shapes = exact_param_shapes(mc)
+        arch = arch_from_model_config(mc, args.objective or "auto")
+        shapes = exact_param_shapes(mc, arch["objective"])
         if shapes:
             arch["param_shapes"] = shapes
-    for key in ("params", "layers", "hidden", "heads", "kv_heads", "intermediate", "vocab", "tied"):
+    elif args.objective in ("mlm", "span"):
+        arch = _free_form_encoder(args)
+    flags = ("params", "layers", "hidden", "heads", "kv_heads", "intermediate", "vocab", "tied")
+    for key in flags:
         v = getattr(args, key)
         if v is not None:
             arch[key] = v
+    if arch.get("model") and any(getattr(args, k) is not None for k in flags[1:]):
+        _override_description(arch)
     if arch.get("params") is not None and arch.get("param_shapes") is not None:
         arch.pop("param_shapes")
     if not arch.get("params") and not (
@@ -195,6 +207,11 @@ def plan_from_args(args: argparse.Namespace) -> dict[str, Any]:
         headroom_fraction=0.08,
     )
     defaults.update(knobs)
+    if arch.get("objective") == "span":
+        from dapt.train.plan.preflight import span_geometry
+
+        # T5's noise density 0.15 and mean span 3 (with --config: mix.span_noise_density / span_mean_length)
+        defaults["span_lengths"], defaults["block_tokens"] = span_geometry(defaults["seq_len"])
     try:
         return make_plan(
             arch,
@@ -209,6 +226,47 @@ def plan_from_args(args: argparse.Namespace) -> dict[str, Any]:
         )
     except ValueError as e:
         raise ConfigError(f"dapt plan: {e}") from None
+
+
+def _free_form_encoder(args: argparse.Namespace) -> dict[str, Any]:
+    """``--objective mlm|span`` with architecture flags: a BERT or T5 (v1.0 layout) of that size."""
+    from dapt.train.plan.preflight import arch_from_model_config
+
+    if not (args.layers and args.hidden and args.heads and args.vocab):
+        raise ConfigError(f"--objective {args.objective}: give --model or --layers/--hidden/--heads/--vocab")
+    if args.objective == "mlm":
+        config = {
+            "model_type": "bert",
+            "num_hidden_layers": args.layers,
+            "hidden_size": args.hidden,
+            "num_attention_heads": args.heads,
+            "intermediate_size": args.intermediate or 4 * args.hidden,
+            "vocab_size": args.vocab,
+        }
+    else:
+        config = {
+            "model_type": "t5",
+            "num_layers": args.layers,
+            "d_model": args.hidden,
+            "num_heads": args.heads,
+            "d_kv": args.hidden // args.heads,
+            "d_ff": args.intermediate or 4 * args.hidden,
+            "vocab_size": args.vocab,
+        }
+    return arch_from_model_config(config, args.objective)
+
+
+def _override_description(arch: dict[str, Any]) -> None:
+    """Carry architecture flags into the encoder description (the activations and FLOPs read it); the
+    parameter count then comes from it too (or from ``--params``)."""
+    spec = dict(arch["model"])
+    head_dim = spec["inner"] // spec["heads"]
+    for key in ("layers", "hidden", "heads", "intermediate", "vocab", "tied"):
+        if arch.get(key) is not None:
+            spec[key] = arch[key]
+    spec["inner"] = spec["hidden"] if spec["family"] != "t5" else spec["heads"] * head_dim
+    arch["model"] = spec
+    arch.pop("param_shapes", None)
 
 
 def _jsonable(plan: dict[str, Any]) -> dict[str, Any]:

@@ -3,7 +3,8 @@
 FLOPs follow the PaLM appendix B convention: 6·N per token for the dense matmuls (forward 2N,
 backward 4N) plus 12·L·h·s per token for attention scores and their weighted sum (forward and backward,
 no causal discount). N counts the parameters that take part in matmuls: the input embedding is a lookup
-and is left out unless it is tied to the LM head.
+and is left out unless it is tied to the LM head. Encoders and encoder-decoders bring their own FLOPs
+per token (``encoders.flops_per_token``: attention over every key, T5's two lengths and cross-attention).
 
 Chinchilla: three answers to "how many parameters and tokens for this compute", each labelled, because
 they disagree: the 20-tokens-per-parameter rule, the Hoffmann et al. (2022) parametric fit as published
@@ -188,9 +189,17 @@ def compute_plan(
     mfu_source: str = "assumed",
     price_per_gpu_hour: float | None = None,
     pretraining_tokens: float | None = None,
+    per_token: dict[str, float] | None = None,
 ) -> dict:
-    """FLOPs, petaflop/s-days, GPU-hours, wall-clock on ``gpus`` GPUs, cost and the Chinchilla view."""
-    fl = training_flops(params, tokens, layers, hidden, seq_len, embedding_params)
+    """FLOPs, petaflop/s-days, GPU-hours, wall-clock on ``gpus`` GPUs, cost and the Chinchilla view.
+
+    ``per_token`` (``dense``, ``attention`` FLOPs per training token) replaces the decoder-only
+    :func:`training_flops` for architectures that count differently."""
+    if per_token is not None:
+        fl = {k: per_token[k] * tokens for k in ("dense", "attention")}
+        fl["total"] = fl["dense"] + fl["attention"]
+    else:
+        fl = training_flops(params, tokens, layers, hidden, seq_len, embedding_params)
     out: dict = {
         "tokens": tokens,
         "flops": fl,

@@ -4,6 +4,7 @@ This module imports torch (the arithmetic in ``memory.py`` does not). The tests 
 prediction to measurement on 2 gloo ranks; ``python -m dapt.train.plan.measure`` on a CUDA machine
 prints the prediction next to ``torch.cuda.max_memory_allocated`` for a few configurations
 (``bench/gpu_check`` can call :func:`gpu_check` directly). It needs only torch and transformers.
+:func:`objective_activations` does the same for a masked LM or an encoder-decoder's saved tensors.
 """
 
 from __future__ import annotations
@@ -59,28 +60,45 @@ def local_state_bytes(
     return out
 
 
+def _is_weight_copy(t: torch.Tensor) -> bool:
+    """Whether ``t`` is (a view of) autocast's 16-bit copy of a parameter: its graph goes from views
+    through one dtype cast to a leaf. Those copies are the plan's working buffers, not activations."""
+    fn = t.grad_fn
+    while fn is not None and type(fn).__name__ in ("TBackward0", "ViewBackward0", "ExpandBackward0"):
+        fn = fn.next_functions[0][0] if fn.next_functions else None
+    if fn is None or type(fn).__name__ != "ToCopyBackward0":
+        return False
+    nxt = fn.next_functions[0][0] if fn.next_functions else None
+    return type(nxt).__name__ == "AccumulateGrad"
+
+
 @contextlib.contextmanager
 def saved_tensor_bytes(exclude: Iterable[torch.Tensor] = ()) -> Iterator[dict[str, int]]:
     """Count the bytes autograd saves for backward inside the block (distinct storages only).
 
     Tensors sharing storage with ``exclude`` (pass ``model.parameters()``: a linear layer saves its
     weight, or a transposed view of it, and those bytes are model states, not activations) are skipped.
+    ``weight_copies`` is the part of ``bytes`` that is autocast's 16-bit copies of parameters.
     The result is filled in on exit.
     """
     skip = {_local(t).untyped_storage().data_ptr() for t in exclude}
     seen: dict[int, int] = {}
-    result = {"bytes": 0, "tensors": 0}
+    copies: set[int] = set()
+    result = {"bytes": 0, "tensors": 0, "weight_copies": 0}
 
     def pack(t: torch.Tensor) -> torch.Tensor:
         st = t.untyped_storage()
-        if st.data_ptr() not in skip:
-            seen.setdefault(st.data_ptr(), st.nbytes())
+        if st.data_ptr() not in skip and st.data_ptr() not in seen:
+            seen[st.data_ptr()] = st.nbytes()
+            if _is_weight_copy(t):
+                copies.add(st.data_ptr())
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         yield result
     result["bytes"] = sum(seen.values())
     result["tensors"] = len(seen)
+    result["weight_copies"] = sum(seen[p] for p in copies)
 
 
 def llama_config(
@@ -100,6 +118,130 @@ def llama_config(
         tie_word_embeddings=kw.pop("tied", False),
         **kw,
     )
+
+
+def bert_config(layers: int, hidden: int, heads: int, intermediate: int, vocab: int, **kw: Any):
+    """A transformers BertConfig (lazily imported); ``dropout`` sets both of BERT's dropout rates."""
+    from transformers import BertConfig
+
+    p = kw.pop("dropout", 0.1)
+    return BertConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=intermediate,
+        hidden_dropout_prob=kw.pop("hidden_dropout", p),
+        attention_probs_dropout_prob=kw.pop("attention_dropout", p),
+        **kw,
+    )
+
+
+def t5_config(
+    layers: int, decoder_layers: int, hidden: int, heads: int, d_kv: int, d_ff: int, vocab: int, **kw: Any
+):
+    """A transformers T5Config (lazily imported); ``gated`` picks v1.1's gated GELU over ReLU."""
+    from transformers import T5Config
+
+    return T5Config(
+        vocab_size=vocab,
+        d_model=hidden,
+        d_kv=d_kv,
+        d_ff=d_ff,
+        num_layers=layers,
+        num_decoder_layers=decoder_layers,
+        num_heads=heads,
+        feed_forward_proj="gated-gelu" if kw.pop("gated", False) else "relu",
+        dropout_rate=kw.pop("dropout", 0.1),
+        decoder_start_token_id=kw.pop("decoder_start_token_id", 0),
+        pad_token_id=kw.pop("pad_token_id", 0),
+        **kw,
+    )
+
+
+def objective_activations(
+    config: Any,
+    objective: str,
+    seq_len: int,
+    micro_batch: int,
+    precision: str = "fp32",
+    checkpointing: bool = False,
+    checkpoint_every: int = 1,
+    attn: str = "sdpa",
+    span_lengths: tuple[int, int] | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Saved-tensor bytes of one training forward of a model built from ``config`` for ``objective``
+    (``mlm``: the objective's Auto class, ``AutoModelForMaskedLM``; ``span``: ``AutoModelForSeq2SeqLM``),
+    measured on CPU, next to the planner's figure for the same step.
+
+    The forward and loss are train/loss.py's (full logits, upcast, cross-entropy; span passes the labels,
+    so the model also computes its own loss), with the output kept alive until the loss exists so that
+    no freed storage is reused and counted once. ``measured`` excludes the parameters and autocast's
+    weight copies (planned as working buffers). ``predicted`` is the activation estimate less the block
+    that only exists while being recomputed, plus what the losses save: fp32 log-probabilities per logits
+    position (and for span the model's own loss's, in the logits' dtype, fp32 under autocast).
+    ``precision``: ``fp32``, ``bf16-pure`` (16-bit weights, as under FSDP2 mixed precision) or ``bf16``
+    (fp32 weights under ``torch.autocast``, as DDP)."""
+    import torch.nn.functional as F
+    from transformers import AutoModelForMaskedLM, AutoModelForSeq2SeqLM
+
+    from dapt.train.plan import encoder_memory, encoders
+
+    torch.manual_seed(seed)
+    auto = AutoModelForSeq2SeqLM if objective == "span" else AutoModelForMaskedLM
+    model = auto.from_config(config, attn_implementation=attn)
+    if precision == "bf16-pure":
+        model.to(torch.bfloat16)
+    if checkpointing:
+        model.activation_checkpointing_enable(
+            activation_checkpointing_kwargs={"use_reentrant": False}, every_n_layers=checkpoint_every
+        )
+    model.train()
+    vocab = config.vocab_size
+    gen = torch.Generator().manual_seed(seed)
+    if objective == "span":
+        if span_lengths is None:
+            raise ValueError("span: give span_lengths")
+        se, sd = span_lengths
+        x = torch.randint(3, vocab, (micro_batch, se), generator=gen)
+        y = torch.randint(3, vocab, (micro_batch, sd), generator=gen)
+        kw: dict[str, Any] = {"labels": y, "use_cache": False}
+    else:
+        x = torch.randint(3, vocab, (micro_batch, seq_len), generator=gen)
+        y, kw = x, {}
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+    with saved_tensor_bytes(model.parameters()) as r, autocast:
+        out = model(input_ids=x, **kw)
+        logits = out.logits
+        F.cross_entropy(logits.float().reshape(-1, vocab), y.reshape(-1))
+        del out, logits
+    spec = encoders.describe(config.to_dict(), objective)
+    a = memory.compute_dtype_bytes(precision)
+    est_kw = dict(
+        act_bytes=a,
+        checkpointing=checkpointing,
+        flash_attention=attn != "eager",
+        autocast=precision == "bf16",
+        checkpoint_every=checkpoint_every,
+        device="cpu",
+    )
+    if objective == "span":
+        est = encoder_memory.t5_activation_bytes(spec, span_lengths, micro_batch, **est_kw)
+        own_loss = 4 if precision == "bf16" else a
+        losses = (4 + own_loss) * vocab * span_lengths[1] * micro_batch
+    else:
+        est = encoder_memory.encoder_activation_bytes(spec, seq_len, micro_batch, **est_kw)
+        losses = 4 * vocab * seq_len * micro_batch
+    del model
+    return {
+        "measured": r["bytes"] - r["weight_copies"],
+        "predicted": est["total"] - est["recompute"] + losses,
+        "activations": est["total"],
+        "recompute": est["recompute"],
+        "losses": losses,
+        "weight_copies": r["weight_copies"],
+    }
 
 
 def _train_step_peak(

@@ -1,4 +1,4 @@
-"""GPU memory arithmetic for training a decoder-only transformer: model states, activations, buffers.
+"""GPU memory arithmetic for training a transformer: model states, activations, buffers.
 
 Standard library only: ``bench/gpu_check.py`` imports this on a GPU machine that has torch and
 transformers but not this project's other dependencies, so the prediction it prints next to
@@ -8,12 +8,16 @@ The model states (parameters, gradients, optimizer states in the ``torch`` and `
 bookkeeping conventions, parameter shapes, FSDP2 shard sizes) live in ``train/plan/states.py`` and are
 re-exported here; this module adds what a training step holds on top of them (activations, logits,
 working buffers) and composes the two peaks (forward/backward, optimizer step) in :func:`estimate`.
+Decoder-only causal LMs (``objective="clm"``) use the Llama arithmetic here; encoders (``mlm``) and
+encoder-decoders (``span``) the per-family terms of ``encoders.py`` and ``encoder_memory.py``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Any
 
+from dapt.train.plan import encoder_memory, encoders
 from dapt.train.plan.states import (  # noqa: F401 - re-exported: memory.* is the planner's one namespace
     DTYPE_BYTES,
     GB,
@@ -182,6 +186,9 @@ def estimate(
     foreach: bool = True,
     device_mem_bytes: int | None = None,
     headroom_fraction: float = 0.0,
+    objective: str = "clm",
+    model: dict[str, Any] | None = None,
+    span_lengths: tuple[int, int] | None = None,
 ) -> dict:
     """Predicted peak memory per GPU for one training step, broken down, and whether it fits.
 
@@ -198,14 +205,27 @@ def estimate(
     ``grad_accumulation`` (gradients alive during the forward, as with several micro-batches per step)
     and ``foreach`` (the default multi-tensor AdamW/SGD, which needs one shard-sized temporary) are
     conservative defaults.
+    ``objective`` ``mlm`` or ``span`` needs ``model``, the description ``encoders.describe`` makes of the
+    model's config (its architecture numbers replace ``layers`` ... ``tied``), and for ``span`` the
+    ``span_lengths`` (input, target) of a corrupted block; the loss then takes the full logits.
     """
+    check_choice(objective, ("clm", "mlm", "span"), "objective")
     check_choice(precision, PRECISIONS, "precision")
     check_choice(sharding, SHARDINGS, "sharding")
     if micro_batch < 1 or seq_len < 1:
         raise ValueError("micro_batch and seq_len must be >= 1")
     shape_assumed = False
     shapes = [tuple(s) for s in param_shapes] if param_shapes is not None else None
-    if layers and hidden and heads and vocab:
+    enc = model if objective != "clm" else None
+    if objective != "clm" and not (enc and enc.get("kind") in ("encoder", "encoder_decoder")):
+        raise ValueError(f"objective {objective}: give the model's config (an encoder or encoder-decoder)")
+    if enc is not None:
+        layers, hidden, heads, vocab = enc["layers"], enc["hidden"], enc["heads"], enc["vocab"]
+        kv_heads, f, tied = heads, enc["intermediate"], enc["tied"]
+        loss_chunk_tokens = 0  # train/setup.py installs the chunked loss for clm only
+        if shapes is None and params is None:
+            shapes = [tuple(s) for s in encoders.param_shapes(enc)]
+    elif layers and hidden and heads and vocab:
         f = intermediate or default_intermediate(hidden)
         if shapes is None and params is None:
             shapes = llama_param_shapes(layers, hidden, heads, vocab, f, kv_heads, tied=tied)
@@ -243,26 +263,26 @@ def estimate(
     # support, so SDPA in fp32 falls back to the math path, which keeps the scores (measured on an H100:
     # ~5 bytes per score). Plan fp32 as eager.
     flash = flash_attention and precision != "fp32"
-    acts = activation_bytes(
-        layers,
-        hidden,
-        heads,
-        f,
-        seq_len,
-        micro_batch,
-        kv_heads,
-        a,
-        activation_checkpointing,
-        flash,
-        autocast,
-        checkpoint_every,
-    )
-    logits = logits_bytes(vocab, seq_len, micro_batch, a, loss_chunk_tokens, hidden)
-
-    # Working buffers: the weights in compute precision while they are used, and gradients in flight.
-    kv = hidden * (kv_heads or heads) // heads
-    block = 2 * hidden * hidden + 2 * kv * hidden + 3 * hidden * f + 2 * hidden
-    embed_head = vocab * hidden * (1 if tied else 2) + hidden
+    # Working buffers (below) need a block's and the root's size: the weights in compute precision while
+    # they are used, and gradients in flight.
+    if enc is not None:
+        # No grouped-query attention here, so fp32 SDPA takes the memory-efficient kernel (no scores).
+        terms = encoder_memory.objective_terms(
+            enc, objective, seq_len, micro_batch, a, activation_checkpointing, flash_attention, autocast,
+            checkpoint_every, span_lengths,
+        )  # fmt: skip
+        acts = terms["activations"]
+        logits = logits_bytes(vocab, terms["logits_tokens"], 1, a)
+        block, embed_head = terms["block"], terms["root"]
+    else:
+        acts = activation_bytes(
+            layers, hidden, heads, f, seq_len, micro_batch, kv_heads, a, activation_checkpointing, flash,
+            autocast, checkpoint_every,
+        )  # fmt: skip
+        logits = logits_bytes(vocab, seq_len, micro_batch, a, loss_chunk_tokens, hidden)
+        kv = hidden * (kv_heads or heads) // heads
+        block = 2 * hidden * hidden + 2 * kv * hidden + 3 * hidden * f + 2 * hidden
+        embed_head = vocab * hidden * (1 if tied else 2) + hidden
     g = states["shard_group"]
     unsharded_w = unsharded_g = buckets = 0.0
     if layout == "torch":
@@ -278,7 +298,9 @@ def estimate(
                 unsharded_w = a * total_params  # every block stays gathered from forward to backward
                 unsharded_g = 4 * block
         else:  # ddp / zero1: full fp32 params; autocast keeps a 16-bit copy of every matmul weight
-            if mixed:
+            if mixed and enc is not None:
+                unsharded_w = a * terms["matmul"]
+            elif mixed:
                 norms = (2 * layers + 1) * hidden
                 unsharded_w = a * (total_params - norms - (0 if tied else vocab * hidden))
             if ddp_bucket_copy and world_size > 1:
@@ -335,6 +357,12 @@ def estimate(
             "rank": rank,
             "grad_accumulation": grad_accumulation,
             "foreach": foreach,
+            "objective": objective,
+            "family": enc["family"] if enc else None,
+            "model_type": enc.get("model_type") if enc else None,
+            "approximate": bool(enc and enc.get("approximate")),
+            "decoder_layers": enc.get("decoder_layers") if enc else None,
+            "span_lengths": list(span_lengths) if objective == "span" and span_lengths else None,
         },
         "model_states": {k: states[k] for k in ("params", "grads", "optimizer", "total")},
         "model_states_padded": states["total_padded"],

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dapt.train.plan import compute, memory
+from dapt.train.plan import compute, encoders, memory
 from dapt.train.plan.families import chunked_loss_applies
 from dapt.train.plan.gpus import GPU
 
@@ -20,6 +20,8 @@ ARCH_KEYS = ("params", "layers", "hidden", "heads", "kv_heads", "intermediate", 
 
 def _mem_kwargs(arch: dict[str, Any], knobs: dict[str, Any]) -> dict[str, Any]:
     kw = {k: arch.get(k) for k in ARCH_KEYS if arch.get(k) is not None}
+    if arch.get("objective", "clm") != "clm":
+        kw.update(objective=arch["objective"], model=arch.get("model"))
     if arch.get("param_shapes") is not None:
         kw["param_shapes"] = arch["param_shapes"]
         kw.pop("params", None)
@@ -52,11 +54,16 @@ def make_plan(
     mfu_source: str = "assumed",
     price_per_gpu_hour: float | None = None,
     pretraining_tokens: float | None = None,
+    span_lengths: tuple[int, int] | None = None,
+    block_tokens: int | None = None,
 ) -> dict[str, Any]:
     """The plan as a JSON-able dict.
 
     ``arch`` holds the model's size: ``params`` and/or ``layers``, ``hidden``, ``heads``,
-    ``kv_heads``, ``intermediate``, ``vocab``, ``tied`` (and optionally exact ``param_shapes``).
+    ``kv_heads``, ``intermediate``, ``vocab``, ``tied`` (and optionally exact ``param_shapes``); for a
+    masked LM or an encoder-decoder also ``objective`` (``mlm`` / ``span``) and ``model``
+    (``encoders.describe``), and then ``span_lengths`` is the corrupted block's (input, target) lengths
+    and ``block_tokens`` the data tokens it was made of (the unit of ``tokens``; default ``seq_len``).
     ``device_mem_bytes`` (or ``gpu``'s memory) decides ``fits``; without either, nothing is judged.
     Keys: ``memory`` (``memory.estimate``), ``max_micro_batch``, ``strategies`` (every train strategy
     with and without checkpointing), ``cheapest_fit``, ``alternatives`` (when it does not fit),
@@ -83,6 +90,8 @@ def make_plan(
         device_mem_bytes=device_mem_bytes,
         headroom_fraction=headroom_fraction,
     )
+    if arch.get("objective", "clm") == "span":
+        knobs["span_lengths"] = span_lengths
     est = memory.estimate(**_mem_kwargs(arch, knobs))
     plan: dict[str, Any] = {"memory": est}
     if gpu is not None:
@@ -105,6 +114,9 @@ def make_plan(
         inputs["vocab"] * inputs["hidden"] if not inputs["tied"] and not inputs["shape_assumed"] else 0
     )
     if tokens:
+        per_token = None
+        if inputs["objective"] != "clm":
+            per_token = encoders.flops_per_token(arch["model"], seq_len, span_lengths, block_tokens)
         peak = gpu.peak_flops(precision) if gpu is not None else None
         plan["compute"] = compute.compute_plan(
             n,
@@ -119,6 +131,7 @@ def make_plan(
             mfu_source=mfu_source,
             price_per_gpu_hour=price_per_gpu_hour,
             pretraining_tokens=pretraining_tokens,
+            per_token=per_token,
         )
     return plan
 
@@ -271,6 +284,24 @@ def _change_text(change: dict[str, Any]) -> str:
     )
 
 
+def _objective_shape(i: dict[str, Any]) -> str:
+    """The model line of a masked-LM or span-corruption plan."""
+    layers = (
+        f"{i['layers']}+{i['decoder_layers']} layers" if i["objective"] == "span" else f"{i['layers']} layers"
+    )
+    out = (
+        f"{fmt_num(i['params'])} params, {i['model_type'] or i['family']} ({i['objective']}), {layers}, "
+        f"hidden {i['hidden']}, {i['heads']} heads, ffn {i['intermediate']}, vocab {i['vocab']}"
+        f"{', tied' if i['tied'] else ''}"
+    )
+    if i["span_lengths"]:
+        se, sd = i["span_lengths"]
+        out += f"; corrupted input {se} + target {sd} tokens"
+    if i["approximate"]:
+        out += "  [family not modelled exactly: BERT/T5-shaped estimate]"
+    return out
+
+
 def format_plan(plan: dict[str, Any]) -> str:
     """The plan as a readable plain-text table (also the body of a PreflightError)."""
     m = plan["memory"]
@@ -282,6 +313,8 @@ def format_plan(plan: dict[str, Any]) -> str:
     )
     if i["shape_assumed"]:
         shape += "  [shape ASSUMED from the parameter count, for activations only]"
+    if i.get("objective", "clm") != "clm":
+        shape = _objective_shape(i)
     lines.append(f"model        {shape}")
     lines.append(
         f"run          {i['precision']} {i['sharding']}"

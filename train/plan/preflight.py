@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from dapt.pipeline.errors import ConfigError, PreflightError
-from dapt.train.plan import compute, gpus
+from dapt.train.plan import compute, encoders, gpus
 from dapt.train.plan.plan import format_plan, make_plan
 
 _ALIASES = {
@@ -28,16 +28,45 @@ _ALIASES = {
 }
 
 
-def arch_from_model_config(model_config: Any) -> dict[str, Any]:
-    """Architecture numbers from a transformers ``PretrainedConfig``, a dict (config.json) or the run
-    config's ``model.from_config`` section; missing ones are None (the estimate fills Llama defaults)."""
+def _config_dict(model_config: Any) -> dict[str, Any]:
     if hasattr(model_config, "to_dict"):
-        d = model_config.to_dict()
-    elif hasattr(model_config, "model_dump"):
+        return model_config.to_dict()
+    if hasattr(model_config, "model_dump"):
         d = model_config.model_dump()
         d.update(d.pop("extra", {}) or {})
-    else:
-        d = dict(model_config)
+        return d
+    return dict(model_config)
+
+
+def resolve_objective(model_config: Any, requested: str | None = "auto") -> str:
+    """The training objective: ``requested`` (``train.objective``), or for ``auto`` what the train
+    stage infers from the architecture (``dapt.train.objectives.infer_objective``, the same function)."""
+    if requested and requested != "auto":
+        return str(requested)
+    from types import SimpleNamespace
+
+    from dapt.train.objectives import infer_objective
+
+    cfg = model_config
+    if not hasattr(cfg, "to_dict"):  # infer_objective reads attributes, as of a PretrainedConfig
+        d = _config_dict(model_config)
+        try:  # the config class fills what a dict leaves out (T5's is_encoder_decoder)
+            from transformers import AutoConfig
+
+            cfg = AutoConfig.for_model(**d)
+        except Exception:  # noqa: BLE001 - no transformers, or a type it does not know
+            cfg = SimpleNamespace(**d)
+    return infer_objective(cfg)
+
+
+def arch_from_model_config(model_config: Any, objective: str | None = "clm") -> dict[str, Any]:
+    """Architecture numbers from a transformers ``PretrainedConfig``, a dict (config.json) or the run
+    config's ``model.from_config`` section; missing ones are None (the estimate fills Llama defaults).
+
+    ``objective`` (``auto`` infers it as the train stage does): for ``mlm`` / ``span`` the dict also
+    holds ``model``, the encoder / encoder-decoder description (``encoders.describe``), whose numbers
+    fill ``layers`` ... ``tied``."""
+    d = _config_dict(model_config)
     if isinstance(d.get("text_config"), dict):  # multimodal wrappers keep the LM here
         d = {**d, **d["text_config"]}
     arch: dict[str, Any] = {}
@@ -45,18 +74,57 @@ def arch_from_model_config(model_config: Any) -> dict[str, Any]:
         arch[key] = next((d[n] for n in names if d.get(n) is not None), None)
     arch["tied"] = bool(arch["tied"]) if arch["tied"] is not None else False
     arch["model_type"] = d.get("model_type")
+    arch["objective"] = resolve_objective(model_config, objective)
+    if arch["objective"] != "clm":
+        spec = encoders.describe(d, arch["objective"])
+        arch["model"] = spec
+        for key in ("layers", "hidden", "heads", "intermediate", "vocab", "tied"):
+            arch[key] = spec[key]
+        arch["kv_heads"] = spec["heads"]
     return arch
 
 
-def exact_param_shapes(model_config: Any) -> list[tuple[int, ...]] | None:
-    """The real parameter shapes, by building the model on the meta device (no memory, ~0.1-2 s).
+def span_geometry(seq_len: int, density: float = 0.15, mean_span: float = 3.0) -> tuple[tuple[int, int], int]:
+    """((input, target) lengths, data tokens per block) of span corruption at ``mix.seq_len``, from the
+    functions the mix and the batches use (``dapt.train.objectives``): the packed block holds
+    ``block_tokens`` tokens, sized so that its corrupted input fills ``seq_len``; where that function is
+    absent, the block is ``seq_len`` tokens, corrupted."""
+    from dapt.train import objectives
+
+    if hasattr(objectives, "block_tokens"):
+        raw = int(objectives.block_tokens("span", int(seq_len), 0, float(density), float(mean_span)))
+    else:
+        raw = int(seq_len)
+    return tuple(objectives.corrupted_lengths(raw, float(density), float(mean_span))), raw
+
+
+def requested_objective(cfg: Any) -> str:
+    """The configured objective: ``model.objective``, else ``train.objective`` (where an older config
+    keeps it), else ``auto``."""
+    v = getattr(_section(cfg, "model"), "objective", None) or _train(cfg, "objective", None)
+    return str(v or "auto")
+
+
+def span_options(cfg: Any) -> tuple[float, float]:
+    """(noise density, mean span length): ``mix.span_*``, else ``train.span_*``, else T5's 0.15 and 3."""
+    mix = _section(cfg, "mix")
+    density = getattr(mix, "span_noise_density", None) or _train(cfg, "span_noise_density", 0.15)
+    mean = getattr(mix, "span_mean_length", None) or _train(cfg, "span_mean_length", 3.0)
+    return float(density), float(mean)
+
+
+def exact_param_shapes(model_config: Any, objective: str = "clm") -> list[tuple[int, ...]] | None:
+    """The real parameter shapes, by building the model on the meta device (no memory, ~0.1-2 s) with
+    the Auto class the train loop builds it with for ``objective`` (``dapt.train.objectives.auto_class``).
 
     Returns None when transformers/torch are missing or the config cannot be built; the plan then
-    uses the Llama closed form.
+    uses the closed form (Llama, or the encoder description's).
     """
     try:
         import torch
-        from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
+        from transformers import AutoConfig, PretrainedConfig
+
+        from dapt.train.objectives import auto_class
     except ImportError:
         return None
     try:
@@ -67,7 +135,7 @@ def exact_param_shapes(model_config: Any) -> list[tuple[int, ...]] | None:
                 return None
             cfg = AutoConfig.for_model(**d)
         with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(cfg)
+            model = auto_class(objective).from_config(cfg)
         return [tuple(p.shape) for p in model.parameters()]
     except Exception:  # an exotic architecture: the closed form is still a useful estimate
         return None
@@ -253,18 +321,24 @@ def plan_for_run(
     tokens: float | None = None,
     seq_len: int | None = None,
     pretraining_tokens: float | None = None,
+    objective: str | None = None,
+    span_noise_density: float | None = None,
+    span_mean_length: float | None = None,
 ) -> dict[str, Any]:
     """The plan of a configured run (``dapt plan --config`` and the preflight share it).
 
     ``knob_overrides`` replace run knobs read from the config (``run_knobs`` keys); ``tokens``
     replaces the token budget the config implies. ``seq_len`` and ``pretraining_tokens`` are the
     train stage's facts from upstream manifests (its config view has no ``mix`` or ``model``
-    section); without them they come from ``mix.seq_len`` and ``model.pretraining_tokens``."""
+    section); without them they come from ``mix.seq_len`` and ``model.pretraining_tokens``.
+    ``objective`` is the resolved objective (the train stage passes its own, and the span options it
+    trains with); without it, ``model.objective`` (:func:`requested_objective`) with ``auto`` inferred
+    from the model config as the train stage does, and the span options from :func:`span_options`."""
     pc = cfg.plan
     if model_config is None:
         model_config = model_config_from_run(cfg)
-    arch = arch_from_model_config(model_config)
-    shapes = exact_param_shapes(model_config)
+    arch = arch_from_model_config(model_config, objective or requested_objective(cfg))
+    shapes = exact_param_shapes(model_config, arch["objective"])
     if shapes is not None:
         arch["param_shapes"] = shapes
     if not (arch["layers"] and arch["hidden"] and arch["heads"] and arch["vocab"]):
@@ -274,6 +348,11 @@ def plan_for_run(
         )
     knobs = run_knobs(cfg, seq_len)
     knobs.update(knob_overrides or {})
+    if arch["objective"] == "span":
+        density, mean = span_options(cfg)
+        knobs["span_lengths"], knobs["block_tokens"] = span_geometry(
+            knobs["seq_len"], span_noise_density or density, span_mean_length or mean
+        )
     if gpu is None:
         try:
             gpu = gpus.lookup(pc.gpu)

@@ -43,6 +43,22 @@ def base_model_text(data: RunData) -> Any:
     return base
 
 
+OBJECTIVES = {
+    "clm": "causal language modelling (next token)",
+    "mlm": "masked language modelling (BERT-style)",
+    "span": "span corruption (T5-style, encoder-decoder)",
+}
+
+
+def objective_text(data: RunData) -> str:
+    """The objective the run trained with (mix manifest; older runs: causal) and what its held-out
+    bits-per-byte rows measure (eval's settings), since the three are not on one scale."""
+    objective = data.m("mix").get("objective") or "clm"
+    metric = get(data.results or {}, "settings", "bpb_metric")
+    text = f"{objective}: {OBJECTIVES.get(objective, objective)}"
+    return text + (f"; held-out rows are {metric}" if metric else "")
+
+
 def build(inp: Inputs) -> Section:
     data = inp.data
     s = Section(ID, TITLE)
@@ -58,6 +74,7 @@ def build(inp: Inputs) -> Section:
             f"{kinds.count('domain')} domain, {kinds.count('general')} general: "
             + ", ".join(f"{src.name} ({src.kind})" for src in sources),
         ),
+        ("Objective", objective_text(data)),
         ("Tokenizer", f"{fmt_value(tok.get('mode'))}, vocabulary {fmt_int(tok.get('vocab_size'))}"),
         (
             "Mix domain fraction",
