@@ -30,6 +30,23 @@ from dapt.eval.bpb import LN2, encode_texts
 from dapt.train.objectives import special_frame
 
 
+def _result(texts: Sequence[str], doc_nll: list[float], tokens: int, windows: int, **extra: Any) -> dict:
+    """The shape of :func:`dapt.eval.bpb.bits_per_byte`'s result, so the same paired bootstrap compares
+    base and adapted whatever the objective."""
+    doc_bytes = [len(t.encode("utf-8")) for t in texts]
+    nll_sum, n_bytes = math.fsum(doc_nll), sum(doc_bytes)
+    return {
+        "bpb": nll_sum / n_bytes / LN2 if n_bytes else float("nan"),
+        "nll_sum": nll_sum,
+        "bytes": n_bytes,
+        "tokens": tokens,
+        "docs": len(texts),
+        "windows": windows,
+        **extra,
+        "per_doc": list(zip(doc_nll, doc_bytes, strict=True)),
+    }
+
+
 def _windows(tokenizer: Any, tokens: list[int], max_length: int) -> list[tuple[list[int], int, int]]:
     """(input ids, first content position, content length) per window of one document."""
     head, tail = special_frame(tokenizer)
@@ -95,18 +112,8 @@ def pll_bits_per_byte(
                     doc_nll[d] += v
     finally:
         model.train(was_training)
-    doc_bytes = [len(t.encode("utf-8")) for t in texts]
-    nll_sum, n_bytes = math.fsum(doc_nll), sum(doc_bytes)
-    return {
-        "bpb": nll_sum / n_bytes / LN2 if n_bytes else float("nan"),
-        "nll_sum": nll_sum,
-        "bytes": n_bytes,
-        "tokens": len(rows),
-        "docs": len(texts),
-        "windows": n_windows,
-        "masked_accuracy": correct / len(rows) if rows else float("nan"),
-        "per_doc": list(zip(doc_nll, doc_bytes, strict=True)),
-    }
+    accuracy = correct / len(rows) if rows else float("nan")
+    return _result(texts, doc_nll, len(rows), n_windows, masked_accuracy=accuracy)
 
 
 def denoising_bits_per_byte(
@@ -151,14 +158,4 @@ def denoising_bits_per_byte(
                     n_targets += int(y.size)
     finally:
         model.train(was_training)
-    doc_bytes = [len(t.encode("utf-8")) for t in texts]
-    nll_sum, n_bytes = math.fsum(doc_nll), sum(doc_bytes)
-    return {
-        "bpb": nll_sum / n_bytes / LN2 if n_bytes else float("nan"),
-        "nll_sum": nll_sum,
-        "bytes": n_bytes,
-        "tokens": n_targets,
-        "docs": len(texts),
-        "windows": n_windows,
-        "per_doc": list(zip(doc_nll, doc_bytes, strict=True)),
-    }
+    return _result(texts, doc_nll, n_targets, n_windows)

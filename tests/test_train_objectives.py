@@ -173,6 +173,24 @@ def test_two_workers_match_one_resume_exactly_and_export(
     assert l1 == pytest.approx(l2, abs=1e-4)  # the sharded run exported the same model as one worker
 
 
+def _killed_and_resumed_equals_uninterrupted(train_data, model_dir: Path, tmp_path: Path):
+    """A 6-step mlm run killed at step 5 and resumed from its step-3 checkpoint has the uninterrupted
+    run's losses bit for bit; returns the uninterrupted run's spec."""
+    from dapt.train.loop import train_loop
+
+    kw = dict(
+        model_path=str(model_dir), tokenizer_path=str(model_dir), objective="mlm", monitor_path=None, steps=6
+    )
+    full = make_spec(train_data, tmp_path / "full", checkpoint_every=3, **kw)
+    train_loop(full)
+    part = make_spec(train_data, tmp_path / "part", checkpoint_every=3, **kw)
+    with pytest.raises(RuntimeError, match="injected failure"):
+        train_loop(part.replace(fail_at_step=5))
+    assert train_loop(part)["resumed_from_step"] == 3
+    assert losses(part) == losses(full)
+    return full
+
+
 def test_dropout_resumes_exactly(train_data, tiny_bert_dir: Path, tmp_path: Path) -> None:
     """BERT's 10% dropout on: its random numbers are seeded per (seed, step, rank), so a run killed at
     step 5 and resumed from step 3 has the uninterrupted run's losses bit for bit."""
@@ -188,16 +206,7 @@ def test_dropout_resumes_exactly(train_data, tiny_bert_dir: Path, tmp_path: Path
         tiny_bert_dir, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1
     )
     m.save_pretrained(model_dir)
-    kw = dict(
-        model_path=str(model_dir), tokenizer_path=str(model_dir), objective="mlm", monitor_path=None, steps=6
-    )
-    full = make_spec(train_data, tmp_path / "full", checkpoint_every=3, **kw)
-    train_loop(full)
-    part = make_spec(train_data, tmp_path / "part", checkpoint_every=3, **kw)
-    with pytest.raises(RuntimeError, match="injected failure"):
-        train_loop(part.replace(fail_at_step=5))
-    assert train_loop(part)["resumed_from_step"] == 3
-    assert losses(part) == losses(full)
+    full = _killed_and_resumed_equals_uninterrupted(train_data, model_dir, tmp_path)
     nodrop = make_spec(
         train_data,
         tmp_path / "nodrop",
@@ -218,21 +227,10 @@ def test_a_parameter_without_gradients_resumes(train_data, tiny_bert_dir: Path, 
     with the uninterrupted run's losses."""
     from transformers import BertForMaskedLM
 
-    from dapt.train.loop import train_loop
-
     model_dir = tmp_path / "bert_untied"
     m = BertForMaskedLM.from_pretrained(tiny_bert_dir, tie_word_embeddings=False)
     assert m.cls.predictions.bias is not m.cls.predictions.decoder.bias  # really unused in forward
     m.save_pretrained(model_dir)
     for f in tiny_bert_dir.glob("tokenizer*"):
         (model_dir / f.name).write_bytes(f.read_bytes())
-    kw = dict(
-        model_path=str(model_dir), tokenizer_path=str(model_dir), objective="mlm", monitor_path=None, steps=6
-    )
-    full = make_spec(train_data, tmp_path / "full", checkpoint_every=3, **kw)
-    train_loop(full)
-    part = make_spec(train_data, tmp_path / "part", checkpoint_every=3, **kw)
-    with pytest.raises(RuntimeError, match="injected failure"):
-        train_loop(part.replace(fail_at_step=5))
-    assert train_loop(part)["resumed_from_step"] == 3
-    assert losses(part) == losses(full)
+    _killed_and_resumed_equals_uninterrupted(train_data, model_dir, tmp_path)
