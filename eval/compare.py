@@ -11,6 +11,7 @@ single-test one.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +26,27 @@ def _row_common(base: float | None, adapted: float | None, higher_is_better: boo
     pct = 100.0 * delta / abs(base) if delta is not None and base else None
     better = None if delta is None else (delta > 0) == higher_is_better and delta != 0
     return {"delta": delta, "delta_pct": pct, "higher_is_better": higher_is_better, "improved": better}
+
+
+def min_paired_items(alpha: float) -> int:
+    """The fewest paired items for which a two-sided paired test can reach ``alpha`` at all: an exact
+    sign-flip test over n items cannot give p below 2 / 2**n (6 items for alpha 0.05). The bootstrap
+    has no such floor: over one document it has no variance and reports p = 1 / (iters + 1), so a row
+    with fewer items gets no test instead of a false "significant"."""
+    return max(2, math.ceil(math.log2(2 / alpha)))
+
+
+def _untested(row: dict[str, Any], n: int, alpha: float) -> dict[str, Any]:
+    """Mark ``row`` as too small to test (see :func:`min_paired_items`)."""
+    row.update(
+        p_value=None,
+        significant=None,
+        ci_low=None,
+        ci_high=None,
+        untested=f"{n} paired items: a two-sided paired test needs at least {min_paired_items(alpha)} "
+        f"to reach alpha {alpha}",
+    )
+    return row
 
 
 def bpb_rows(bpb: dict[str, dict], heldout: dict, iters: int, alpha: float, seed: int) -> list[dict]:
@@ -64,6 +86,8 @@ def bpb_rows(bpb: dict[str, dict], heldout: dict, iters: int, alpha: float, seed
                 p_value=st["p_value"],
                 significant=st["p_value"] < alpha,
             )
+            if len(a_items) < min_paired_items(alpha):
+                _untested(row, len(a_items), alpha)
         else:
             st = paired_bootstrap(a_nll, a_nll, nbytes, nbytes, scale=1 / LN2, iters=iters, seed=seed)
             row.update(
@@ -133,6 +157,8 @@ def task_rows(tasks: dict[str, dict], iters: int, alpha: float, seed: int) -> li
                     significant=st["p_value"] < alpha,
                     n_items=len(ids),
                 )
+                if len(ids) < min_paired_items(alpha):
+                    _untested(row, len(ids), alpha)
             rows.append(row)
     return rows
 

@@ -173,3 +173,30 @@ def test_rows_get_raw_and_holm_adjusted_p_per_family():
     assert pooled["p_adjusted"] == 0.03 and pooled["significant"] and pooled["p_family"] == "bpb/all-general"
     assert by["t1"]["p_adjusted"] == 0.01 and by["t1"]["p_family_size"] == 1
     assert by["t2"]["p_adjusted"] is None and by["t2"]["significant"] is None
+
+
+def test_a_source_with_too_few_documents_gets_no_test():
+    """One held-out document per source gave the bootstrap no variance and p = 1/(iters+1), i.e. a
+    'significant' row from a single document (seen on the MLM demo). Below the fewest items a two-sided
+    paired test can use (an exact sign-flip test cannot go below 2 / 2**n: 6 items at alpha 0.05), the
+    row is untested; from 6 documents on, a clear improvement is significant."""
+    from dapt.eval.compare import adjust_rows, bpb_rows, min_paired_items
+
+    assert [min_paired_items(a) for a in (0.05, 0.01, 0.1)] == [6, 8, 5]
+
+    def rows(n_docs: int) -> dict:
+        per = {
+            role: {
+                "s": {"per_doc": [((1.0 if role == "base" else 0.8) * 100 + i, 100) for i in range(n_docs)]}
+            }
+            for role in ("base", "adapted")
+        }
+        out = adjust_rows(bpb_rows(per, {"s": {"kind": "domain"}}, 200, 0.05, 0), 0.05)
+        return {r["source"]: r for r in out}
+
+    one = rows(1)
+    for r in one.values():
+        assert r["p_value"] is None and r["significant"] is None and "needs at least 6" in r["untested"]
+        assert r["delta"] < 0  # the measurement is kept, only the test is withheld
+    six = rows(6)
+    assert all(r["significant"] and "untested" not in r for r in six.values())
