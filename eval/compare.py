@@ -168,6 +168,8 @@ def p_family(row: dict[str, Any], kind: str | None = None) -> str:
     if row.get("kind") == "bpb":
         kind = row.get("source_kind") or kind or "unknown"
         return f"bpb/all-{kind}" if row.get("pooled") else f"bpb/{kind} sources"
+    if row.get("kind") == "probe":  # one probe set's accuracy and macro-F1 back one conclusion
+        return f"probe/{row.get('task')}"
     return "tasks"
 
 

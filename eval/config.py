@@ -7,6 +7,25 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
+class ProbeConfig(BaseModel):
+    """The downstream probe of a masked LM (eval/probe.py): a classifier fine-tuned briefly from the base
+    and from the adapted encoder on the same data, several seeds, accuracy and macro-F1 compared with a
+    paired test (Gururangan et al. 2020). Runs only when the run's objective is ``mlm``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sets: list[str] = Field(default_factory=list)
+    """Folders with ``train.jsonl``, ``test.jsonl`` and ``probe.json`` (labels), as written by
+    ``python -m dapt.eval.probe_data --out data/probe`` (GCIDE subject-labelled definitions: a
+    finance/commerce/law set and a general topics set); empty: no probe."""
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    """One fine-tuning run per seed and model (the head's init and the batch order)."""
+    steps: int = Field(default=100, ge=1, le=100_000)
+    lr: float = Field(default=5e-5, gt=0, lt=1)
+    batch_size: int = Field(default=16, ge=1, le=4096)
+    max_length: int = Field(default=128, ge=4, le=1 << 16)
+
+
 class EvalConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -72,6 +91,8 @@ class EvalConfig(BaseModel):
     )
     """Precision variants of the adapted model for the quantization table (size in memory, on disk, and
     bits-per-byte per source). int8 is weight-only via torchao. Empty: no table."""
+    probe: ProbeConfig = Field(default_factory=ProbeConfig)
+    """Downstream classification probe for masked LMs (see :class:`ProbeConfig`)."""
     crosscheck_lmeval: bool = False
     """Also score the held-out text with lm-eval's ``loglikelihood_rolling`` (disjoint windows, the same
     context handling) for the adapted model, and record both values and the time each took."""

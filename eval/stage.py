@@ -169,6 +169,55 @@ def _finite(x: Any) -> Any:
     return x
 
 
+def run_probes(
+    ctx: StageContext, models: dict[str, dict], objective: str, device: str, timings: dict[str, float]
+) -> tuple[dict[str, dict], list[dict]]:
+    """The downstream probe (eval/probe.py) of each model on each ``eval.probe.sets`` folder, and the
+    base-vs-adapted rows. Masked LMs only: a decoder's classification head reads the last token, and a
+    causal run has lm-eval's tasks for the same question."""
+    from dapt.eval.probe import compare_probe, probe
+    from dapt.eval.probe_data import load_probe_set
+
+    e = ctx.cfg.eval
+    if not e.probe.sets:
+        return {}, []
+    if objective != "mlm":
+        ctx.log.warning("eval.probe.sets: the probe fine-tunes masked LMs; objective %s: skipped", objective)
+        return {}, []
+    results: dict[str, dict] = {role: {} for role in models}
+    rows: list[dict] = []
+    for folder in e.probe.sets:
+        try:
+            train, test, labels = load_probe_set(folder)
+        except (OSError, ValueError) as err:
+            raise InputError(f"eval.probe.sets: {folder}: {err}") from None
+        name = Path(folder).name
+        for role, info in models.items():
+            t0 = time.perf_counter()
+            results[role][name] = probe(
+                info["path"],
+                info["tokenizer"],
+                train,
+                test,
+                labels,
+                seeds=e.probe.seeds,
+                steps=e.probe.steps,
+                lr=e.probe.lr,
+                batch_size=e.probe.batch_size,
+                max_length=e.probe.max_length,
+                device=device,
+                name=name,
+            )
+            timings[f"{role}_probe_{name}"] = round(time.perf_counter() - t0, 3)
+            r = results[role][name]
+            ctx.log.info("probe %s %s: accuracy %.4f macro-F1 %.4f", role, name, r["accuracy"], r["macro_f1"])
+        if "base" in results and "adapted" in results:
+            rows += compare_probe(
+                results["base"][name], results["adapted"][name], e.bootstrap_iters, e.alpha, ctx.cfg.seed
+            )
+    return results, rows
+
+
 # ------------------------------------------------------------------------------------------------ stage
 def run(ctx: StageContext) -> dict[str, Any]:
     import torch
@@ -297,8 +346,11 @@ def run(ctx: StageContext) -> dict[str, Any]:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
-    rows = bpb_rows(bpb, heldout, e.bootstrap_iters, e.alpha, cfg.seed) + task_rows(
-        tasks, e.bootstrap_iters, e.alpha, cfg.seed
+    probes, probe_rows = run_probes(ctx, models, objective, device, timings)
+    rows = (
+        bpb_rows(bpb, heldout, e.bootstrap_iters, e.alpha, cfg.seed)
+        + task_rows(tasks, e.bootstrap_iters, e.alpha, cfg.seed)
+        + probe_rows
     )
     adjust_rows(rows, e.alpha)  # Holm per family: `significant` is the family-wise decision
     task_status = {n: {"status": "ok", "tasks": sorted(g)} for n, g in loaded.tasks.items()}
@@ -335,6 +387,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         },
         "tasks": task_status,
         "quantization": quant,
+        "probe": probes,
         "crosscheck": check,
         "timings": timings,
     }

@@ -40,7 +40,7 @@ def decontamination_task_files(cfg: RunConfig) -> list[Path]:
 
 def eval_task_files(cfg: RunConfig) -> list[Path]:
     """The data of the tasks eval scores: rebuilt tasks change the results."""
-    return _task_files(cfg.eval.task_dirs)
+    return _task_files([*cfg.eval.task_dirs, *cfg.eval.probe.sets])
 
 
 def eval_local_paths(cfg: RunConfig) -> list[Path]:

@@ -67,6 +67,9 @@ def test_objective_config_runs_end_to_end(objective: str, tmp_path: Path) -> Non
     if objective == "mlm":
         assert all(0 <= s["masked_accuracy"] <= 1 for s in results["bpb"]["adapted"].values())
         assert {t["status"] for t in results["tasks"].values()} == {"unavailable"}
+        probe = {r["name"] for r in results["metrics"] if r["kind"] == "probe"}  # the downstream probe
+        assert probe == {f"probe/{s}/{m}" for s in ("domain", "general") for m in ("acc", "macro_f1")}
+        assert set(results["probe"]["adapted"]["domain"]["per_seed"][0]) >= {"seed", "accuracy", "macro_f1"}
     else:  # lm-eval's seq2seq model type scored the multiple-choice tasks
         assert {t["status"] for t in results["tasks"].values()} == {"ok"}
         assert any(r["kind"] != "bpb" for r in results["metrics"])

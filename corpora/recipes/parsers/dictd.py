@@ -94,7 +94,7 @@ def read_dictd(index_path: Path, dict_path: Path) -> list[tuple[IndexEntry, str]
 # GCIDE
 
 # A subject label is a parenthesised capitalised phrase: "(Com.)", "(Stock Exchange)", "(Polit. Econ.)".
-_LABEL = re.compile(r"\(([A-Z][A-Za-z.]*(?:[ .][A-Za-z.]+){0,4})\)")
+SUBJECT_LABEL = re.compile(r"\(([A-Z][A-Za-z.]*(?:[ .][A-Za-z.]+){0,4})\)")
 
 # Labels that put an entry on the finance/commerce side. Matched against the label with case folded and
 # spaces normalised. Chosen by listing every label GCIDE uses (about 1,300 distinct) and keeping those about
@@ -114,7 +114,7 @@ FINANCE_LABEL_RE = re.compile(
 def gcide_labels(entry: str) -> list[str]:
     """The subject labels in an entry, in order, without duplicates."""
     seen: dict[str, None] = {}
-    for m in _LABEL.finditer(entry):
+    for m in SUBJECT_LABEL.finditer(entry):
         seen.setdefault(m.group(1), None)
     return list(seen)
 
@@ -128,7 +128,7 @@ def gcide_finance_labels(entry: str) -> list[str]:
     return [lb for lb in gcide_labels(entry) if is_finance_label(lb)]
 
 
-_SENSE_START = re.compile(r"^ {3}(?:\d+\.\s|\{)")
+SENSE_START = re.compile(r"^ {3}(?:\d+\.\s|\{)")
 
 
 def gcide_finance_part(entry: str) -> str:
@@ -141,7 +141,7 @@ def gcide_finance_part(entry: str) -> str:
     lines = entry.split("\n")
     units: list[list[str]] = [[]]
     for ln in lines:
-        if _SENSE_START.match(ln):
+        if SENSE_START.match(ln):
             units.append([])
         units[-1].append(ln)
     head, senses = units[0], units[1:]
