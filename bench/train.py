@@ -57,21 +57,28 @@ def make_inputs(d: Path, args: argparse.Namespace) -> Path:
     run = d / "run"
     (run / "tokenizer").mkdir(parents=True)
     LlamaForCausalLM(cfg).save_pretrained(run / "tokenizer" / "model")
+    from dapt.corpora.mix.store import write_plain_store
+
     n_blocks = args.steps * args.micro_batch
     (run / "mix" / "train").mkdir(parents=True)
     rng = np.random.default_rng(0)
-    np.save(
-        run / "mix" / "train" / "tokens.npy",
-        rng.integers(3, args.vocab, (n_blocks, args.seq_len + 1), dtype=np.uint32),
-    )
+    # Documents of geometric lengths (mean 100 tokens) ending in EOS, in a token store: the format the mix
+    # stage writes, with the document starts that train.attention: document needs.
+    docs, total = [], 0
+    while total < (n_blocks + 1) * (args.seq_len + 1):
+        n = int(rng.geometric(1 / 100))
+        docs.append(np.r_[rng.integers(3, args.vocab, n), 2].astype(np.int64))
+        total += n + 1
+    store = write_plain_store(run / "mix" / "train", docs, args.seq_len + 1, eos_id=2, vocab_size=args.vocab)
+    assert len(store) >= n_blocks
     for stage, man in (
         ("tokenizer", {"outputs": {"model": "model"}}),
         (
             "mix",
             {
-                "outputs": {"train_tokens": "train/tokens.npy"},
+                "outputs": {"train_tokens": "train/index.json"},
                 "seq_len": args.seq_len,
-                "n_blocks": n_blocks,
+                "n_blocks": len(store),
                 "vocab_size": args.vocab,
                 "eos_id": 2,
             },
@@ -124,7 +131,9 @@ def bare_loop(run: Path, args: argparse.Namespace) -> dict:
         betas=(0.9, 0.95),
         fused=True,  # the optimizer dapt uses: the ratio measures the loop around it, not the optimizer
     )
-    blocks = np.load(run / "mix" / "train" / "tokens.npy", mmap_mode="r")
+    from dapt.corpora.mix.store import TokenStore
+
+    store = TokenStore(run / "mix" / "train")
     amp = args.precision != "fp32"
     dtype = torch.bfloat16 if args.precision == "bf16" else torch.float16
     from dapt.train.schedule import lr_factor, warmup_steps
@@ -136,9 +145,8 @@ def bare_loop(run: Path, args: argparse.Namespace) -> dict:
         t = time.perf_counter()
         for g in opt.param_groups:
             g["lr"] = 1e-4 * lr_factor(step, args.steps, warm, "cosine", 0.1)
-        b = torch.from_numpy(
-            np.asarray(blocks[step * args.micro_batch : (step + 1) * args.micro_batch], dtype=np.int64)
-        )
+        rows = range(step * args.micro_batch, (step + 1) * args.micro_batch)
+        b = torch.from_numpy(np.stack([store.block(r) for r in rows]).astype(np.int64))
         x, y = b[:, :-1], b[:, 1:]
         with torch.autocast("cpu", dtype=dtype, enabled=amp):
             logits = model(input_ids=x).logits
