@@ -86,6 +86,54 @@ def test_mlm_masks_15_percent_80_10_10_and_never_a_special_token() -> None:
     assert not np.array_equal(mlm_mask(tokens, 6, 1, roles)[0], inputs)
 
 
+def test_whole_word_masking_chooses_every_piece_of_a_word_together() -> None:
+    """Ids 3..499 begin words, 500..989 continue them (``##`` pieces): a chosen word has all its pieces
+    predicted, an unchosen one none; about 15% of words are chosen; specials never; a block that starts
+    mid-word treats its first pieces as a word of their own."""
+    starts = np.zeros(1000, dtype=np.uint8)
+    starts[:500] = 1
+    roles = TokenRoles(vocab_size=1000, special_ids=(0, 1, 2), mask_id=999, word_starts=starts.tobytes())
+    rng = np.random.default_rng(0)
+    words = [
+        [int(rng.integers(3, 500))] + list(rng.integers(500, 990, rng.integers(0, 4))) for _ in range(40_000)
+    ]
+    tokens = np.array([600, 601] + [t for w in words for t in w] + [2])
+    inputs, labels = mlm_mask(tokens, position=3, seed=1, roles=roles)
+    chosen = labels != IGNORE
+    word_id = np.cumsum(np.r_[True, starts[tokens[1:]].astype(bool)]) - 1
+    for w in np.unique(word_id[chosen]):
+        members = (word_id == w) & (tokens != 2)
+        assert chosen[members].all()  # never half a word
+    n_words = len(words) + 1
+    assert len(np.unique(word_id[chosen])) / n_words == pytest.approx(0.15, abs=0.01)
+    assert not chosen[-1] and (inputs[~chosen] == tokens[~chosen]).all()
+    assert ((inputs == 999) & chosen).sum() / chosen.sum() == pytest.approx(0.8, abs=0.01)
+
+
+def test_word_starts_come_from_the_tokenizer(sp_tokenizer_dir: Path) -> None:
+    """Sentencepiece marks word starts with ▁, WordPiece marks continuations with ##."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    from dapt.train.objectives import word_start_table
+
+    sp = AutoTokenizer.from_pretrained(sp_tokenizer_dir)
+    table = np.frombuffer(word_start_table(sp, len(sp)), dtype=np.uint8)
+    for piece, tid in sp.get_vocab().items():
+        if tid not in sp.all_special_ids:
+            assert bool(table[tid]) == piece.startswith("▁")
+    vocab = {"[PAD]": 0, "[UNK]": 1, "[MASK]": 2, "bond": 3, "##s": 4, "yield": 5, "##ed": 6}
+    wp = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    wp.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=wp, pad_token="[PAD]", unk_token="[UNK]", mask_token="[MASK]"
+    )
+    table = np.frombuffer(word_start_table(tok, 7), dtype=np.uint8)
+    assert table.tolist() == [1, 1, 1, 1, 0, 1, 0]
+    roles = token_roles(tok, "mlm", 7, whole_word=True)
+    assert roles.word_starts == table.tobytes()
+
+
 def test_batches_per_objective_and_the_objective_inferred_from_the_model() -> None:
     from transformers import BertConfig, LlamaConfig, T5Config
 

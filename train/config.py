@@ -50,6 +50,10 @@ class TrainConfig(BaseModel):
     """Ranks per shard group for ``hybrid``; default: the workers on one node (GPUs per node)."""
     precision: Literal["fp32", "bf16", "fp16"] = "bf16"
     """Compute dtype. Master weights and optimizer state stay fp32; fp16 uses dynamic loss scaling."""
+    mlm_whole_word: bool = False
+    """mlm: choose whole words (every sub-token of a chosen word is predicted together; BERT's
+    whole-word masking) instead of single tokens. Word starts come from the tokenizer: WordPiece pieces
+    without ``##``, sentencepiece pieces with ``▁``, byte-level BPE tokens with ``Ġ`` or ``Ċ``."""
     mlm_probability: float = Field(default=0.15, gt=0, lt=1)
     """Fraction of non-special tokens chosen for prediction when ``model.objective`` is mlm (dynamic
     masking: a new mask each time a block is read)."""

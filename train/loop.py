@@ -90,7 +90,8 @@ def _token_roles(spec: TrainSpec, vocab_size: int) -> Any:
 
     if not spec.tokenizer_path:
         raise ValueError(f"model.objective: {spec.objective} needs the run's tokenizer (its special tokens)")
-    return token_roles(AutoTokenizer.from_pretrained(spec.tokenizer_path), spec.objective, vocab_size)
+    tok = AutoTokenizer.from_pretrained(spec.tokenizer_path)
+    return token_roles(tok, spec.objective, vocab_size, whole_word=bool(spec.mlm_whole_word))
 
 
 def _maybe_pause(spec: TrainSpec, step: int, rank: int) -> None:
@@ -212,6 +213,7 @@ def train_loop(spec: TrainSpec | Mapping[str, Any]) -> dict[str, Any]:
         roles=_token_roles(spec, int(cfg.vocab_size)),
         objective_options={
             "mlm_probability": float(spec.mlm_probability),
+            "mlm_whole_word": bool(spec.mlm_whole_word),
             "span_noise_density": float(spec.span_noise_density),
             "span_mean_length": float(spec.span_mean_length),
         },

@@ -67,6 +67,9 @@ class TokenRoles:
     """mlm: the ids the tokenizer puts before a text (BERT's ``[CLS]``), added before every block."""
     tail: tuple[int, ...] = ()
     """mlm: the ids it puts after a text (``[SEP]``), added after every block."""
+    word_starts: bytes = b""
+    """mlm whole-word masking: one byte per vocabulary id, 1 where the token begins a word (bytes, not
+    an array, so the payload stays a plain hashable value); empty: token-level masking."""
 
 
 def special_frame(tokenizer: Any) -> tuple[list[int], list[int]]:
@@ -109,7 +112,25 @@ def block_tokens(
     return raw
 
 
-def token_roles(tokenizer: Any, objective: str, vocab_size: int) -> TokenRoles:
+def word_start_table(tokenizer: Any, vocab_size: int) -> bytes:
+    """Per vocabulary id, whether the token begins a word: WordPiece marks continuations with its
+    prefix (``##``); sentencepiece (``▁``) and byte-level BPE (``Ġ`` space, ``Ċ`` newline) mark starts.
+    Special tokens and ids beyond the tokenizer count as starts (they are never masked anyway)."""
+    import json
+
+    model = json.loads(tokenizer.backend_tokenizer.to_str()).get("model", {})
+    prefix = model.get("continuing_subword_prefix") if model.get("type") == "WordPiece" else None
+    table = np.ones(vocab_size, dtype=np.uint8)
+    for token, tid in tokenizer.get_vocab().items():
+        if 0 <= tid < vocab_size and tid not in tokenizer.all_special_ids:
+            if prefix:
+                table[tid] = not token.startswith(prefix)
+            else:
+                table[tid] = token.startswith(("▁", "Ġ", "Ċ"))
+    return table.tobytes()
+
+
+def token_roles(tokenizer: Any, objective: str, vocab_size: int, whole_word: bool = False) -> TokenRoles:
     """Read the roles from a ``transformers`` tokenizer; one line naming the option if one is missing."""
     specials = tuple(sorted({int(i) for i in tokenizer.all_special_ids if i is not None}))
     if objective == "mlm":
@@ -118,8 +139,14 @@ def token_roles(tokenizer: Any, objective: str, vocab_size: int) -> TokenRoles:
                 "model.objective: mlm needs a mask token in the tokenizer (tokenizer.mask_token), and it has none"
             )
         head, tail = special_frame(tokenizer)
+        starts = word_start_table(tokenizer, vocab_size) if whole_word else b""
         return TokenRoles(
-            vocab_size, specials, mask_id=int(tokenizer.mask_token_id), head=tuple(head), tail=tuple(tail)
+            vocab_size,
+            specials,
+            mask_id=int(tokenizer.mask_token_id),
+            head=tuple(head),
+            tail=tuple(tail),
+            word_starts=starts,
         )
     if objective == "span":
         sentinels = []
@@ -147,11 +174,19 @@ def _rng(seed: int, stream: int, position: int) -> np.random.Generator:
 def mlm_mask(
     tokens: np.ndarray, position: int, seed: int, roles: TokenRoles, probability: float = 0.15
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(inputs, labels) of one block for masked LM; labels are ``IGNORE`` except at chosen positions."""
+    """(inputs, labels) of one block for masked LM; labels are ``IGNORE`` except at chosen positions.
+    With ``roles.word_starts`` whole words are chosen (each word with ``probability``), and every
+    sub-token of a chosen word is predicted; the 80/10/10 replacement stays per token."""
     rng = _rng(seed, _MLM_STREAM, position)
     tokens = np.asarray(tokens, dtype=np.int64)
     eligible = ~np.isin(tokens, np.asarray(roles.special_ids, dtype=np.int64))
-    chosen = (rng.random(tokens.shape) < probability) & eligible
+    if roles.word_starts:
+        starts = np.frombuffer(roles.word_starts, dtype=np.uint8)[tokens].astype(bool) | ~eligible
+        starts[0] = True  # a block that begins mid-word: its first piece is a word of its own
+        word = np.cumsum(starts) - 1
+        chosen = (rng.random(int(word[-1]) + 1) < probability)[word] & eligible
+    else:
+        chosen = (rng.random(tokens.shape) < probability) & eligible
     action = rng.random(tokens.shape)
     random_ids = rng.integers(0, roles.vocab_size, tokens.shape)
     inputs = tokens.copy()

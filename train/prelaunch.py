@@ -131,7 +131,8 @@ def monitor_windows(ctx: StageContext, spec: TrainSpec, facts: dict[str, Any]) -
         from dapt.train.setup import load_model_config
 
         vocab = int(load_model_config(spec).vocab_size)
-        roles = token_roles(AutoTokenizer.from_pretrained(spec.tokenizer_path), spec.objective, vocab)
+        tok = AutoTokenizer.from_pretrained(spec.tokenizer_path)
+        roles = token_roles(tok, spec.objective, vocab, whole_word=bool(spec.mlm_whole_word))
     mon = build_monitor_file(
         Path(heldout),
         spec.tokenizer_path,

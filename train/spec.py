@@ -20,6 +20,7 @@ from dapt.train.schedule import PLAN_KEYS
 HYPERPARAMETERS = (
     "objective",
     "mlm_probability",
+    "mlm_whole_word",
     "span_noise_density",
     "span_mean_length",
     "lr",
@@ -78,6 +79,7 @@ class TrainSpec:
     objective: str = "clm"
     """``clm``, ``mlm`` or ``span`` (train.objectives); the stage resolves ``auto`` from the model."""
     mlm_probability: float = 0.15
+    mlm_whole_word: bool = False
     span_noise_density: float = 0.15
     span_mean_length: float = 3.0
 

@@ -172,6 +172,7 @@ def build_spec(ctx: StageContext) -> tuple[TrainSpec, dict[str, Any]]:
         activation_checkpointing=tc.activation_checkpointing,
         activation_checkpointing_every=tc.activation_checkpointing_every,
         mlm_probability=tc.mlm_probability,
+        mlm_whole_word=tc.mlm_whole_word,
         span_noise_density=float((mix.get("packing") or {}).get("span_noise_density", 0.15)),
         span_mean_length=float((mix.get("packing") or {}).get("span_mean_length", 3.0)),
         attention=tc.attention,
