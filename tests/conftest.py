@@ -186,6 +186,29 @@ def tiny_bert_dir(sp_tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFacto
 
 
 @pytest.fixture(scope="session")
+def wordpiece_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An uncased BERT-style WordPiece tokenizer (400 pieces) trained on the fixture documents."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import BertTokenizerFast
+
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    trainer = trainers.WordPieceTrainer(vocab_size=400, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
+    tok.train_from_iterator(make_docs("domain", 100) + make_docs("general", 100), trainer=trainer)
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls), ("[SEP]", sep)],
+    )
+    out = tmp_path_factory.mktemp("bert")
+    BertTokenizerFast(tokenizer_object=tok).save_pretrained(str(out))
+    return out
+
+
+@pytest.fixture(scope="session")
 def tiny_t5_dir(sp_tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2+2-layer T5ForConditionalGeneration with the test tokenizer plus sentinels <extra_id_i>."""
     import torch

@@ -146,6 +146,37 @@ def test_extend(base_kind, sp_base, bpe_base, tmp_path):
     assert checked > 0
 
 
+def test_extend_a_wordpiece_bert_base(wordpiece_tokenizer_dir, tmp_path):
+    """A BERT (WordPiece, uncased) through the stage in extend mode: objective mlm resolved from the
+    architecture, whole domain words appended after every old id, the masked LM resized with new rows
+    the mean of their base pieces' rows, old rows bit-identical; the uncased normalizer is marked
+    lossy instead of counting as a round-trip failure of the extension."""
+    from transformers import AutoModelForMaskedLM, AutoTokenizer, BertConfig, BertForMaskedLM
+
+    base_dir = tmp_path / "bert_base"
+    shutil.copytree(wordpiece_tokenizer_dir, base_dir)
+    base_tok = AutoTokenizer.from_pretrained(base_dir)
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=len(base_tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=128)  # fmt: skip
+    BertForMaskedLM(cfg).save_pretrained(base_dir)
+    man, stage = _run(tmp_path, {"name_or_path": str(base_dir)}, mode="extend")
+    assert man["objective"] == "mlm" and man["objective_tokens"] == []  # BERT already has [MASK], [PAD]
+    assert man["extend"]["base_model_type"] == "WordPiece" and 0 < man["added_tokens"] <= TOK["new_tokens"]
+    tok = AutoTokenizer.from_pretrained(stage / man["outputs"]["tokenizer"])
+    model = AutoModelForMaskedLM.from_pretrained(stage / man["outputs"]["model"])
+    base = BertForMaskedLM.from_pretrained(base_dir)
+    old = len(base_tok)
+    assert all(tok.get_vocab()[t] == i for t, i in base_tok.get_vocab().items())
+    w, b = model.get_input_embeddings().weight, base.get_input_embeddings().weight
+    assert w.shape[0] == len(tok) == old + man["added_tokens"] and torch.equal(w[:old], b)
+    for i in range(old, len(tok)):
+        base_ids = base_tok(tok.convert_ids_to_tokens(i), add_special_tokens=False)["input_ids"]
+        assert len(base_ids) >= 2 and torch.allclose(w[i], b[base_ids].mean(0), atol=1e-6)
+    assert man["domain_token_reduction"]["extended"] > 0
+    assert man["roundtrip"]["extended"]["lossy_normalizer"] and man["roundtrip"]["base"]["lossy_normalizer"]
+
+
 def test_extend_bpe_does_not_match_inside_words_and_round_trips(bpe_base, tmp_path):
     from transformers import AutoTokenizer
 
