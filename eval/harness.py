@@ -38,12 +38,20 @@ def run_lm_eval(
     max_length: int,
     device: str,
     objective: str = "clm",
+    output_path: Path | None = None,
+    model_name: str | None = None,
 ) -> dict[str, Any]:
     """Run every loaded task on the in-memory model. Returns per leaf task: metrics (value, stderr,
     aggregation, higher_is_better), per-item values by doc id, versions and sample counts. An
     encoder-decoder (objective ``span``) goes through lm-eval's own seq2seq model type (the context
-    to the encoder, the continuation scored by the decoder); dapt's packed backend is causal only."""
+    to the encoder, the continuation scored by the decoder); dapt's packed backend is causal only.
+
+    With ``output_path``, lm-eval's own files are written there as ``lm_eval --output_path PATH
+    --log_samples`` writes them (``results_<date>.json`` and ``samples_<task>_<date>.jsonl`` in a
+    folder named after ``model_name``, as lm-eval names it from ``pretrained=``), by lm-eval's
+    ``EvaluationTracker``, so tools that read lm-eval output read dapt's unchanged."""
     from lm_eval import simple_evaluate
+    from lm_eval.loggers import EvaluationTracker
     from lm_eval.models.huggingface import HFLM
 
     from dapt.eval.lm_backend import DaptLM
@@ -64,6 +72,7 @@ def run_lm_eval(
     else:
         lm = HFLM(**common)
     seed = ctx.cfg.seed
+    tracker = EvaluationTracker(output_path=str(output_path)) if output_path is not None else None
     res = simple_evaluate(
         model=lm,
         tasks=list(leaves.values()),
@@ -71,9 +80,34 @@ def run_lm_eval(
         limit=e.limit,
         bootstrap_iters=e.bootstrap_iters,
         log_samples=True,
+        evaluation_tracker=tracker,
         **seeds(seed),
     )
-    return task_results(res, leaves)
+    out = task_results(res, leaves)
+    if tracker is not None:
+        if model_name:  # an in-memory model gives lm-eval no model_args to name it by
+            from lm_eval.utils import sanitize_model_name
+
+            tracker.general_config_tracker.model_name = model_name
+            tracker.general_config_tracker.model_name_sanitized = sanitize_model_name(model_name)
+        write_lm_eval_files(tracker, res, Path(output_path))
+    return out
+
+
+def write_lm_eval_files(tracker: Any, res: dict[str, Any], output_path: Path) -> None:
+    """lm-eval's result and per-sample files, as its CLI writes them (lm_eval/_cli/run.py): the
+    aggregated results without the samples, then one samples file per task. The tracker swallows its
+    own write errors with a warning; a missing file here is an error instead."""
+    import copy
+
+    samples = copy.deepcopy(res.get("samples", {}))  # the tracker sanitises samples in place
+    results = {k: v for k, v in res.items() if k != "samples"}
+    tracker.save_results_aggregated(results=copy.deepcopy(results), samples=samples)
+    for task_name in results.get("configs", {}):
+        if task_name in samples:
+            tracker.save_results_samples(task_name=task_name, samples=samples[task_name])
+    if not list(output_path.rglob("results_*.json")):
+        raise RuntimeError(f"lm-eval did not write its results file under {output_path}")
 
 
 def task_results(res: dict[str, Any], leaves: dict[str, Any]) -> dict[str, Any]:

@@ -294,7 +294,17 @@ def run(ctx: StageContext) -> dict[str, Any]:
         ctx.log.info("%s bpb: %s", role, {s: round(r["bpb"], 4) for s, r in bpb[role].items()})
         if loaded.tasks:
             t0 = time.perf_counter()
-            tasks[role] = run_lm_eval(cmp_model, tok, loaded, ctx, max_length, device, objective)
+            tasks[role] = run_lm_eval(
+                cmp_model,
+                tok,
+                loaded,
+                ctx,
+                max_length,
+                device,
+                objective,
+                ctx.out_dir / "lm_eval" / role,
+                model_name=str(info["path"]),
+            )
             timings[f"{role}_tasks"] = round(time.perf_counter() - t0, 3)
         if role == "adapted":
             if e.crosscheck_lmeval and objective == "clm":  # lm-eval's rolling loglikelihood is causal
@@ -432,7 +442,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     )
     return _finite(
         {
-            "outputs": {"results": RESULTS, "items": "items"},
+            "outputs": {"results": RESULTS, "items": "items", **({"lm_eval": "lm_eval"} if tasks else {})},
             "metrics": [{k: r.get(k) for k in keys if k in r} for r in rows],
             "summary": summary,
             "tasks_unavailable": loaded.unavailable,

@@ -73,6 +73,28 @@ def test_tiny_config_runs_end_to_end(tmp_path: Path) -> None:
             r["value"] in (0.0, 1.0) for r in rows
         )
 
+    # lm-eval's own files, as `lm_eval --output_path --log_samples` writes them, found and read with
+    # lm-eval's helpers; their per-sample accuracies are the values dapt's paired tests used.
+    from lm_eval.utils import get_latest_filename, get_results_filenames, get_sample_results_filenames
+
+    for role in ("base", "adapted"):
+        files = [str(p) for p in (run_dir / "eval" / "lm_eval" / role).rglob("*") if p.is_file()]
+        res = json.loads(Path(get_latest_filename(get_results_filenames(files))).read_text())
+        assert {"tiny_fin_terms", "tiny_gen_terms"} <= set(res["results"]) and res["model_source"] == "CUSTOM"
+        dapt_items = {
+            (r["task"], r["doc"]): r["value"]
+            for r in map(
+                json.loads, (run_dir / "eval" / "items" / f"tasks_{role}.jsonl").read_text().splitlines()
+            )
+            if r["metric"] == "acc"
+        }
+        for task in ("tiny_fin_terms", "tiny_gen_terms"):
+            (sample_file,) = [f for f in get_sample_results_filenames(files) if f"samples_{task}_" in f]
+            samples = [json.loads(x) for x in Path(sample_file).read_text().splitlines()]
+            assert {(task, s["doc_id"]): s["acc"] for s in samples} == {
+                k: v for k, v in dapt_items.items() if k[0] == task
+            }
+
     # A rerun with nothing changed does nothing.
     again = _dapt("run", "--config", "configs/tiny.yaml", f"run_dir={run_dir}")
     assert again.returncode == 0, again.stderr[-2000:]
