@@ -19,6 +19,7 @@ import json
 import math
 import shutil
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -278,18 +279,19 @@ def run(ctx: StageContext) -> dict[str, Any]:
         info.update(params=_n_params(model), vocab_size=vocab_rows(tok), model_type=model.config.model_type)
         cmp_model = model if e.dtype == "fp32" else variant(model, e.dtype)
         t0 = time.perf_counter()
-        bpb[role] = measure_bpb(
-            cmp_model,
-            tok,
-            heldout,
-            max_length,
-            stride,
-            e.batch_size,
-            device,
-            objective,
-            cfg.seed,
-            e.pll_batch_size,
+        measure = partial(
+            measure_bpb,
+            tok=tok,
+            heldout=heldout,
+            max_length=max_length,
+            stride=stride,
+            batch=e.batch_size,
+            device=device,
+            objective=objective,
+            seed=cfg.seed,
+            pll_batch=e.pll_batch_size,
         )
+        bpb[role] = measure(cmp_model)
         timings[f"{role}_bpb"] = round(time.perf_counter() - t0, 3)
         ctx.log.info("%s bpb: %s", role, {s: round(r["bpb"], 4) for s, r in bpb[role].items()})
         if loaded.tasks:
@@ -315,18 +317,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
                 if prec == e.dtype:
                     res = bpb[role]
                 else:
-                    res = measure_bpb(
-                        v,
-                        tok,
-                        heldout,
-                        max_length,
-                        stride,
-                        e.batch_size,
-                        device,
-                        objective,
-                        cfg.seed,
-                        e.pll_batch_size,
-                    )
+                    res = measure(v)
                 qdir = ctx.work_dir / "precision" / prec
                 disk, fmt = save_variant(v, prec, qdir)
                 shutil.rmtree(qdir, ignore_errors=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import stat
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
@@ -33,6 +34,22 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 def atomic_write_json(path: str | os.PathLike, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def swap_in_folder(tmp: str | os.PathLike, out: str | os.PathLike) -> None:
+    """Publish the finished folder ``tmp`` as ``out`` by renames: a reader of an older ``out`` sees it
+    gone only for an instant, and never a half-written one (model imports replace whole folders)."""
+    tmp, out = Path(tmp), Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.exists():
+        old = out.with_name(f".{out.name}.old")
+        if old.exists():
+            shutil.rmtree(old)
+        out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(out)
 
 
 def read_json(path: str | os.PathLike) -> Any:

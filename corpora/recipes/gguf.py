@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from dapt.pipeline.errors import ConfigError, InputError
-from dapt.pipeline.fsutil import sha256_file
+from dapt.pipeline.fsutil import sha256_file, swap_in_folder
 
 # Text the verification runs through both models: prose, numbers and code so that the byte-level BPE, the
 # digits and the embeddings of rare pieces all take part.
@@ -194,16 +194,7 @@ def import_gguf(
     record["seconds"] = round(time.perf_counter() - t0, 1)
     (tmp / IMPORT_RECORD).write_text(json.dumps(record, indent=2, default=str) + "\n", encoding="utf-8")
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    if out_dir.exists():  # swap by renames: readers of the old folder see it gone only for an instant
-        old = out_dir.with_name(f".{out_dir.name}.old")
-        if old.exists():
-            shutil.rmtree(old)
-        out_dir.rename(old)
-        tmp.rename(out_dir)
-        shutil.rmtree(old)
-    else:
-        tmp.rename(out_dir)
+    swap_in_folder(tmp, out_dir)
     return out_dir
 
 
