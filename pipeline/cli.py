@@ -48,6 +48,16 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--force", action="store_true", help="rerun even if up to date")
         if name == "train":
             p.add_argument("--no-preflight", action="store_true", help="skip the memory preflight check")
+        if name == "publish":
+            p.add_argument("--repo-id", help="also upload the model folder to this Hub repo (ORG/NAME)")
+            p.add_argument("--private", action="store_true", help="create the repo private")
+            p.add_argument("--endpoint", help="a private Hub's URL (default: HF_ENDPOINT or huggingface.co)")
+            p.add_argument(
+                "--dry-run", action="store_true", help="list what would be uploaded; upload nothing"
+            )
+            p.add_argument(
+                "--with-report", action="store_true", help="upload report.html/.md to dapt-report/"
+            )
     p = sub.add_parser("run", help="run every stage in order (each skipped when up to date)")
     _add_config(p)
     p.add_argument("--force", action="store_true", help="rerun every selected stage")
@@ -110,9 +120,27 @@ def _cmd_stage(args: argparse.Namespace) -> int:
     from dapt.pipeline.stages import run_stage
 
     cfg = load_config(args.config, args.overrides, check_inputs=args.command == "clean")
-    extra = {"preflight": not getattr(args, "no_preflight", False)}
-    run_stage(cfg, args.command, force=args.force, extra=extra)
+    extra: dict = {"preflight": not getattr(args, "no_preflight", False)}
+    hub = getattr(args, "repo_id", None)
+    if hub:  # the upload happens in the stage body: run it even when the folder is up to date
+        keys = ("repo_id", "private", "endpoint", "dry_run", "with_report")
+        extra["hub"] = {k: getattr(args, k) for k in keys}
+    man = run_stage(cfg, args.command, force=args.force or bool(hub), extra=extra)
+    if hub:
+        _print_hub(man.get("hub") or {})
     return 0
+
+
+def _print_hub(rec: dict) -> None:
+    """What ``dapt publish --repo-id`` uploaded, or with ``--dry-run`` would upload."""
+    verb = "would upload" if rec.get("dry_run") else "uploaded"
+    print(f"{verb} {len(rec.get('files', []))} files ({rec.get('bytes', 0):,} bytes) to {rec.get('repo_id')}")
+    for f in rec.get("files", []):
+        print(f"  {f['path']}  {f['bytes']:,} bytes")
+    card = rec.get("card", {})
+    print(f"model card: ok ({card.get('eval_results', 0)} evaluation results, license {card.get('license')})")
+    if rec.get("commit_url"):
+        print(f"commit: {rec['commit_url']}")
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

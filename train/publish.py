@@ -5,6 +5,10 @@ Each stage owns its folder: train exports the weights into ``train/model/``, the
 files hard-linked (no second copy of the weights; copied across file systems) and the model card as
 ``README.md``, where the Hugging Face Hub reads it. A rerun of train or report makes this stage stale
 through their fingerprints, so the published folder never mixes an old card with new weights.
+
+With ``dapt publish --repo-id ORG/NAME`` the stage also uploads the folder to a Hugging Face Hub
+(train/hub.py; ``--dry-run`` lists the files and checks the card only) and records where in its
+manifest (``hub``).
 """
 
 from __future__ import annotations
@@ -42,7 +46,16 @@ def run(ctx: StageContext) -> dict[str, Any]:
         files.append({"path": rel.as_posix(), "bytes": src.stat().st_size})
     (dest / CARD).write_bytes(card.read_bytes())
     ctx.log.info("published %d model files and the model card into %s", len(files), dest)
+    hub = None
+    if ctx.extra.get("hub"):  # `dapt publish --repo-id ORG/NAME`: upload what was just assembled
+        from dapt.train.hub import HubTarget, upload
+
+        target = HubTarget(**ctx.extra["hub"])
+        message = f"dapt run {ctx.cfg.name}: model and card (train {ctx.upstream_manifest('train').get('fingerprint', '')[:12]})"
+        hub = upload(dest, card.parent, target, message)
+        ctx.log.info("hub: %s", {k: v for k, v in hub.items() if k != "files"})
     return {
+        "hub": hub,
         "outputs": {"model": MODEL_DIR},
         "files": files,
         "model_card_sha256": sha256_file(dest / CARD),
