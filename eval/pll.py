@@ -151,8 +151,8 @@ def denoising_bits_per_byte(
     the same result shape as :func:`pll_bits_per_byte`."""
     import numpy as np
     import torch
-    import torch.nn.functional as F
 
+    from dapt.train.loss import seq2seq_loss
     from dapt.train.objectives import span_corrupt, token_roles
 
     if device is None:
@@ -174,8 +174,7 @@ def denoising_bits_per_byte(
                     n_windows += 1
                     xt = torch.from_numpy(x)[None].to(device)
                     yt = torch.from_numpy(y)[None].to(device)
-                    logits = model(input_ids=xt, labels=yt, use_cache=False).logits
-                    doc_nll[d] += float(F.cross_entropy(logits[0].float(), yt[0], reduction="sum").double())
+                    doc_nll[d] += float(seq2seq_loss(model, xt, yt, reduction="sum").double())
                     n_targets += int(y.size)
     finally:
         model.train(was_training)

@@ -128,8 +128,10 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
     # get_state_dict gives every parameter optimizer state; a parameter that never had a gradient
     # (BERT's unused ``cls.predictions.bias`` when the decoder is untied) has none in the checkpoint.
     # It has none in an uninterrupted run either, so leave it without: a partial load of just those.
-    saved = set(dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata)
-    for fqn in [f for f in osd.get("state", {}) if not any(k.startswith(f"optim.state.{f}.") for k in saved)]:
+    # Saved keys are "optim.state.<fqn>.<name>" (AdamW's names have no dot): the fqns with state.
+    keys = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
+    stateful = {k[len("optim.state.") :].rsplit(".", 1)[0] for k in keys if k.startswith("optim.state.")}
+    for fqn in [f for f in osd.get("state", {}) if f not in stateful]:
         del osd["state"][fqn]
     state = {"model": msd, "optim": osd}
     with _quiet_single_process():

@@ -80,8 +80,9 @@ def _maybe_fail(spec: TrainSpec, step: int, rank: int, n: int) -> None:
         raise InjectedFailure(f"injected failure at step {step} on rank {rank}")
 
 
-def _token_roles(spec: TrainSpec, vocab_size: int) -> Any:
-    """The mask / sentinel token ids the objective needs, from the run's tokenizer; None for clm."""
+def spec_token_roles(spec: TrainSpec, vocab_size: int) -> Any:
+    """The mask / sentinel token ids the objective needs, from the run's tokenizer; None for clm. The
+    driver calls it once before any worker starts (train.prelaunch), each worker once at start."""
     if spec.objective == "clm":
         return None
     from transformers import AutoTokenizer
@@ -210,7 +211,7 @@ def train_loop(spec: TrainSpec | Mapping[str, Any]) -> dict[str, Any]:
         document_masking=spec.attention == "document",
         objective=spec.objective,
         seed=int(spec.seed),
-        roles=_token_roles(spec, int(cfg.vocab_size)),
+        roles=spec_token_roles(spec, int(cfg.vocab_size)),
         objective_options={
             "mlm_probability": float(spec.mlm_probability),
             "mlm_whole_word": bool(spec.mlm_whole_word),

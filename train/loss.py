@@ -198,10 +198,12 @@ def objective_loss(
     y: torch.Tensor,
     position_ids: torch.Tensor | None = None,
     head: ChunkedLossHead | None = None,
+    reduction: str = "mean",
 ) -> torch.Tensor:
-    """The mean loss of one micro-batch under ``objective`` (train.objectives)."""
+    """The loss of one micro-batch under ``objective`` (train.objectives), mean over the predicted
+    tokens or (``reduction="sum"``, the monitor's windows) their sum."""
     if objective == "mlm":
-        return masked_lm_loss(model, x, y)
+        return masked_lm_loss(model, x, y, reduction=reduction)
     if objective == "span":
-        return seq2seq_loss(model, x, y)
-    return causal_lm_loss(model, x, y, position_ids=position_ids, head=head)
+        return seq2seq_loss(model, x, y, reduction=reduction)
+    return causal_lm_loss(model, x, y, position_ids=position_ids, head=head, reduction=reduction)

@@ -14,32 +14,26 @@ from dapt.train.config import TrainConfig
 from dapt.train.spec import TrainSpec
 
 
-def resolve_objective(tc: TrainConfig, spec: TrainSpec, mix: dict[str, Any]) -> str:
+def resolve_objective(tc: TrainConfig, spec: TrainSpec, mix: dict[str, Any]) -> tuple[str, Any]:
     """The objective the mix stage packed for (resolved from ``model.objective`` by the tokenizer
-    stage; a mix manifest from before objectives were recorded packed causal-LM blocks). Document
-    masking is a causal-LM option; the other objectives' tokens are checked here, before any worker
-    starts."""
+    stage; a mix manifest from before objectives were recorded packed causal-LM blocks) and its token
+    roles (None for clm), which the monitor windows use too. Document masking is a causal-LM option;
+    the other objectives' tokens are checked here, before any worker starts."""
+    from dapt.train.loop import spec_token_roles
     from dapt.train.setup import load_model_config
 
     objective = str(mix.get("objective") or "clm")
     if objective == "clm":
-        return objective
+        return objective, None
     if tc.attention == "document":
         raise ConfigError(
             f"train.attention: document applies to causal LM training; this run's objective is {objective}"
         )
-    from transformers import AutoTokenizer
-
-    from dapt.train.objectives import token_roles
-
-    if not spec.tokenizer_path:
-        raise ConfigError(f"model.objective: {objective} needs the run's tokenizer (its special tokens)")
     try:
         vocab = int(load_model_config(spec).vocab_size)
-        token_roles(AutoTokenizer.from_pretrained(spec.tokenizer_path), objective, vocab)
+        return objective, spec_token_roles(spec.replace(objective=objective), vocab)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    return objective
 
 
 def preflight_plan(ctx: StageContext, spec: TrainSpec, facts: dict[str, Any]) -> dict[str, Any] | None:
@@ -123,16 +117,6 @@ def monitor_windows(ctx: StageContext, spec: TrainSpec, facts: dict[str, Any]) -
         return None
     sep = facts["eos_id"] if facts["eos_id"] is not None else 0
     mon_path = ctx.work_dir / "monitor_windows.npz"
-    roles = None
-    if spec.objective != "clm":
-        from transformers import AutoTokenizer
-
-        from dapt.train.objectives import token_roles
-        from dapt.train.setup import load_model_config
-
-        vocab = int(load_model_config(spec).vocab_size)
-        tok = AutoTokenizer.from_pretrained(spec.tokenizer_path)
-        roles = token_roles(tok, spec.objective, vocab, whole_word=bool(spec.mlm_whole_word))
     mon = build_monitor_file(
         Path(heldout),
         spec.tokenizer_path,
@@ -142,7 +126,7 @@ def monitor_windows(ctx: StageContext, spec: TrainSpec, facts: dict[str, Any]) -
         mon_path,
         objective=spec.objective,
         block_len=facts["block_len"],
-        roles=roles,
+        roles=facts["roles"],
         seed=int(spec.seed),
     )
     ctx.log.info("monitor windows: %s", mon)

@@ -207,8 +207,10 @@ def build_spec(ctx: StageContext) -> tuple[TrainSpec, dict[str, Any]]:
         export_dtype=tc.export_dtype,
         **{k: ctx.extra[k] for k in TEST_HOOKS if k in ctx.extra},
     )
-    spec = spec.replace(objective=resolve_objective(tc, spec, mix))
+    objective, roles = resolve_objective(tc, spec, mix)
+    spec = spec.replace(objective=objective)
     facts = {
+        "roles": roles,
         "n_blocks": n_blocks,
         "mix_dir": mix_dir,
         "heldout": _manifest_path(mix_dir, (mix.get("outputs") or {}).get("heldout")),

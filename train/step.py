@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from dapt.train.batches import StepBatches
-from dapt.train.loss import causal_lm_loss, chunked_head, masked_lm_loss, objective_loss, seq2seq_loss
+from dapt.train.loss import chunked_head, objective_loss
 from dapt.train.monitor import IGNORE, bits_per_byte
 from dapt.train.schedule import lr_factor
 from dapt.train.setup import DTYPES, all_reduce, is_sharded, unwrap, world
@@ -114,6 +114,7 @@ def evaluate_windows(
     so every rank runs the same number of forwards (FSDP needs that)."""
     rank, n = world()
     mb = int(spec.micro_batch_size)
+    head = chunked_head(unwrap(model))  # installed for causal LMs only (train.setup)
     was_training = model.training
     model.eval()
     out: dict[str, float | None] = {}
@@ -133,12 +134,7 @@ def evaluate_windows(
                 x = torch.zeros((1, xs.shape[1]), dtype=torch.long, device=device)
                 y = torch.full_like(x, IGNORE)
             with autocast(spec, device):
-                if spec.objective == "mlm":
-                    nll = masked_lm_loss(model, x, y, reduction="sum")
-                elif spec.objective == "span":
-                    nll = seq2seq_loss(model, x, y, reduction="sum")
-                else:
-                    nll = causal_lm_loss(model, x, y, reduction="sum", head=chunked_head(unwrap(model)))
+                nll = objective_loss(spec.objective, model, x, y, head=head, reduction="sum")
             acc[0] += float(nll)
             acc[1] += int((y != IGNORE).sum())
         acc = all_reduce(acc, device)
