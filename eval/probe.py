@@ -26,7 +26,7 @@ Comparison (:func:`compare_probe`): both models predict the same test items, so 
 items. Accuracy uses each item's correctness averaged over seeds (a ratio of sums, ``paired_bootstrap``);
 macro-F1 is not a sum over items, so ``paired_bootstrap_corpus`` recomputes each seed's macro-F1 on each
 resample and averages over seeds. Both are the shifted-null paired bootstrap of ``eval/significance.py``,
-and the p-values get Holm's correction within each probe set (``probe_family``). The test resamples
+and the p-values get Holm's correction within each probe set (``compare.p_family``). The test resamples
 items with the seeds held fixed: it asks whether these fine-tuning runs differ on this population of
 items; the spread over seeds is reported next to it (``base_seed_std``, ``adapted_seed_std``).
 """
@@ -309,10 +309,6 @@ def _mean_macro_f1(items: list[tuple[int, tuple[int, ...]]]) -> float:
     return float(np.mean([macro_f1(gold, [p[s] for _, p in items]) for s in range(n_seeds)]))
 
 
-probe_family = p_family
-"""Holm family of a row: one per probe set (``compare.p_family`` knows probe rows)."""
-
-
 def compare_probe(
     base: dict[str, Any], adapted: dict[str, Any], iters: int, alpha: float, seed: int
 ) -> list[dict[str, Any]]:
@@ -358,4 +354,4 @@ def compare_probe(
                 "significant": st["p_value"] < alpha,
             }
         )
-    return adjust_rows(rows, alpha, family=probe_family)
+    return adjust_rows(rows, alpha, family=p_family)

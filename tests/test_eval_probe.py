@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dapt.eval.probe import compare_probe, label_index, macro_f1, probe, probe_family
+from dapt.eval.compare import p_family
+from dapt.eval.probe import compare_probe, label_index, macro_f1, probe
 from dapt.eval.probe_data import (
     DICTD_DIR,
     build_probe_sets,
@@ -130,7 +131,7 @@ def test_compare_probe_rows_pair_items() -> None:
         assert r["improved"] and r["ci_low"] > 0 and r["p_value"] < 0.01 and r["significant"]
         assert r["p_family"] == "probe/domain" and r["p_family_size"] == 2 and r["p_adjusted"] >= r["p_value"]
         assert r["base_seed_std"] == base[f"{key}_std"]
-    assert probe_family(rows[0]) == "probe/domain" and probe_family({"kind": "task"}) == "tasks"
+    assert p_family(rows[0]) == "probe/domain" and p_family({"kind": "task"}) == "tasks"
 
     same = compare_probe(base, base, iters=200, alpha=0.05, seed=0)
     for r in same:
