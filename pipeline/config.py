@@ -198,6 +198,29 @@ class RayConfig(StrictModel):
     (for pdb, or a test that monkeypatches the driver). Where the work runs cannot change what it writes."""
 
 
+class TrackingConfig(StrictModel):
+    """Where experiment tracking goes. A run-level section like ``ray``: it changes where numbers are
+    copied to, never what a stage computes, so no stage's fingerprint reads it.
+
+    ``tensorboard`` (default) keeps today's event files under ``train/tb`` and nothing else; ``mlflow``
+    and ``wandb`` add one parent run per run folder with a child per stage (pipeline/tracking.py);
+    ``none`` writes neither (``metrics.jsonl`` is always written: the report reads it)."""
+
+    backend: Literal["tensorboard", "mlflow", "wandb", "none"] = "tensorboard"
+    uri: str | None = None
+    """MLflow tracking URI (``http://host:5000``, ``databricks``, ``sqlite:///...``); None: a local
+    SQLite store at ``<run_dir>/mlruns/mlflow.db`` with artifacts beside it (MLflow 3 keeps local runs
+    in a database; its plain-file store is in maintenance mode)."""
+    experiment: str | None = None
+    """MLflow experiment / W&B project; None: the run's ``name``."""
+    entity: str | None = None
+    """W&B entity (team); None: the account's default."""
+    mode: Literal["offline", "online"] = "offline"
+    """W&B mode. Offline by default: nothing leaves the machine until ``wandb sync <run_dir>/wandb``."""
+    tensorboard: bool = True
+    """Also write TensorBoard events under ``train/tb`` when the backend is mlflow or wandb."""
+
+
 class RunConfig(StrictModel):
     """The whole run. Sections default to sensible values so a config can be a dozen lines."""
 
@@ -209,6 +232,7 @@ class RunConfig(StrictModel):
     sources: list[SourceConfig] = Field(min_length=1)
     model: ModelConfig
     ray: RayConfig = Field(default_factory=RayConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     clean: CleanConfig = Field(default_factory=CleanConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)

@@ -16,13 +16,10 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
 
@@ -47,7 +44,9 @@ from dapt.pipeline.inputs import (
     source_files,
 )
 from dapt.pipeline.knobs import fingerprint_view, state_view
+from dapt.pipeline.provenance import git_revision, library_versions
 from dapt.pipeline.ray_runtime import init_ray
+from dapt.pipeline.tracking import Tracker, TrackingTarget, manifest_metrics, open_tracker, output_artifacts
 
 DONE_MARKER = "_DONE"
 MANIFEST = "manifest.json"
@@ -248,49 +247,8 @@ def _stage_status(cfg: RunConfig, name: str, memo: dict[str, str]) -> str:
     return "done" if read_json(stage_dir(cfg, name) / MANIFEST).get("fingerprint") == fp else "stale"
 
 
-def library_versions() -> dict[str, str]:
-    out = {}
-    for dist in [
-        "dapt-pipeline",
-        "torch",
-        "transformers",
-        "tokenizers",
-        "sentencepiece",
-        "ray",
-        "lm_eval",
-        "pyarrow",
-        "numpy",
-        "datasets",
-    ]:
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            pass
-    out["python"] = sys.version.split()[0]
-    return out
-
-
-def git_revision() -> str | None:
-    root = Path(__file__).resolve().parent.parent
-    try:
-        rev = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
-        )
-        if rev.returncode != 0:
-            return None
-        dirty = subprocess.run(
-            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-        )
-        return rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-FRAME_ATTRIBUTES = frozenset({"ray", "name", "run_path", "run_dir", "config_path"})
-"""Run-level facts every stage may read: where the run lives and how to reach Ray."""
+FRAME_ATTRIBUTES = frozenset({"ray", "tracking", "name", "run_path", "run_dir", "config_path"})
+"""Run-level facts every stage may read: where the run lives, how to reach Ray, where tracking goes."""
 
 
 class StageConfig:
@@ -337,6 +295,9 @@ class StageContext:
     force: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
     run_config: RunConfig | None = field(default=None, repr=False)
+    tracking: TrackingTarget | None = None
+    """The stage's child run in the experiment tracker (pipeline/tracking.py), for a stage that streams
+    numbers while it runs (train's curves); None when tracking is off."""
 
     @property
     def name(self) -> str:
@@ -404,8 +365,22 @@ def run_stage(
     force: bool = False,
     echo: Callable[[str], None] | None = print,
     extra: dict[str, Any] | None = None,
+    tracker: Tracker | None = None,
 ) -> dict[str, Any]:
-    """Run one stage unless it is up to date. Returns its manifest."""
+    """Run one stage unless it is up to date. Returns its manifest.
+
+    ``tracker``: the command's experiment tracker (``run_pipeline`` opens one for all its stages); None
+    opens one for this stage alone when the config enables tracking."""
+    if tracker is None and cfg.tracking.backend in ("mlflow", "wandb"):
+        own = open_tracker(cfg)
+        ok = False
+        try:
+            manifest = run_stage(cfg, name, force=force, echo=echo, extra=extra, tracker=own)
+            ok = True
+            return manifest
+        finally:
+            own.close(ok)
+    tracker = tracker or Tracker()
     spec = STAGES[name]
     say = echo or (lambda _msg: None)
     fp, parts = compute_fingerprint(cfg, spec)  # raises StageMissingError first: nothing written
@@ -433,6 +408,7 @@ def run_stage(
 
     logger, log_path, handler = _setup_log(cfg, name)
     logger.info("starting stage %s (fingerprint %s)", name, fp[:12])
+    target = tracker.start_stage(name, parts["config"], {"dapt.fingerprint": fp[:12]})
     ctx = StageContext(
         cfg=StageConfig(cfg, spec),
         spec=spec,
@@ -444,6 +420,7 @@ def run_stage(
         force=force,
         extra=dict(extra or {}),
         run_config=cfg,
+        tracking=target,
     )
     started = datetime.now(UTC)
     t0 = time.perf_counter()
@@ -454,6 +431,9 @@ def run_stage(
             outcome = placement.run_in_task(placement.stage_task(cfg, ctx, log_path), res, logger)
         else:
             outcome = placement.run_in_driver(ctx)
+    except BaseException:
+        tracker.end_stage(target, False, {}, [])
+        raise
     finally:
         logger.removeHandler(handler)
         handler.close()
@@ -489,6 +469,9 @@ def run_stage(
     if old.exists():
         shutil.rmtree(old)
     say(f"{name}: done in {seconds:.1f}s -> {final}")
+    tracker.end_stage(
+        target, True, {**manifest_metrics(manifest), "seconds": seconds}, output_artifacts(final)
+    )
     return manifest
 
 
@@ -500,6 +483,12 @@ def run_pipeline(
 ) -> None:
     """Run the stages in order; input listings and fingerprints are taken once (``fsutil.input_facts``)
     and again after each stage that ran."""
-    with input_facts():
-        for name in stages or STAGE_ORDER:
-            run_stage(cfg, name, force=force, echo=echo)
+    tracker = open_tracker(cfg)
+    ok = False
+    try:
+        with input_facts():
+            for name in stages or STAGE_ORDER:
+                run_stage(cfg, name, force=force, echo=echo, tracker=tracker)
+        ok = True
+    finally:
+        tracker.close(ok)

@@ -25,7 +25,8 @@ def _dapt(*args: str) -> subprocess.CompletedProcess:
 
 def test_tiny_config_runs_end_to_end(tmp_path: Path) -> None:
     run_dir = tmp_path / "tiny"
-    proc = _dapt("run", "--config", "configs/tiny.yaml", f"run_dir={run_dir}")
+    # Tracking on (tracking.* is in no stage's fingerprint: the rerun below, without it, is up to date).
+    proc = _dapt("run", "--config", "configs/tiny.yaml", f"run_dir={run_dir}", "tracking.backend=mlflow")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "report:" in proc.stdout
 
@@ -94,6 +95,32 @@ def test_tiny_config_runs_end_to_end(tmp_path: Path) -> None:
             assert {(task, s["doc_id"]): s["acc"] for s in samples} == {
                 k: v for k, v in dapt_items.items() if k[0] == task
             }
+
+    # MLflow: one parent run, one finished child per stage, train's loss curve streamed from rank 0 with
+    # one value per logged step (as metrics.jsonl), the report and model card as artifacts.
+    import mlflow
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{(run_dir / 'mlruns' / 'mlflow.db').resolve()}"
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(experiment_names=["tiny"], output_format="list")
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = {
+        r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
+    }
+    assert sorted(children) == sorted(STAGE_ORDER) and len(runs) == len(STAGE_ORDER) + 1
+    assert all(r.info.status == "FINISHED" for r in runs)
+    client = MlflowClient(uri)
+    train_run = children["train"].info.run_id
+    logged = [json.loads(x) for x in (run_dir / "train" / "metrics.jsonl").read_text().splitlines()]
+    curve = client.get_metric_history(train_run, "train/loss")
+    assert [(m.step, round(m.value, 6)) for m in curve] == [(r["step"], round(r["loss"], 6)) for r in logged]
+    assert client.get_metric_history(train_run, "monitor/general_bpb")
+    assert {"report.html", "report.md", "model_card.md"} <= {
+        a.path for a in client.list_artifacts(children["report"].info.run_id)
+    }
+    assert "mix/achieved_domain_fraction" in children["mix"].data.metrics
+    assert "summary/domain_bpb_delta_pct" in children["eval"].data.metrics
 
     # A rerun with nothing changed does nothing.
     again = _dapt("run", "--config", "configs/tiny.yaml", f"run_dir={run_dir}")

@@ -9,6 +9,8 @@ from typing import Any
 
 import torch
 
+from dapt.pipeline.tracking import StepLogger, TrackingTarget
+
 
 def peak_memory(device: torch.device) -> int:
     """CUDA max allocated bytes, or the process's max RSS on CPU."""
@@ -21,13 +23,23 @@ class Writers:
     """Rank-0 JSONL + TensorBoard writers that survive resumption: rows after the resumed step are
     dropped (they belong to the attempt that crashed) and TensorBoard purges them too."""
 
-    def __init__(self, log_dir: Path, resume_step: int, enabled: bool):
+    def __init__(
+        self,
+        log_dir: Path,
+        resume_step: int,
+        enabled: bool,
+        tracking: dict[str, Any] | None = None,
+        tensorboard: bool = True,
+    ):
         self.enabled = enabled
         self.metrics = log_dir / "metrics.jsonl"
         self.monitor = log_dir / "monitor.jsonl"
         self.tb = None
+        self.tracker = None
         if not enabled:
             return
+        if tracking:  # the stage's child run in MLflow / W&B (pipeline/tracking.py); failures only warn
+            self.tracker = StepLogger(TrackingTarget(**tracking), resume_step)
         log_dir.mkdir(parents=True, exist_ok=True)
         for f in (self.metrics, self.monitor):
             keep = []
@@ -36,6 +48,8 @@ class Writers:
                     if line.strip() and json.loads(line)["step"] <= resume_step:
                         keep.append(line)
             f.write_text("".join(x + "\n" for x in keep))
+        if not tensorboard:
+            return
         try:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -48,13 +62,17 @@ class Writers:
             return
         with open(self.metrics if kind == "metrics" else self.monitor, "a") as f:
             f.write(json.dumps(row) + "\n")
+        prefix = "train" if kind == "metrics" else "monitor"
+        if self.tracker is not None:
+            self.tracker.log(prefix, row)
         if self.tb is not None:
-            prefix = "train" if kind == "metrics" else "monitor"
             for k, v in row.items():
                 if k != "step" and isinstance(v, int | float) and v is not None:
                     self.tb.add_scalar(f"{prefix}/{k}", v, row["step"])
 
     def close(self) -> None:
+        if self.tracker is not None:
+            self.tracker.close()
         if self.tb is not None:
             self.tb.flush()
             self.tb.close()

@@ -221,7 +221,7 @@ def train_loop(spec: TrainSpec | Mapping[str, Any]) -> dict[str, Any]:
     )
     total_steps = int(spec.steps)
     tokens_per_step = n * int(spec.grad_accum) * int(spec.micro_batch_size) * int(spec.seq_len)
-    writers = Writers(log_dir, start_step, rank == 0)
+    writers = Writers(log_dir, start_step, rank == 0, tracking=spec.tracking, tensorboard=spec.tensorboard)
     windows = None
     if spec.monitor_path and Path(spec.monitor_path).exists():
         windows = dict(np.load(spec.monitor_path))

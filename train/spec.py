@@ -140,6 +140,11 @@ class TrainSpec:
     max_general_regression: float | None = None
     log_every: int = 10
     progress: bool = True
+    tracking: dict[str, Any] | None = None
+    """The train stage's child run in the experiment tracker (``pipeline.tracking.TrackingTarget`` as a
+    dict): rank 0 streams its curves into it; None: no tracker."""
+    tensorboard: bool = True
+    """Rank 0 also writes TensorBoard events under ``log_dir/tb``."""
     export_dir: str | None = None
     export_dtype: str = "fp32"
 

@@ -23,6 +23,7 @@ from typing import Any
 from dapt.pipeline.errors import ConfigError, InputError
 from dapt.pipeline.fsutil import has_tokenizer_files, resolve_output
 from dapt.pipeline.stages import StageContext
+from dapt.pipeline.tracking import target_dict
 from dapt.train.config import TrainConfig
 from dapt.train.prelaunch import (
     detect_gpu,
@@ -205,6 +206,9 @@ def build_spec(ctx: StageContext) -> tuple[TrainSpec, dict[str, Any]]:
         log_every=tc.log_every,
         export_dir=str((ctx.out_dir / "model").resolve()),
         export_dtype=tc.export_dtype,
+        tracking=target_dict(ctx.tracking),
+        tensorboard=cfg.tracking.backend == "tensorboard"
+        or (cfg.tracking.backend in ("mlflow", "wandb") and cfg.tracking.tensorboard),
         **{k: ctx.extra[k] for k in TEST_HOOKS if k in ctx.extra},
     )
     objective, roles = resolve_objective(tc, spec, mix)
@@ -388,7 +392,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
             "model": "model",
             "metrics": "metrics.jsonl",
             "monitor": "monitor.jsonl",
-            "tensorboard": "tb",
+            **({"tensorboard": "tb"} if spec.tensorboard else {}),
         },
         "counts": {"steps": summary["steps"], "tokens": summary["tokens"], "blocks": facts["n_blocks"]},
         "steps": summary["steps"],

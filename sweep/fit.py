@@ -1,0 +1,514 @@
+"""Fit a loss law to the proxy runs of a mix-ratio sweep, one law per side (domain text, general text).
+
+A sweep trains small proxy models at several domain fractions ``r`` (share of training tokens that are
+domain text) and token budgets ``D``, and measures two validation losses in bits per byte. To choose the
+ratio for the real run we need the losses *between and beyond* the measured points, so each side gets a
+parametric law, fitted once and then queried by ``sweep/recommend.py``.
+
+The law is the D-CPT Law (Que et al. 2024, "D-CPT Law: Domain-specific Continual Pre-Training Scaling Law
+for Large Language Models"):
+
+    L(N, D, s) = E + A / N^alpha + B * s^eta / D^beta + C / (s + eps)^gamma
+
+``s`` is the share of the side's *own* text in the mix. For the domain side ``s = r``; for the general side
+we reuse the same form with ``s = 1 - r``, because general loss responds to the general share the way
+domain loss responds to the domain share (it falls as its own share grows, and the ``eps`` keeps
+the pure-domain run ``r = 1`` finite); one functional form for both sides means one fitter, one set of
+checks and one bootstrap. With a single model size in the grid the ``A / N^alpha`` term is a constant and
+is absorbed into ``E``.
+
+Fitting follows the D-CPT / Chinchilla practice: residuals are ``log L_pred - log L_obs`` (so a 1% miss
+counts the same at any loss level), the loss on them is Huber (robust to one bad proxy run), and all
+parameters are positive, fitted as logarithms. Several starts are needed because the exponents trade off
+against the coefficients; the starts come from a small grid over the exponents where, for fixed exponents,
+the law is *linear* in (E, A, B, C), so non-negative least squares gives matching coefficients for free and
+only the best few grid points are refined. This is cheap and avoids starting from absurd coefficients.
+
+Small grids cannot support six or eight parameters. Then the fit falls back, in order, to the exponential
+mixing law of Ye et al. 2024 ("Data Mixing Laws"), ``L = E + B * exp(-t * s) / D^beta``, to the same without
+the ``D`` term (a single budget), and finally to a log-linear ``log L = a + b * s (+ c * log D)``. The fit
+result says which form was used and why the richer ones were skipped.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.optimize import least_squares, nnls
+
+SIDES = ("domain", "general")
+DEFAULT_EPS = 1e-2
+"""``eps`` in ``C / (s + eps)^gamma``: keeps the share term finite at ``s = 0`` (the D-CPT setup's value)."""
+DEFAULT_HUBER_DELTA = 1e-3
+"""Huber threshold on log-loss residuals, as Hoffmann et al. 2022 and D-CPT use."""
+_LOG_BOUNDS = {"coef": (-30.0, 30.0), "exp": (math.log(1e-4), math.log(5.0))}
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    """One proxy run: its domain fraction, training tokens, optional model size, and the two losses."""
+
+    fraction: float
+    tokens: float
+    domain_bpb: float
+    general_bpb: float
+    params: float | None = None
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.fraction <= 1.0:
+            raise ValueError(f"fraction must be in (0, 1], got {self.fraction}")
+        if self.tokens <= 0 or self.domain_bpb <= 0 or self.general_bpb <= 0:
+            raise ValueError("tokens and both losses must be > 0")
+        if self.params is not None and self.params <= 0:
+            raise ValueError("params must be > 0 when given")
+
+    def loss(self, side: str) -> float:
+        return self.domain_bpb if _check_side(side) == "domain" else self.general_bpb
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SweepPoint:
+        return cls(
+            float(d["fraction"]),
+            float(d["tokens"]),
+            float(d["domain_bpb"]),
+            float(d["general_bpb"]),
+            None if d.get("params") is None else float(d["params"]),
+        )
+
+
+def _check_side(side: str) -> str:
+    if side not in SIDES:
+        raise ValueError(f"side must be one of {SIDES}, got {side!r}")
+    return side
+
+
+def side_share(side: str, fraction):
+    """The share of the side's own text: ``r`` for the domain side, ``1 - r`` for the general side."""
+    fraction = np.asarray(fraction, dtype=np.float64)
+    return fraction if _check_side(side) == "domain" else 1.0 - fraction
+
+
+# --------------------------------------------------------------------------------------------------
+# The forms. A positive form is linear in its coefficients once the exponents are fixed:
+# L = design(exponents, s, D, N) @ coefficients. That one fact gives prediction and the start grid.
+
+
+@dataclass(frozen=True)
+class _Form:
+    name: str
+    coefs: tuple[str, ...]
+    exps: tuple[str, ...]
+    grid: tuple[tuple[float, ...], ...]
+    design: Callable[..., np.ndarray]
+    needs_r: int
+    needs_d: int
+    needs_n: int = 1
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return self.coefs + self.exps
+
+
+def _dcpt_design(e: dict, s, D, N, eps: float) -> np.ndarray:
+    cols = [np.ones_like(s)]
+    if "alpha" in e:
+        cols.append(N ** -e["alpha"])
+    cols += [s ** e["eta"] * D ** -e["beta"], (s + eps) ** -e["gamma"]]
+    return np.stack(cols, axis=-1)
+
+
+def _mix_design(e: dict, s, D, N, eps: float) -> np.ndarray:
+    decay = np.exp(-e["t"] * s) * (D ** -e["beta"] if "beta" in e else 1.0)
+    return np.stack([np.ones_like(s), decay], axis=-1)
+
+
+_ETA = (0.05, 0.2, 0.5, 1.0)
+_BETA = (0.1, 0.25, 0.5)
+_GAMMA = (0.1, 0.3, 0.6, 1.0)
+_ALPHA = (0.2, 0.5)
+_T = (0.5, 1.0, 2.0, 4.0)
+FORMS = {
+    f.name: f
+    for f in (
+        _Form("dcpt_n", ("E", "A", "B", "C"), ("alpha", "eta", "beta", "gamma"), (_ALPHA, _ETA, _BETA, _GAMMA),
+              _dcpt_design, 3, 2, 2),
+        _Form("dcpt", ("E", "B", "C"), ("eta", "beta", "gamma"), (_ETA, _BETA, _GAMMA), _dcpt_design, 3, 2),
+        _Form("mixing_exp", ("E", "B"), ("beta", "t"), (_BETA, _T), _mix_design, 2, 2),
+        _Form("mixing_exp_1d", ("E", "B"), ("t",), (_T,), _mix_design, 3, 1),
+    )
+}  # fmt: skip
+FORM_ORDER = ("dcpt_n", "dcpt", "mixing_exp", "mixing_exp_1d", "loglinear")
+"""Tried in this order; ``dcpt_n`` only when the grid has several model sizes, ``dcpt`` only when it has one."""
+
+
+def _predict(form: str, p: dict, s, D, N, eps: float) -> np.ndarray:
+    if form == "loglinear":
+        return np.exp(p["a"] + p["b"] * s + p["c"] * np.log(D))
+    f = FORMS[form]
+    x = f.design({k: p[k] for k in f.exps}, s, D, N, eps)
+    return x @ np.array([p[k] for k in f.coefs])
+
+
+@dataclass(frozen=True)
+class LawFit:
+    """A fitted law for one side. ``params`` are in natural units (not logs); ``reason`` says why this form.
+
+    ``rmse`` is in bits per byte, ``rel_rmse`` relative to the measured loss; ``objective`` is the Huber
+    cost on log residuals that was minimised (0 for the log-linear form, which is plain least squares).
+    """
+
+    side: str
+    form: str
+    params: dict[str, float]
+    eps: float = DEFAULT_EPS
+    rmse: float = 0.0
+    rel_rmse: float = 0.0
+    n_points: int = 0
+    objective: float = 0.0
+    huber_delta: float = DEFAULT_HUBER_DELTA
+    reason: str = ""
+
+    def predict(self, r, D, N=None):
+        """Predicted bpb at domain fraction ``r``, tokens ``D`` (and model size ``N`` for ``dcpt_n``).
+
+        Arguments broadcast; a float comes back for scalar inputs."""
+        if self.form == "dcpt_n" and N is None:
+            raise ValueError("this law has a model-size term: pass N")
+        s = side_share(self.side, r)
+        D = np.asarray(D, dtype=np.float64)
+        Na = np.asarray(1.0 if N is None else N, dtype=np.float64)
+        s, D, Na = np.broadcast_arrays(s, D, Na)
+        out = _predict(self.form, self.params, s, D, Na, self.eps)
+        return float(out) if out.ndim == 0 else out
+
+    @property
+    def share(self) -> str:
+        return "fraction" if self.side == "domain" else "1 - fraction"
+
+    def to_dict(self) -> dict:
+        return {
+            "side": self.side,
+            "form": self.form,
+            "share": self.share,
+            "params": {k: float(v) for k, v in self.params.items()},
+            "eps": float(self.eps),
+            "rmse": float(self.rmse),
+            "rel_rmse": float(self.rel_rmse),
+            "n_points": int(self.n_points),
+            "objective": float(self.objective),
+            "huber_delta": float(self.huber_delta),
+            "reason": self.reason,
+        }
+
+
+# --------------------------------------------------------------------------------------------------
+# Fitting
+
+
+def _arrays(points: Sequence[SweepPoint], side: str):
+    if not points:
+        raise ValueError("no sweep points")
+    r = np.array([p.fraction for p in points], dtype=np.float64)
+    D = np.array([p.tokens for p in points], dtype=np.float64)
+    N = np.array([1.0 if p.params is None else p.params for p in points], dtype=np.float64)
+    L = np.array([p.loss(side) for p in points], dtype=np.float64)
+    return side_share(side, r), D, N, L
+
+
+def _unmet(form: str, points: Sequence[SweepPoint]) -> str | None:
+    """Why ``form`` cannot be fitted to ``points`` (None when it can): grid-size rules, no data needed."""
+    n = len(points)
+    n_r = len({p.fraction for p in points})
+    n_d = len({p.tokens for p in points})
+    n_n = len({p.params for p in points})
+    if form == "loglinear":
+        return None
+    f = FORMS[form]
+    k = len(f.names)
+    why = []
+    if n < k + 2:
+        why.append(f"{n} points < {k} parameters + 2")
+    if n_r < f.needs_r:
+        why.append(f"{n_r} distinct fractions < {f.needs_r}")
+    if n_d < f.needs_d:
+        why.append(f"{n_d} distinct token budgets < {f.needs_d}")
+    if n_n < f.needs_n:
+        why.append(f"{n_n} distinct model sizes < {f.needs_n}")
+    if form == "dcpt" and n_n > 1:
+        why.append("several model sizes need the N term")
+    return "; ".join(why) or None
+
+
+def _starts(f: _Form, s, D, N, L, eps: float, n_starts: int) -> list[np.ndarray]:
+    """Log-parameter starts: the grid points over the exponents whose NNLS coefficients fit best."""
+    scored = []
+    for combo in itertools.product(*f.grid):
+        e = dict(zip(f.exps, combo, strict=True))
+        x = f.design(e, s, D, N, eps)
+        coef, resid = nnls(x, L)
+        coef = np.maximum(coef, 1e-6 * float(L.max()))
+        scored.append((resid, np.log(np.concatenate([coef, combo]))))
+    scored.sort(key=lambda t: t[0])
+    return [theta for _, theta in scored[:n_starts]]
+
+
+def _bounds(f: _Form) -> tuple[np.ndarray, np.ndarray]:
+    kinds = ["coef"] * len(f.coefs) + ["exp"] * len(f.exps)
+    return np.array([_LOG_BOUNDS[k][0] for k in kinds]), np.array([_LOG_BOUNDS[k][1] for k in kinds])
+
+
+def _fit_positive(f: _Form, s, D, N, L, eps, delta, starts) -> tuple[np.ndarray, float]:
+    lo, hi = _bounds(f)
+    logL = np.log(L)
+    k = len(f.coefs)
+
+    def resid(theta: np.ndarray) -> np.ndarray:
+        p = np.exp(theta)
+        pred = f.design(dict(zip(f.exps, p[k:], strict=True)), s, D, N, eps) @ p[:k]
+        return np.log(np.maximum(pred, 1e-300)) - logL
+
+    best = None
+    for theta0 in starts:
+        res = least_squares(
+            resid, np.clip(theta0, lo + 1e-9, hi - 1e-9), bounds=(lo, hi), loss="huber", f_scale=delta,
+            x_scale=1.0, xtol=1e-12, ftol=1e-12, gtol=1e-12, max_nfev=2000,
+        )  # fmt: skip
+        if best is None or res.cost < best.cost:
+            best = res
+    return best.x, float(best.cost)
+
+
+def _fit_loglinear(points, s, D, L) -> dict[str, float]:
+    cols, names = [np.ones_like(s)], ["a"]
+    if len(set(s.tolist())) >= 2 and len(points) >= 2:
+        cols.append(s)
+        names.append("b")
+    if len(set(D.tolist())) >= 2 and len(points) >= len(cols) + 1:
+        cols.append(np.log(D))
+        names.append("c")
+    coef, *_ = np.linalg.lstsq(np.stack(cols, axis=-1), np.log(L), rcond=None)
+    p = {"a": 0.0, "b": 0.0, "c": 0.0}
+    p.update({n: float(c) for n, c in zip(names, coef, strict=True)})
+    return p
+
+
+def choose_form(points: Sequence[SweepPoint]) -> tuple[str, str]:
+    """The richest form the grid supports, and a sentence saying why richer ones were skipped."""
+    skipped = []
+    several_n = len({p.params for p in points}) > 1
+    for form in FORM_ORDER:
+        if form == "dcpt_n" and not several_n:
+            continue  # one model size: the N term is a constant, absorbed into E (not a fallback)
+        why = _unmet(form, points)
+        if why is None:
+            reason = "; ".join(skipped) if skipped else "grid supports the full D-CPT form"
+            if form.startswith("mixing") or form == "loglinear":
+                if several_n:
+                    reason += "; model-size differences are ignored by this form"
+            return form, reason
+        skipped.append(f"not {form}: {why}")
+    raise AssertionError("loglinear always fits")
+
+
+def fit_law(
+    points: Sequence[SweepPoint],
+    side: str,
+    *,
+    eps: float = DEFAULT_EPS,
+    huber_delta: float = DEFAULT_HUBER_DELTA,
+    form: str | None = None,
+    n_starts: int = 4,
+    start: dict[str, float] | None = None,
+) -> LawFit:
+    """Fit one side's law to the sweep points.
+
+    ``form`` forces a form (it must be supported by the grid, else ValueError); by default the richest
+    supported form is used. ``start`` (natural-unit params of the same form, e.g. a previous fit's) replaces
+    the start grid with that single start: the bootstrap and leave-one-out refits warm-start this way.
+    """
+    _check_side(side)
+    if form is None:
+        form, reason = choose_form(points)
+    else:
+        if form not in FORM_ORDER:
+            raise ValueError(f"unknown form {form!r}; one of {FORM_ORDER}")
+        why = _unmet(form, points)
+        if why is not None:
+            raise ValueError(f"form {form} does not fit this grid: {why}")
+        reason = "form requested"
+    s, D, N, L = _arrays(points, side)
+    if form == "loglinear":
+        params, cost = _fit_loglinear(points, s, D, L), 0.0
+    else:
+        f = FORMS[form]
+        if start is not None:
+            starts = [np.log(np.array([start[k] for k in f.names], dtype=np.float64))]
+        else:
+            starts = _starts(f, s, D, N, L, eps, n_starts)
+        theta, cost = _fit_positive(f, s, D, N, L, eps, huber_delta, starts)
+        params = {k: float(v) for k, v in zip(f.names, np.exp(theta), strict=True)}
+    pred = _predict(form, params, s, D, N, eps)
+    return LawFit(
+        side=side,
+        form=form,
+        params=params,
+        eps=eps,
+        rmse=float(np.sqrt(np.mean((pred - L) ** 2))),
+        rel_rmse=float(np.sqrt(np.mean((pred / L - 1.0) ** 2))),
+        n_points=len(points),
+        objective=cost,
+        huber_delta=huber_delta,
+        reason=reason,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Uncertainty: bootstrap over points, leave-one-out
+
+
+@dataclass(frozen=True, eq=False)
+class BootstrapCI:
+    """Percentile intervals from refits on resampled points (same form as the full fit, warm-started).
+
+    ``samples`` holds one natural-unit parameter vector per successful refit (order ``names``); it stays
+    out of ``to_dict``. ``predict_interval`` evaluates every refit, so prediction intervals carry the
+    correlation between parameters that per-parameter intervals lose."""
+
+    fit: LawFit
+    level: float
+    n_boot: int
+    names: tuple[str, ...]
+    intervals: dict[str, tuple[float, float]]
+    samples: np.ndarray = field(repr=False)
+
+    def _quantiles(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        q = (1.0 - self.level) / 2.0
+        return np.quantile(values, q, axis=0), np.quantile(values, 1.0 - q, axis=0)
+
+    def predict_interval(self, r, D, N=None):
+        """(low, high) of the predicted bpb at (r, D[, N]) over the bootstrap refits."""
+        if len(self.samples) == 0:
+            p = self.fit.predict(r, D, N)
+            return p, p
+        preds = np.stack(
+            [
+                LawFit(self.fit.side, self.fit.form, dict(zip(self.names, row, strict=True)), self.fit.eps)
+                .predict(r, D, N)
+                for row in self.samples
+            ]
+        )  # fmt: skip
+        lo, hi = self._quantiles(preds)
+        return (float(lo), float(hi)) if np.ndim(lo) == 0 else (lo, hi)
+
+    def to_dict(self) -> dict:
+        return {
+            "level": float(self.level),
+            "n_boot": int(self.n_boot),
+            "n_ok": len(self.samples),
+            "intervals": {k: [float(a), float(b)] for k, (a, b) in self.intervals.items()},
+        }
+
+
+def bootstrap_ci(
+    points: Sequence[SweepPoint],
+    side: str,
+    n_boot: int = 200,
+    seed: int = 0,
+    level: float = 0.9,
+    *,
+    fit: LawFit | None = None,
+    eps: float = DEFAULT_EPS,
+    huber_delta: float = DEFAULT_HUBER_DELTA,
+) -> BootstrapCI:
+    """Resample the points with replacement, refit, and take percentile intervals.
+
+    Each refit uses the full fit's form and starts from the full fit's parameters (one local refinement
+    instead of a multi-start search: the resample is close to the original data, so this is both fast and
+    keeps the refit in the same basin). A resample too thin for the form is redrawn (at most ``4 n_boot``
+    draws in all), so every interval is about the same law."""
+    if not 0.0 < level < 1.0:
+        raise ValueError("level must be in (0, 1)")
+    fit = fit if fit is not None else fit_law(points, side, eps=eps, huber_delta=huber_delta)
+    rng = np.random.default_rng(seed)
+    names = tuple(fit.params)
+    rows, draws = [], 0
+    while len(rows) < n_boot and draws < 4 * n_boot:
+        draws += 1
+        sample = [points[i] for i in rng.integers(0, len(points), len(points))]
+        if _unmet(fit.form, sample) is not None:
+            continue
+        if fit.form != "loglinear" and len(set(sample)) < len(FORMS[fit.form].names) + 1:
+            continue
+        refit = fit_law(
+            sample, side, eps=fit.eps, huber_delta=fit.huber_delta, form=fit.form, start=fit.params
+        )
+        rows.append([refit.params[k] for k in names])
+    samples = np.array(rows, dtype=np.float64).reshape(len(rows), len(names))
+    ci = BootstrapCI(fit, level, n_boot, names, {}, samples)
+    if len(rows):
+        lo, hi = ci._quantiles(samples)
+        intervals = {k: (float(a), float(b)) for k, a, b in zip(names, lo, hi, strict=True)}
+    else:
+        intervals = {k: (v, v) for k, v in fit.params.items()}
+    return BootstrapCI(fit, level, n_boot, names, intervals, samples)
+
+
+@dataclass(frozen=True)
+class LeaveOneOut:
+    """Each point predicted by a law fitted without it: the honest check of a fit's interpolation."""
+
+    side: str
+    rows: tuple[dict, ...]
+    mean_abs_rel_error: float
+    max_abs_rel_error: float
+
+    def to_dict(self) -> dict:
+        return {
+            "side": self.side,
+            "rows": [dict(r) for r in self.rows],
+            "mean_abs_rel_error": float(self.mean_abs_rel_error),
+            "max_abs_rel_error": float(self.max_abs_rel_error),
+        }
+
+
+def leave_one_out(
+    points: Sequence[SweepPoint],
+    side: str,
+    *,
+    fit: LawFit | None = None,
+    eps: float = DEFAULT_EPS,
+    huber_delta: float = DEFAULT_HUBER_DELTA,
+) -> LeaveOneOut:
+    """Refit without each point in turn; record measured vs predicted and the relative error.
+
+    The refit keeps the full fit's form (warm-started from it) when the remaining points support that form,
+    and otherwise uses the richest form they do support; each row names the form used."""
+    if len(points) < 2:
+        raise ValueError("leave-one-out needs at least 2 points")
+    fit = fit if fit is not None else fit_law(points, side, eps=eps, huber_delta=huber_delta)
+    rows = []
+    for i, p in enumerate(points):
+        rest = [q for j, q in enumerate(points) if j != i]
+        if _unmet(fit.form, rest) is None:
+            refit = fit_law(rest, side, eps=fit.eps, huber_delta=fit.huber_delta, form=fit.form, start=fit.params)
+        else:
+            refit = fit_law(rest, side, eps=fit.eps, huber_delta=fit.huber_delta)
+        measured = p.loss(side)
+        pred = float(refit.predict(p.fraction, p.tokens, p.params if refit.form == "dcpt_n" else None))
+        rows.append(
+            {
+                "fraction": p.fraction,
+                "tokens": p.tokens,
+                "params": p.params,
+                "measured": measured,
+                "predicted": pred,
+                "rel_error": pred / measured - 1.0,
+                "form": refit.form,
+            }
+        )
+    errs = np.abs([r["rel_error"] for r in rows])
+    return LeaveOneOut(side, tuple(rows), float(errs.mean()), float(errs.max()))
