@@ -30,6 +30,7 @@ from dapt.eval.inputs import read_heldout, resolve_models
 from dapt.eval.tasks_registry import LoadedTasks, load_tasks, prepare_include_dir
 from dapt.pipeline.errors import ConfigError, InputError
 from dapt.pipeline.fsutil import safetensors_param_count
+from dapt.pipeline.progress import StepProgress
 from dapt.pipeline.stages import StageContext
 
 RESULTS = "results.json"
@@ -261,6 +262,13 @@ def run(ctx: StageContext) -> dict[str, Any]:
         device,
     )
 
+    roles = [r for r in ("base", "adapted") if r in models]
+    n_phases = (
+        len(roles) * (1 + bool(loaded.tasks))
+        + ("adapted" in models) * sum(p != e.dtype for p in e.precisions)
+        + (bool(e.probe.sets) and objective == "mlm")
+    )
+    phases = StepProgress(ctx.run_dir, "eval", "loading models", n_phases, "phases")
     bpb: dict[str, dict] = {}
     tasks: dict[str, dict] = {}
     quant: list[dict[str, Any]] = []
@@ -291,11 +299,14 @@ def run(ctx: StageContext) -> dict[str, Any]:
             seed=cfg.seed,
             pll_batch=e.pll_batch_size,
         )
+        phases.set(phases.done, f"{role}: bits-per-byte on {len(heldout)} held-out sources")
         bpb[role] = measure(cmp_model)
+        phases.update()
         timings[f"{role}_bpb"] = round(time.perf_counter() - t0, 3)
         ctx.log.info("%s bpb: %s", role, {s: round(r["bpb"], 4) for s, r in bpb[role].items()})
         if loaded.tasks:
             t0 = time.perf_counter()
+            phases.set(phases.done, f"{role}: lm-eval tasks {', '.join(loaded.tasks)}")
             tasks[role] = run_lm_eval(
                 cmp_model,
                 tok,
@@ -308,6 +319,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
                 model_name=str(info["path"]),
             )
             timings[f"{role}_tasks"] = round(time.perf_counter() - t0, 3)
+            phases.update()
         if role == "adapted":
             if e.crosscheck_lmeval and objective == "clm":  # lm-eval's rolling loglikelihood is causal
                 check = crosscheck(model, tok, heldout, ctx, max_length, device)
@@ -317,7 +329,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
                 if prec == e.dtype:
                     res = bpb[role]
                 else:
+                    phases.set(phases.done, f"adapted at {prec}: bits-per-byte")
                     res = measure(v)
+                    phases.update()
                 qdir = ctx.work_dir / "precision" / prec
                 disk, fmt = save_variant(v, prec, qdir)
                 shutil.rmtree(qdir, ignore_errors=True)
@@ -347,6 +361,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
+    phases.set(phases.done, "probes" if n_phases > phases.done else "comparing")
     probes, probe_rows = run_probes(ctx, models, objective, device, timings)
     rows = (
         bpb_rows(bpb, heldout, e.bootstrap_iters, e.alpha, cfg.seed)

@@ -64,8 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from", dest="from_stage", choices=STAGE_NAMES, help="first stage to run")
     p.add_argument("--to", dest="to_stage", choices=STAGE_NAMES, help="last stage to run")
     p.add_argument("--no-preflight", action="store_true", help="skip the train memory preflight check")
-    p = sub.add_parser("status", help="show each stage as done / stale / missing")
+    p = sub.add_parser("status", help="show each stage as done / stale / missing / running")
     _add_config(p)
+    p.add_argument("--watch", action="store_true", help="refresh until no stage runs (Ctrl-C stops)")
+    p.add_argument("--interval", type=float, default=5.0, help="seconds between refreshes (--watch)")
+    p.add_argument("--for", dest="for_s", type=float, help="stop watching after this many seconds")
     p = sub.add_parser("submit", help="run a stage (or `run`) as a Ray job on a cluster")
     p.add_argument("--config", "-c", required=True)
     p.add_argument("stage", choices=[*STAGE_NAMES, "run", "status"])
@@ -162,15 +165,39 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
+    import time
+
     from dapt.pipeline.config import load_config
+    from dapt.pipeline.fsutil import forget_input_facts
+    from dapt.pipeline.progress import stage_view
+    from dapt.pipeline.ray_runtime import dashboard_hint
     from dapt.pipeline.stages import STAGE_ORDER, stage_dir, stage_status
 
     cfg = load_config(args.config, args.overrides)
-    print(f"run {cfg.name}: {cfg.run_path}")
-    memo: dict[str, str] = {}  # each stage's status once (main's input_facts: each input listed once)
-    for name in STAGE_ORDER:
-        print(f"  {name:<10} {stage_status(cfg, name, memo):<8} {stage_dir(cfg, name)}")
-    return 0
+    started = time.monotonic()
+    while True:
+        lines = [f"run {cfg.name}: {cfg.run_path}", f"Ray dashboard: {dashboard_hint(cfg.ray)}"]
+        memo: dict[str, str] = {}  # each stage's status once (main's input_facts: each input listed once)
+        whole = stage_view(cfg.run_path, "run")
+        running = whole is not None and whole.state == "running"
+        if whole is not None:
+            lines.append(f"  {'dapt run':<10} {whole.state:<8} {whole.detail.removeprefix('starting ')}")
+        for name in STAGE_ORDER:
+            view = stage_view(cfg.run_path, name)
+            if view is not None:
+                running = running or view.state == "running"
+                lines.append(f"  {name:<10} {view.state:<8} {view.detail}")
+            else:
+                lines.append(f"  {name:<10} {stage_status(cfg, name, memo):<8} {stage_dir(cfg, name)}")
+        if args.watch and sys.stdout.isatty():
+            print("\033[2J\033[H", end="")  # clear the terminal, as `watch` does
+        print("\n".join(lines), flush=True)
+        if not args.watch or not running and time.monotonic() - started > args.interval:
+            return 0
+        if args.for_s is not None and time.monotonic() - started + args.interval > args.for_s:
+            return 0
+        time.sleep(args.interval)
+        forget_input_facts()  # the stage wrote meanwhile: list and stat the inputs afresh
 
 
 def _cmd_submit(args: argparse.Namespace) -> int:

@@ -150,6 +150,18 @@ def configured_address(ray_cfg: Any = None) -> str | None:
     return os.environ.get("RAY_ADDRESS") or (getattr(ray_cfg, "address", None) if ray_cfg else None)
 
 
+def dashboard_hint(ray_cfg: Any = None) -> str:
+    """Where the Ray dashboard of the configured cluster is, for ``dapt status``: the job server's URL
+    when the address is one, else the head's host at Ray's default dashboard port."""
+    address = configured_address(ray_cfg)
+    if not address:
+        return "none (each command starts a local Ray without one; `dapt cluster up` runs a dashboard)"
+    if address.startswith(("http://", "https://")):
+        return address
+    host = address.removeprefix("ray://").rsplit(":", 1)[0]
+    return f"http://{host}:8265 (Ray's default dashboard port on the head)"
+
+
 def started_here() -> bool:
     """This process started the Ray it is connected to: a private local Ray, one node on this machine
     (the shared-storage check and the placement's feasibility check need no Ray call to know that).

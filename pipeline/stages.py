@@ -44,6 +44,7 @@ from dapt.pipeline.inputs import (
     source_files,
 )
 from dapt.pipeline.knobs import fingerprint_view, state_view
+from dapt.pipeline.progress import mark_finished, mark_started
 from dapt.pipeline.provenance import git_revision, library_versions
 from dapt.pipeline.ray_runtime import init_ray
 from dapt.pipeline.tracking import Tracker, TrackingTarget, manifest_metrics, open_tracker, output_artifacts
@@ -409,6 +410,7 @@ def run_stage(
     logger, log_path, handler = _setup_log(cfg, name)
     logger.info("starting stage %s (fingerprint %s)", name, fp[:12])
     target = tracker.start_stage(name, parts["config"], {"dapt.fingerprint": fp[:12]})
+    mark_started(run_dir, name)
     ctx = StageContext(
         cfg=StageConfig(cfg, spec),
         spec=spec,
@@ -431,7 +433,8 @@ def run_stage(
             outcome = placement.run_in_task(placement.stage_task(cfg, ctx, log_path), res, logger)
         else:
             outcome = placement.run_in_driver(ctx)
-    except BaseException:
+    except BaseException as exc:
+        mark_finished(run_dir, name, exc)
         tracker.end_stage(target, False, {}, [])
         raise
     finally:
@@ -468,6 +471,7 @@ def run_stage(
     atomic_write_text(final / DONE_MARKER, fp + "\n")  # last: only now is the stage done
     if old.exists():
         shutil.rmtree(old)
+    mark_finished(run_dir, name)
     say(f"{name}: done in {seconds:.1f}s -> {final}")
     tracker.end_stage(
         target, True, {**manifest_metrics(manifest), "seconds": seconds}, output_artifacts(final)
@@ -485,10 +489,13 @@ def run_pipeline(
     and again after each stage that ran."""
     tracker = open_tracker(cfg)
     ok = False
+    cfg.run_path.mkdir(parents=True, exist_ok=True)
+    mark_started(cfg.run_path, "run")  # `dapt status --watch` keeps watching between stages
     try:
         with input_facts():
             for name in stages or STAGE_ORDER:
                 run_stage(cfg, name, force=force, echo=echo, tracker=tracker)
         ok = True
     finally:
+        mark_finished(cfg.run_path, "run")
         tracker.close(ok)

@@ -25,9 +25,18 @@ the law is *linear* in (E, A, B, C), so non-negative least squares gives matchin
 only the best few grid points are refined. This is cheap and avoids starting from absurd coefficients.
 
 Small grids cannot support six or eight parameters. Then the fit falls back, in order, to the exponential
-mixing law of Ye et al. 2024 ("Data Mixing Laws"), ``L = E + B * exp(-t * s) / D^beta``, to the same without
-the ``D`` term (a single budget), and finally to a log-linear ``log L = a + b * s (+ c * log D)``. The fit
-result says which form was used and why the richer ones were skipped.
+mixing law of Ye et al. 2024 ("Data Mixing Laws") plus a Chinchilla data term, ``L = E + B / D^beta +
+K * exp(-t * s)``, to ``L = E + K * exp(-t * s)`` (a single budget), and finally to a log-linear
+``log L = a + b * log(s + eps) (+ c * log D)``, a power law in both (linear in ``s`` itself missed the
+convex fall of loss with share by 7% on 3 fractions). The fit result says which form was used and why the richer ones were
+skipped. The mixing-law fallback is additive: the token budget helps equally at every share. The product
+``E + B * exp(-t * s) / D^beta`` was tried and rejected, because it makes the benefit of more tokens
+*shrink* as the side's share grows, the opposite of what D-CPT data show (its ``B * s^eta / D^beta`` term),
+and it missed D-CPT-generated points by 6% in-sample. A ``D`` term needs 3 budgets: on 2 budgets
+``E + B / D^beta`` has three unknowns for two levels, and the log-linear form, one slope, is the honest fit. The fallbacks are fitted by plain
+least squares on the log residuals, not Huber: they are knowingly approximate, and on 3-6 points a Huber
+loss with a 1e-3 threshold behaves like L1 and fits a subset of the points exactly while ignoring the rest,
+which is arbitrariness, not robustness.
 """
 
 from __future__ import annotations
@@ -107,6 +116,7 @@ class _Form:
     needs_r: int
     needs_d: int
     needs_n: int = 1
+    max_d: int | None = None
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -122,8 +132,8 @@ def _dcpt_design(e: dict, s, D, N, eps: float) -> np.ndarray:
 
 
 def _mix_design(e: dict, s, D, N, eps: float) -> np.ndarray:
-    decay = np.exp(-e["t"] * s) * (D ** -e["beta"] if "beta" in e else 1.0)
-    return np.stack([np.ones_like(s), decay], axis=-1)
+    cols = [np.ones_like(s)] + ([D ** -e["beta"]] if "beta" in e else []) + [np.exp(-e["t"] * s)]
+    return np.stack(cols, axis=-1)
 
 
 _ETA = (0.05, 0.2, 0.5, 1.0)
@@ -137,8 +147,8 @@ FORMS = {
         _Form("dcpt_n", ("E", "A", "B", "C"), ("alpha", "eta", "beta", "gamma"), (_ALPHA, _ETA, _BETA, _GAMMA),
               _dcpt_design, 3, 2, 2),
         _Form("dcpt", ("E", "B", "C"), ("eta", "beta", "gamma"), (_ETA, _BETA, _GAMMA), _dcpt_design, 3, 2),
-        _Form("mixing_exp", ("E", "B"), ("beta", "t"), (_BETA, _T), _mix_design, 2, 2),
-        _Form("mixing_exp_1d", ("E", "B"), ("t",), (_T,), _mix_design, 3, 1),
+        _Form("mixing_exp", ("E", "B", "K"), ("beta", "t"), (_BETA, _T), _mix_design, 3, 3),
+        _Form("mixing_exp_1d", ("E", "K"), ("t",), (_T,), _mix_design, 3, 1, max_d=1),
     )
 }  # fmt: skip
 FORM_ORDER = ("dcpt_n", "dcpt", "mixing_exp", "mixing_exp_1d", "loglinear")
@@ -147,7 +157,7 @@ FORM_ORDER = ("dcpt_n", "dcpt", "mixing_exp", "mixing_exp_1d", "loglinear")
 
 def _predict(form: str, p: dict, s, D, N, eps: float) -> np.ndarray:
     if form == "loglinear":
-        return np.exp(p["a"] + p["b"] * s + p["c"] * np.log(D))
+        return np.exp(p["a"] + p["b"] * np.log(s + eps) + p["c"] * np.log(D))
     f = FORMS[form]
     x = f.design({k: p[k] for k in f.exps}, s, D, N, eps)
     return x @ np.array([p[k] for k in f.coefs])
@@ -157,8 +167,9 @@ def _predict(form: str, p: dict, s, D, N, eps: float) -> np.ndarray:
 class LawFit:
     """A fitted law for one side. ``params`` are in natural units (not logs); ``reason`` says why this form.
 
-    ``rmse`` is in bits per byte, ``rel_rmse`` relative to the measured loss; ``objective`` is the Huber
-    cost on log residuals that was minimised (0 for the log-linear form, which is plain least squares).
+    ``rmse`` is in bits per byte, ``rel_rmse`` relative to the measured loss; ``objective`` is the cost on
+    log residuals that was minimised: Huber with threshold ``huber_delta``, or half the sum of squares when
+    ``huber_delta`` is None (the fallback forms; 0 for the log-linear form, solved in closed form).
     """
 
     side: str
@@ -169,7 +180,7 @@ class LawFit:
     rel_rmse: float = 0.0
     n_points: int = 0
     objective: float = 0.0
-    huber_delta: float = DEFAULT_HUBER_DELTA
+    huber_delta: float | None = DEFAULT_HUBER_DELTA
     reason: str = ""
 
     def predict(self, r, D, N=None):
@@ -200,7 +211,7 @@ class LawFit:
             "rel_rmse": float(self.rel_rmse),
             "n_points": int(self.n_points),
             "objective": float(self.objective),
-            "huber_delta": float(self.huber_delta),
+            "huber_delta": None if self.huber_delta is None else float(self.huber_delta),
             "reason": self.reason,
         }
 
@@ -236,6 +247,8 @@ def _unmet(form: str, points: Sequence[SweepPoint]) -> str | None:
         why.append(f"{n_r} distinct fractions < {f.needs_r}")
     if n_d < f.needs_d:
         why.append(f"{n_d} distinct token budgets < {f.needs_d}")
+    if f.max_d is not None and n_d > f.max_d:
+        why.append(f"{n_d} distinct token budgets, the form has no D term")
     if n_n < f.needs_n:
         why.append(f"{n_n} distinct model sizes < {f.needs_n}")
     if form == "dcpt" and n_n > 1:
@@ -261,7 +274,7 @@ def _bounds(f: _Form) -> tuple[np.ndarray, np.ndarray]:
     return np.array([_LOG_BOUNDS[k][0] for k in kinds]), np.array([_LOG_BOUNDS[k][1] for k in kinds])
 
 
-def _fit_positive(f: _Form, s, D, N, L, eps, delta, starts) -> tuple[np.ndarray, float]:
+def _fit_positive(f: _Form, s, D, N, L, eps, delta: float | None, starts) -> tuple[np.ndarray, float]:
     lo, hi = _bounds(f)
     logL = np.log(L)
     k = len(f.coefs)
@@ -274,7 +287,8 @@ def _fit_positive(f: _Form, s, D, N, L, eps, delta, starts) -> tuple[np.ndarray,
     best = None
     for theta0 in starts:
         res = least_squares(
-            resid, np.clip(theta0, lo + 1e-9, hi - 1e-9), bounds=(lo, hi), loss="huber", f_scale=delta,
+            resid, np.clip(theta0, lo + 1e-9, hi - 1e-9), bounds=(lo, hi),
+            loss="linear" if delta is None else "huber", f_scale=1.0 if delta is None else delta,
             x_scale=1.0, xtol=1e-12, ftol=1e-12, gtol=1e-12, max_nfev=2000,
         )  # fmt: skip
         if best is None or res.cost < best.cost:
@@ -282,10 +296,10 @@ def _fit_positive(f: _Form, s, D, N, L, eps, delta, starts) -> tuple[np.ndarray,
     return best.x, float(best.cost)
 
 
-def _fit_loglinear(points, s, D, L) -> dict[str, float]:
+def _fit_loglinear(points, s, D, L, eps: float) -> dict[str, float]:
     cols, names = [np.ones_like(s)], ["a"]
     if len(set(s.tolist())) >= 2 and len(points) >= 2:
-        cols.append(s)
+        cols.append(np.log(s + eps))
         names.append("b")
     if len(set(D.tolist())) >= 2 and len(points) >= len(cols) + 1:
         cols.append(np.log(D))
@@ -319,7 +333,7 @@ def fit_law(
     side: str,
     *,
     eps: float = DEFAULT_EPS,
-    huber_delta: float = DEFAULT_HUBER_DELTA,
+    huber_delta: float | None = DEFAULT_HUBER_DELTA,
     form: str | None = None,
     n_starts: int = 4,
     start: dict[str, float] | None = None,
@@ -329,6 +343,7 @@ def fit_law(
     ``form`` forces a form (it must be supported by the grid, else ValueError); by default the richest
     supported form is used. ``start`` (natural-unit params of the same form, e.g. a previous fit's) replaces
     the start grid with that single start: the bootstrap and leave-one-out refits warm-start this way.
+    ``huber_delta`` applies to the D-CPT forms (None: least squares); the fallbacks always use least squares.
     """
     _check_side(side)
     if form is None:
@@ -341,15 +356,16 @@ def fit_law(
             raise ValueError(f"form {form} does not fit this grid: {why}")
         reason = "form requested"
     s, D, N, L = _arrays(points, side)
+    delta = huber_delta if form in ("dcpt", "dcpt_n") else None
     if form == "loglinear":
-        params, cost = _fit_loglinear(points, s, D, L), 0.0
+        params, cost = _fit_loglinear(points, s, D, L, eps), 0.0
     else:
         f = FORMS[form]
         if start is not None:
             starts = [np.log(np.array([start[k] for k in f.names], dtype=np.float64))]
         else:
             starts = _starts(f, s, D, N, L, eps, n_starts)
-        theta, cost = _fit_positive(f, s, D, N, L, eps, huber_delta, starts)
+        theta, cost = _fit_positive(f, s, D, N, L, eps, delta, starts)
         params = {k: float(v) for k, v in zip(f.names, np.exp(theta), strict=True)}
     pred = _predict(form, params, s, D, N, eps)
     return LawFit(
@@ -361,7 +377,7 @@ def fit_law(
         rel_rmse=float(np.sqrt(np.mean((pred / L - 1.0) ** 2))),
         n_points=len(points),
         objective=cost,
-        huber_delta=huber_delta,
+        huber_delta=delta,
         reason=reason,
     )
 
@@ -422,7 +438,7 @@ def bootstrap_ci(
     *,
     fit: LawFit | None = None,
     eps: float = DEFAULT_EPS,
-    huber_delta: float = DEFAULT_HUBER_DELTA,
+    huber_delta: float | None = DEFAULT_HUBER_DELTA,
 ) -> BootstrapCI:
     """Resample the points with replacement, refit, and take percentile intervals.
 
@@ -481,7 +497,7 @@ def leave_one_out(
     *,
     fit: LawFit | None = None,
     eps: float = DEFAULT_EPS,
-    huber_delta: float = DEFAULT_HUBER_DELTA,
+    huber_delta: float | None = DEFAULT_HUBER_DELTA,
 ) -> LeaveOneOut:
     """Refit without each point in turn; record measured vs predicted and the relative error.
 
@@ -494,7 +510,9 @@ def leave_one_out(
     for i, p in enumerate(points):
         rest = [q for j, q in enumerate(points) if j != i]
         if _unmet(fit.form, rest) is None:
-            refit = fit_law(rest, side, eps=fit.eps, huber_delta=fit.huber_delta, form=fit.form, start=fit.params)
+            refit = fit_law(
+                rest, side, eps=fit.eps, huber_delta=fit.huber_delta, form=fit.form, start=fit.params
+            )
         else:
             refit = fit_law(rest, side, eps=fit.eps, huber_delta=fit.huber_delta)
         measured = p.loss(side)

@@ -135,7 +135,7 @@ def recommend(
     regression = (pred_gen - base_general_bpb) / base_general_bpb
     cap = domain_tokens_available * max_epochs
     ok_reg = regression <= max_general_regression + _TOL
-    ok_rep = R * D <= cap * (1 + _TOL)
+    ok_rep = cap * (1 + _TOL) >= R * D
     feasible = ok_reg & ok_rep
 
     candidates = []
@@ -200,7 +200,9 @@ def recommend(
         binding=tuple(binding),
         reason=reason,
         candidates=tuple(candidates),
-        predicted_domain_bpb_interval=None if domain_ci is None else domain_ci.predict_interval(r_c, d_c, params),
+        predicted_domain_bpb_interval=None
+        if domain_ci is None
+        else domain_ci.predict_interval(r_c, d_c, params),
         predicted_general_bpb_interval=None
         if general_ci is None
         else general_ci.predict_interval(r_c, d_c, params),

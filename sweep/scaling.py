@@ -41,9 +41,11 @@ class ScalingLawFit:
     rel_rmse: float = 0.0
 
     def predict(self, N, D):
-        out = self.E + self.A / np.asarray(N, dtype=np.float64) ** self.alpha + self.B / np.asarray(
-            D, dtype=np.float64
-        ) ** self.beta
+        out = (
+            self.E
+            + self.A / np.asarray(N, dtype=np.float64) ** self.alpha
+            + self.B / np.asarray(D, dtype=np.float64) ** self.beta
+        )
         return float(out) if np.ndim(out) == 0 else out
 
     def to_dict(self) -> dict:
@@ -86,7 +88,9 @@ def _logsumexp0(terms: np.ndarray) -> np.ndarray:
 def _log_pred(theta: np.ndarray, logN: np.ndarray, logD: np.ndarray) -> np.ndarray:
     """theta rows (e, a, b, alpha, beta) -> log L for every point; theta may be (k, 5) for a whole grid."""
     t = np.atleast_2d(theta)[:, :, None]
-    terms = np.stack([t[:, 1] - t[:, 3] * logN, t[:, 2] - t[:, 4] * logD, np.broadcast_to(t[:, 0], (len(t), len(logN)))])
+    terms = np.stack(
+        [t[:, 1] - t[:, 3] * logN, t[:, 2] - t[:, 4] * logD, np.broadcast_to(t[:, 0], (len(t), len(logN)))]
+    )
     return _logsumexp0(terms)
 
 
@@ -111,7 +115,15 @@ def _objective(theta, logN, logD, logL, delta):
 def _to_fit(theta, n_points, objective, rel_rmse, label="fitted") -> ScalingLawFit:
     e, a, b, alpha, beta = (float(x) for x in theta)
     return ScalingLawFit(
-        float(np.exp(e)), float(np.exp(a)), float(np.exp(b)), alpha, beta, label, n_points, objective, rel_rmse
+        float(np.exp(e)),
+        float(np.exp(a)),
+        float(np.exp(b)),
+        alpha,
+        beta,
+        label,
+        n_points,
+        objective,
+        rel_rmse,
     )
 
 
@@ -145,7 +157,9 @@ def fit_scaling(
     # L-BFGS runs on centred logs: a - alpha log N = (a - alpha cN) - alpha (log N - cN). Same minimiser,
     # but a and alpha no longer move together (log N ~ 20 makes them nearly collinear otherwise).
     cN, cD = float(logN.mean()), float(logD.mean())
-    shift = np.array([[1, 0, 0, 0, 0], [0, 1, 0, -cN, 0], [0, 0, 1, 0, -cD], [0, 0, 0, 1, 0], [0, 0, 0, 0, 1.0]])
+    shift = np.array(
+        [[1, 0, 0, 0, 0], [0, 1, 0, -cN, 0], [0, 0, 1, 0, -cD], [0, 0, 0, 1, 0], [0, 0, 0, 0, 1.0]]
+    )
     best = None
     for theta0 in starts:
         res = minimize(

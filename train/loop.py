@@ -26,6 +26,7 @@ import torch
 import torch.distributed as dist
 
 from dapt.pipeline import quiet
+from dapt.pipeline.progress import StepProgress
 from dapt.train.batches import StepBatches
 from dapt.train.checkpoint import resume, save_checkpoint
 from dapt.train.data import BlockStream
@@ -255,6 +256,9 @@ def train_loop(spec: TrainSpec | Mapping[str, Any]) -> dict[str, Any]:
         )
 
     pbar = progress_bar(rank == 0 and spec.progress, total_steps, start_step, spec.under_ray)
+    record = StepProgress(
+        spec.progress_run_dir if rank == 0 else None, "train", "train", total_steps, "steps", start_step
+    )
     model.train()
     train_time = 0.0
     window_tokens, window_time = 0, 0.0
@@ -280,6 +284,7 @@ def train_loop(spec: TrainSpec | Mapping[str, Any]) -> dict[str, Any]:
         train_time += dt
         window_time += dt
         window_tokens += tokens_per_step
+        record.update(1)
         if pbar is not None:
             pbar.update(1)
         if step % int(spec.log_every) == 0 or step == total_steps:

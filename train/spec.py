@@ -144,6 +144,8 @@ class TrainSpec:
     """The train stage's child run in the experiment tracker (``pipeline.tracking.TrackingTarget`` as a
     dict): rank 0 streams its curves into it; None: no tracker."""
     tensorboard: bool = True
+    progress_run_dir: str | None = None
+    """The run folder: rank 0 writes its step count there for ``dapt status --watch``; None: not."""
     """Rank 0 also writes TensorBoard events under ``log_dir/tb``."""
     export_dir: str | None = None
     export_dtype: str = "fp32"

@@ -24,6 +24,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from dapt.pipeline.progress import StepProgress
+
 PROGRESS_NOTICES = "ray.data._internal.progress"
 """The logger of Ray Data's notices about its progress display (Ray 2.60: the package ``__init__``)."""
 
@@ -88,16 +90,19 @@ def warn(stage_log: logging.Logger, message: str) -> None:
 
 
 class Progress:
-    """A tqdm bar over shards on stderr when it is a terminal; nothing otherwise (logs and CI)."""
+    """A tqdm bar over shards on stderr when it is a terminal, and the step's progress record for
+    ``dapt status --watch`` (pipeline/progress.py) when given the run folder."""
 
-    def __init__(self, total: int, desc: str) -> None:
+    def __init__(self, total: int, desc: str, run_dir: Any = None) -> None:
         self._bar: Any = None
+        self._record = StepProgress(run_dir, "clean", desc.removeprefix("clean: "), total, "shards")
         if total and sys.stderr.isatty():
             from tqdm import tqdm
 
             self._bar = tqdm(total=total, desc=desc, unit="shard", file=sys.stderr, dynamic_ncols=True)
 
     def update(self, n: int = 1) -> None:
+        self._record.update(n)
         if self._bar is not None:
             self._bar.update(n)
 

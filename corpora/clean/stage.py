@@ -139,7 +139,7 @@ def _run(ctx: Any, validated: list, work: Path, ray_info: dict[str, Any]) -> dic
             batch_format="numpy",
             fn_kwargs={"steps": steps, "params": params, "work": str(work)},
         )
-        with Progress(len(todo), "clean: read and filter") as bar:
+        with Progress(len(todo), "clean: read and filter", ctx.run_dir) as bar:
             for done, row in enumerate(ds.iter_rows(), start=1):
                 take(json.loads(row["summary"]))
                 bar.update()
@@ -177,7 +177,7 @@ def _run(ctx: Any, validated: list, work: Path, ray_info: dict[str, Any]) -> dic
             "max_chars": cc.rejected_text_chars,
             "shard_sources": [s.source for s in shards],
         }
-        with Progress(len(live), "clean: write") as bar:
+        with Progress(len(live), "clean: write", ctx.run_dir) as bar:
             for r in ds.map_batches(
                 finalize_batch, batch_size=1, batch_format="numpy", fn_kwargs=kwargs
             ).iter_rows():
