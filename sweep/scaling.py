@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import minimize
 
+from dapt.sweep.fit import one_blas_thread
+
 DEFAULT_HUBER_DELTA = 1e-3
 _NAMES = ("E", "A", "B", "alpha", "beta")
 
@@ -161,17 +163,18 @@ def fit_scaling(
         [[1, 0, 0, 0, 0], [0, 1, 0, -cN, 0], [0, 0, 1, 0, -cD], [0, 0, 0, 1, 0], [0, 0, 0, 0, 1.0]]
     )
     best = None
-    for theta0 in starts:
-        res = minimize(
-            _objective,
-            shift @ theta0,
-            args=(logN - cN, logD - cD, logL, huber_delta),
-            jac=True,
-            method="L-BFGS-B",
-            options={"maxiter": 2000, "ftol": 1e-12, "gtol": 1e-9},
-        )
-        if best is None or res.fun < best.fun:
-            best = res
+    with one_blas_thread():
+        for theta0 in starts:
+            res = minimize(
+                _objective,
+                shift @ theta0,
+                args=(logN - cN, logD - cD, logL, huber_delta),
+                jac=True,
+                method="L-BFGS-B",
+                options={"maxiter": 2000, "ftol": 1e-12, "gtol": 1e-9},
+            )
+            if best is None or res.fun < best.fun:
+                best = res
     theta = np.linalg.solve(shift, best.x)
     pred = np.exp(_log_pred(theta, logN, logD)[0])
     rel_rmse = float(np.sqrt(np.mean((pred / L - 1.0) ** 2)))

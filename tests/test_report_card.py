@@ -174,3 +174,12 @@ def test_general_loss_needs_holm_over_the_general_sources(tmp_path: Path) -> Non
         "General ability was lost: general bits-per-byte rose significantly on 1 of 5 general sources "
         "(worst: wiki +3.0%; Holm-adjusted over the 5 sources)." in concl
     )
+
+
+def test_hub_datasets_among_the_sources_become_card_datasets(tmp_path: Path) -> None:
+    data = _data(tmp_path, tokenizer=tokenizer_manifest(tmp_path))
+    data.cfg.sources[0].paths = ["hf://datasets/acme/filings@main/data/*.jsonl", "/local/more.jsonl"]
+    meta = model_card.card_data(data, ReportConfig(), "m").to_dict()
+    assert meta["datasets"] == ["acme/filings"]
+    data.cfg.sources[0].paths = ["/local/only.jsonl"]
+    assert "datasets" not in model_card.card_data(data, ReportConfig(), "m").to_dict()

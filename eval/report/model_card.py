@@ -18,6 +18,7 @@ totals, decontamination, quantization columns) are imported from ``results`` and
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
@@ -135,6 +136,21 @@ def objective_of(data: RunData) -> str:
     return str(data.m("mix").get("objective") or "clm")
 
 
+HUB_DATASET = re.compile(r"^hf://datasets/([A-Za-z0-9][\w.-]*/[\w.-]+)")
+
+
+def hub_datasets(data: RunData) -> list[str]:
+    """The Hub dataset ids among the sources' paths (``hf://datasets/ORG/NAME/...``): the ``datasets``
+    the Hub links a model to. Local files have no id, so a card of local data lists none."""
+    ids = []
+    for source in getattr(data.cfg, "sources", []) or []:
+        for path in source.paths:
+            m = HUB_DATASET.match(str(path))
+            if m and m.group(1).split("@")[0] not in ids:
+                ids.append(m.group(1).split("@")[0])
+    return ids
+
+
 def card_data(data: RunData, rcfg: Any, name: str) -> ModelCardData:
     """The metadata the Hub indexes; ``model-index`` holds the adapted model's results."""
     results = []
@@ -163,6 +179,7 @@ def card_data(data: RunData, rcfg: Any, name: str) -> ModelCardData:
         tags=["dapt", "domain-adaptation", "continued-pretraining"],
         # The Hub validates base_model against repo ids; a local path would fail it.
         base_model=base if _looks_hub_id(base) else None,
+        datasets=hub_datasets(data) or None,
         model_name=name if results else None,
         eval_results=results or None,
     )
