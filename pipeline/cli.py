@@ -13,8 +13,10 @@ import sys
 import traceback
 from collections.abc import Callable
 
-from dapt.pipeline.errors import DaptError
-from dapt.pipeline.stages import STAGE_ORDER as STAGE_NAMES  # noqa: E402  (pydantic only: --help stays fast)
+from dapt.pipeline.errors import ConfigError, DaptError
+from dapt.pipeline.stages import STAGES  # noqa: E402  (pydantic only: --help stays fast)
+
+STAGE_NAMES = list(STAGES)  # every stage command, the optional sweep included, in pipeline order
 
 # Subcommands implemented by a component: (module exposing add_arguments(parser) and main(args) -> int, help).
 EXTERNAL_COMMANDS = {
@@ -148,13 +150,16 @@ def _print_hub(rec: dict) -> None:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from dapt.pipeline.config import load_config
-    from dapt.pipeline.stages import STAGE_ORDER, run_stage
+    from dapt.pipeline.stages import pipeline_stages, run_pipeline
 
     cfg = load_config(args.config, args.overrides, check_inputs=True)
-    lo = STAGE_ORDER.index(args.from_stage) if args.from_stage else 0
-    hi = STAGE_ORDER.index(args.to_stage) if args.to_stage else len(STAGE_ORDER) - 1
-    for name in STAGE_ORDER[lo : hi + 1]:
-        run_stage(cfg, name, force=args.force, extra={"preflight": not args.no_preflight})
+    order = pipeline_stages(cfg)
+    for flag in (args.from_stage, args.to_stage):
+        if flag and flag not in order:
+            raise ConfigError(f"--from/--to {flag}: not a stage this config runs ({', '.join(order)})")
+    lo = order.index(args.from_stage) if args.from_stage else 0
+    hi = order.index(args.to_stage) if args.to_stage else len(order) - 1
+    run_pipeline(cfg, order[lo : hi + 1], force=args.force, extra={"preflight": not args.no_preflight})
     report = cfg.run_path / "report" / "report.html"
     if report.exists():
         print(f"report: {report.resolve()}")
@@ -171,7 +176,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     from dapt.pipeline.fsutil import forget_input_facts
     from dapt.pipeline.progress import stage_view
     from dapt.pipeline.ray_runtime import dashboard_hint
-    from dapt.pipeline.stages import STAGE_ORDER, stage_dir, stage_status
+    from dapt.pipeline.stages import pipeline_stages, stage_dir, stage_status
 
     cfg = load_config(args.config, args.overrides)
     started = time.monotonic()
@@ -182,7 +187,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
         running = whole is not None and whole.state == "running"
         if whole is not None:
             lines.append(f"  {'dapt run':<10} {whole.state:<8} {whole.detail.removeprefix('starting ')}")
-        for name in STAGE_ORDER:
+        for name in pipeline_stages(cfg):
             view = stage_view(cfg.run_path, name)
             if view is not None:
                 running = running or view.state == "running"

@@ -25,6 +25,7 @@ from dapt.eval.report.config import ReportConfig
 from dapt.pipeline.errors import ConfigError, InputError
 from dapt.pipeline.fsutil import cached_listing, is_input_file
 from dapt.pipeline.knobs import NOT_FINGERPRINTED
+from dapt.sweep.config import SweepConfig
 from dapt.tokenizer.config import TokenizerConfig
 from dapt.train.config import TrainConfig
 from dapt.train.plan.config import PlanConfig
@@ -241,6 +242,7 @@ class RunConfig(StrictModel):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
     plan: PlanConfig = Field(default_factory=PlanConfig)
+    sweep: SweepConfig = Field(default_factory=SweepConfig)
 
     # Set by the loader, not by users: where the config came from (for messages and relative paths).
     config_path: str | None = Field(default=None, exclude=True)
@@ -376,9 +378,34 @@ def load_config(
     except ValidationError as e:
         raise ConfigError(format_validation_error(path, e)) from None
     cfg.config_path = path
+    resolve_auto_fraction(cfg)
     if check_inputs:
         check_input_files(cfg)
     return cfg
+
+
+SWEEP_OVERLAY = ("sweep", "recommendation.yaml")
+
+
+def resolve_auto_fraction(cfg: RunConfig) -> bool:
+    """``mix.domain_fraction: auto`` becomes the finished sweep's recommended fraction (its overlay file);
+    it stays ``auto`` until ``dapt sweep`` has run, and the mix stage then says so. True when resolved."""
+    if cfg.mix.domain_fraction != "auto":
+        return cfg.mix.domain_fraction is not None
+    folder = cfg.run_path / SWEEP_OVERLAY[0]
+    if not (folder / "_DONE").exists():
+        return False
+    overlay_file = folder / SWEEP_OVERLAY[1]
+    try:
+        overlay = yaml.safe_load(overlay_file.read_text())
+        value = float(overlay["mix"]["domain_fraction"])
+    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError) as e:
+        raise ConfigError(
+            f"{overlay_file}: mix.domain_fraction: unreadable sweep recommendation ({e})"
+        ) from None
+    cfg.mix.domain_fraction = value
+    cfg.mix.fraction_source = str(overlay_file)
+    return True
 
 
 def check_input_files(cfg: RunConfig) -> None:

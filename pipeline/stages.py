@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from dapt.pipeline import placement
 from dapt.pipeline.config import RunConfig, dump_config
@@ -36,137 +36,23 @@ from dapt.pipeline.fsutil import (
     resolve_output,
     stable_hash,
 )
-from dapt.pipeline.inputs import (
-    decontamination_task_files,
-    eval_local_paths,
-    eval_task_files,
-    model_files,
-    source_files,
-)
 from dapt.pipeline.knobs import fingerprint_view, state_view
 from dapt.pipeline.progress import mark_finished, mark_started
 from dapt.pipeline.provenance import git_revision, library_versions
 from dapt.pipeline.ray_runtime import init_ray
+from dapt.pipeline.stage_table import OPTIONAL_STAGES, STAGE_ORDER, STAGES, StageSpec, pipeline_stages
 from dapt.pipeline.tracking import Tracker, TrackingTarget, manifest_metrics, open_tracker, output_artifacts
+
+__all__ = [
+    "OPTIONAL_STAGES",
+    "STAGE_ORDER",
+    "STAGES",
+    "StageSpec",
+    "pipeline_stages",
+]  # the table, for importers
 
 DONE_MARKER = "_DONE"
 MANIFEST = "manifest.json"
-
-
-@dataclass(frozen=True)
-class StageSpec:
-    """One row of the stage table: what the stage runs, what it reads, and what makes it stale."""
-
-    name: str
-    target: str | Callable[[StageContext], dict[str, Any] | None]
-    """``module:function`` imported lazily, so ``dapt --help`` does not import torch (a callable is
-    accepted for rows registered at run time, e.g. by tests)."""
-    needs: tuple[str, ...]
-    """Upstream stages whose manifests the stage reads (and whose fingerprints enter its own)."""
-    config_keys: tuple[str, ...]
-    """The config sections the stage reads; ``ctx.cfg`` exposes these and nothing else, and they are
-    fingerprinted minus the fields declared ``NOT_FINGERPRINTED`` (see pipeline/knobs.py)."""
-    inputs: Callable[[RunConfig], list[Path] | list[str]] | None = None
-    help: str = ""
-    ignore: tuple[str, ...] = ()
-    """Keys of list items under a config key that do not affect this stage (``sources.*.weight``)."""
-    describes_config: bool = False
-    """The stage writes the config into its output (the report, the model card): every field it reads
-    counts, including those declared ``NOT_FINGERPRINTED`` for the stages that only compute."""
-    placement: Literal["driver", "worker"] = "driver"
-    """``worker``: the body runs in one Ray task sized by ``resources`` (pipeline/placement.py), so its
-    heavy work lands on a cluster node (a GPU for eval), not the head node where the driver runs."""
-    resources: str | Callable[..., Any] | None = None
-    """``module:function`` or callable ``(ctx, cluster) -> TaskResources``; None asks for one CPU."""
-    uses_ray: bool = False
-    """The stage puts work on Ray itself (Ray Data, Ray Train): on a multi-node cluster the runner first
-    checks that ``run_dir`` and its input files are visible on every node. Worker stages always do."""
-    shared_paths: Callable[[RunConfig], list[Path] | list[str]] | None = None
-    """Local paths the stage's work reads besides ``run_dir``, for that check; None: ``inputs``."""
-
-
-STAGES: dict[str, StageSpec] = {
-    s.name: s
-    for s in [
-        StageSpec(
-            "clean",
-            "dapt.corpora.clean.stage:run",
-            (),
-            ("sources", "clean"),
-            source_files,
-            "read, normalise, filter, redact PII and deduplicate the sources",
-            ignore=("sources.*.weight",),
-            uses_ray=True,
-        ),
-        StageSpec(
-            "split",
-            "dapt.corpora.split.stage:run",
-            ("clean",),
-            ("split", "sources"),
-            None,
-            "hold out validation and test documents per source, before anything is fitted on the text",
-            ignore=("sources.*.weight",),
-            uses_ray=True,
-        ),
-        StageSpec(
-            "tokenizer",
-            "dapt.tokenizer.stage:run",
-            ("clean", "split"),
-            ("model", "tokenizer", "sources", "seed"),
-            model_files,
-            "train, extend or keep the tokenizer; resize and initialise the model's embeddings",
-            placement="worker",
-            resources="dapt.tokenizer.stage:resources",
-        ),
-        StageSpec(
-            "mix",
-            "dapt.corpora.mix.stage:run",
-            ("clean", "split", "tokenizer"),
-            ("mix", "sources", "seed"),
-            decontamination_task_files,
-            "decontamination, token-exact domain/general mixing, packing",
-            uses_ray=True,
-        ),
-        StageSpec(
-            "train",
-            "dapt.train.stage:run",
-            ("tokenizer", "mix"),
-            ("train", "seed", "plan"),
-            None,
-            "sharded continued pretraining on Ray Train (FSDP2 / DDP), resumable",
-            uses_ray=True,
-        ),
-        StageSpec(
-            "eval",
-            "dapt.eval.stage:run",
-            ("tokenizer", "split", "mix", "train"),
-            ("eval", "seed"),
-            eval_task_files,
-            "bits-per-byte and lm-eval benchmarks, base vs adapted, quantized variants",
-            placement="worker",
-            resources="dapt.eval.stage:resources",
-            shared_paths=eval_local_paths,
-        ),
-        StageSpec(
-            "report",
-            "dapt.eval.report.stage:run",
-            ("clean", "split", "tokenizer", "mix", "train", "eval"),
-            ("report", "plan", "sources", "model", "seed"),
-            None,
-            "HTML + Markdown evaluation report and the model card",
-            describes_config=True,
-        ),
-        StageSpec(
-            "publish",
-            "dapt.train.publish:run",
-            ("train", "report"),
-            (),
-            None,
-            "the final model folder: the exported weights with the report's model card as README.md",
-        ),
-    ]
-}
-STAGE_ORDER = list(STAGES)
 
 
 def stage_dir(cfg: RunConfig, name: str) -> Path:
@@ -200,9 +86,12 @@ def _config_view(cfg: RunConfig, spec: StageSpec, for_state: bool = False) -> di
             for k in spec.config_keys
         }
     for pattern in spec.ignore:
-        top, _, leaf = pattern.split(".")
-        for item in view.get(top) or []:
-            item.pop(leaf, None)
+        top, *mid, leaf = pattern.split(".")
+        if mid:  # ``sources.*.weight``: a key of every list item
+            for item in view.get(top) or []:
+                item.pop(leaf, None)
+        elif isinstance(view.get(top), dict):  # ``mix.domain_fraction``: one key of a section
+            view[top].pop(leaf, None)
     return view
 
 
@@ -484,17 +373,23 @@ def run_pipeline(
     stages: list[str] | None = None,
     force: bool = False,
     echo: Callable[[str], None] | None = print,
+    extra: dict[str, Any] | None = None,
 ) -> None:
-    """Run the stages in order; input listings and fingerprints are taken once (``fsutil.input_facts``)
-    and again after each stage that ran."""
+    """Run the stages in order (default: :func:`pipeline_stages`) under one tracker; input listings and
+    fingerprints are taken once (``fsutil.input_facts``) and again after each stage that ran. After the
+    sweep, an ``auto`` mix fraction takes its recommendation."""
+    from dapt.pipeline.config import resolve_auto_fraction
+
     tracker = open_tracker(cfg)
     ok = False
     cfg.run_path.mkdir(parents=True, exist_ok=True)
     mark_started(cfg.run_path, "run")  # `dapt status --watch` keeps watching between stages
     try:
         with input_facts():
-            for name in stages or STAGE_ORDER:
-                run_stage(cfg, name, force=force, echo=echo, tracker=tracker)
+            for name in stages or pipeline_stages(cfg):
+                run_stage(cfg, name, force=force, echo=echo, extra=extra, tracker=tracker)
+                if name == "sweep":
+                    resolve_auto_fraction(cfg)
         ok = True
     finally:
         mark_finished(cfg.run_path, "run")

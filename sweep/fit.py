@@ -1,42 +1,29 @@
 """Fit a loss law to the proxy runs of a mix-ratio sweep, one law per side (domain text, general text).
 
-A sweep trains small proxy models at several domain fractions ``r`` (share of training tokens that are
-domain text) and token budgets ``D``, and measures two validation losses in bits per byte. To choose the
-ratio for the real run we need the losses *between and beyond* the measured points, so each side gets a
-parametric law, fitted once and then queried by ``sweep/recommend.py``.
-
-The law is the D-CPT Law (Que et al. 2024, "D-CPT Law: Domain-specific Continual Pre-Training Scaling Law
-for Large Language Models"):
+Proxies at several domain fractions ``r`` (share of training tokens that are domain text) and token budgets
+``D`` give two validation losses in bits per byte; choosing the real run's ratio needs the losses between
+and beyond them, so each side gets a law, queried by ``sweep/recommend.py``: the D-CPT Law (Que et al. 2024)
 
     L(N, D, s) = E + A / N^alpha + B * s^eta / D^beta + C / (s + eps)^gamma
 
-``s`` is the share of the side's *own* text in the mix. For the domain side ``s = r``; for the general side
-we reuse the same form with ``s = 1 - r``, because general loss responds to the general share the way
-domain loss responds to the domain share (it falls as its own share grows, and the ``eps`` keeps
-the pure-domain run ``r = 1`` finite); one functional form for both sides means one fitter, one set of
-checks and one bootstrap. With a single model size in the grid the ``A / N^alpha`` term is a constant and
-is absorbed into ``E``.
+with ``s`` the share of the side's *own* text: ``r`` for the domain side, ``1 - r`` for the general side.
+General loss responds to the general share as domain loss does to the domain share (it falls as its own
+share grows; ``eps`` keeps the pure-domain run finite), so one form, fitter and bootstrap serve both
+sides. With one model size the ``A / N^alpha`` term is a constant, absorbed into ``E``.
 
-Fitting follows the D-CPT / Chinchilla practice: residuals are ``log L_pred - log L_obs`` (so a 1% miss
-counts the same at any loss level), the loss on them is Huber (robust to one bad proxy run), and all
-parameters are positive, fitted as logarithms. Several starts are needed because the exponents trade off
-against the coefficients; the starts come from a small grid over the exponents where, for fixed exponents,
-the law is *linear* in (E, A, B, C), so non-negative least squares gives matching coefficients for free and
-only the best few grid points are refined. This is cheap and avoids starting from absurd coefficients.
+As in D-CPT and Chinchilla: Huber loss (robust to one bad proxy) on ``log L_pred - log L_obs`` (a 1% miss
+counts the same at any loss level), parameters positive and fitted as logs, several starts. The starts
+come from a grid over the exponents, where the law is *linear* in (E, A, B, C): non-negative least squares
+gives matching coefficients, and only the best few grid points are refined.
 
-Small grids cannot support six or eight parameters. Then the fit falls back, in order, to the exponential
-mixing law of Ye et al. 2024 ("Data Mixing Laws") plus a Chinchilla data term, ``L = E + B / D^beta +
-K * exp(-t * s)``, to ``L = E + K * exp(-t * s)`` (a single budget), and finally to a log-linear
-``log L = a + b * log(s + eps) (+ c * log D)``, a power law in both (linear in ``s`` itself missed the
-convex fall of loss with share by 7% on 3 fractions). The fit result says which form was used and why the richer ones were
-skipped. The mixing-law fallback is additive: the token budget helps equally at every share. The product
-``E + B * exp(-t * s) / D^beta`` was tried and rejected, because it makes the benefit of more tokens
-*shrink* as the side's share grows, the opposite of what D-CPT data show (its ``B * s^eta / D^beta`` term),
-and it missed D-CPT-generated points by 6% in-sample. A ``D`` term needs 3 budgets: on 2 budgets
-``E + B / D^beta`` has three unknowns for two levels, and the log-linear form, one slope, is the honest fit. The fallbacks are fitted by plain
-least squares on the log residuals, not Huber: they are knowingly approximate, and on 3-6 points a Huber
-loss with a 1e-3 threshold behaves like L1 and fits a subset of the points exactly while ignoring the rest,
-which is arbitrariness, not robustness.
+Small grids fall back, in order, to the Data Mixing Law (Ye et al. 2024) plus a Chinchilla data term,
+``E + B / D^beta + K * exp(-t * s)``; to ``E + K * exp(-t * s)`` (one budget); to ``log L = a + b *
+log(s + eps) + c * log D``. The result says which form and why. Each choice was checked on D-CPT data:
+the product ``E + B * exp(-t * s) / D^beta`` makes the benefit of tokens shrink as the share grows (D-CPT's
+``s^eta / D^beta``: the opposite) and missed by 6% in-sample; a ``D`` exponent needs 3 budgets (on 2,
+``E + B / D^beta`` has three unknowns for two levels); linear in ``s`` missed the convex fall by 7%.
+Fallbacks use least squares: they are knowingly approximate, and on 3-7 points a 1e-3 Huber threshold
+acts like L1, fitting a subset exactly and ignoring the rest.
 """
 
 from __future__ import annotations
@@ -83,16 +70,6 @@ class SweepPoint:
 
     def loss(self, side: str) -> float:
         return self.domain_bpb if _check_side(side) == "domain" else self.general_bpb
-
-    @classmethod
-    def from_dict(cls, d: dict) -> SweepPoint:
-        return cls(
-            float(d["fraction"]),
-            float(d["tokens"]),
-            float(d["domain_bpb"]),
-            float(d["general_bpb"]),
-            None if d.get("params") is None else float(d["params"]),
-        )
 
 
 def one_blas_thread() -> contextlib.AbstractContextManager:
@@ -157,15 +134,15 @@ _T = (0.5, 1.0, 2.0, 4.0)
 FORMS = {
     f.name: f
     for f in (
-        _Form("dcpt_n", ("E", "A", "B", "C"), ("alpha", "eta", "beta", "gamma"), (_ALPHA, _ETA, _BETA, _GAMMA),
-              _dcpt_design, 3, 2, 2),
+        _Form("dcpt_n", ("E", "A", "B", "C"), ("alpha", "eta", "beta", "gamma"),
+              (_ALPHA, _ETA, _BETA, _GAMMA), _dcpt_design, 3, 2, 2),
         _Form("dcpt", ("E", "B", "C"), ("eta", "beta", "gamma"), (_ETA, _BETA, _GAMMA), _dcpt_design, 3, 2),
         _Form("mixing_exp", ("E", "B", "K"), ("beta", "t"), (_BETA, _T), _mix_design, 3, 3),
         _Form("mixing_exp_1d", ("E", "K"), ("t",), (_T,), _mix_design, 3, 1, max_d=1),
     )
 }  # fmt: skip
 FORM_ORDER = ("dcpt_n", "dcpt", "mixing_exp", "mixing_exp_1d", "loglinear")
-"""Tried in this order; ``dcpt_n`` only when the grid has several model sizes, ``dcpt`` only when it has one."""
+"""Tried in this order; ``dcpt_n`` only with several model sizes in the grid, ``dcpt`` only with one."""
 
 
 def _predict(form: str, p: dict, s, D, N, eps: float) -> np.ndarray:
@@ -209,21 +186,14 @@ class LawFit:
         out = _predict(self.form, self.params, s, D, Na, self.eps)
         return float(out) if out.ndim == 0 else out
 
-    @property
-    def share(self) -> str:
-        return "fraction" if self.side == "domain" else "1 - fraction"
-
     def to_dict(self) -> dict:
-        return {
+        out = {k: float(getattr(self, k)) for k in ("eps", "rmse", "rel_rmse", "objective")}
+        return out | {
             "side": self.side,
             "form": self.form,
-            "share": self.share,
+            "share": "fraction" if self.side == "domain" else "1 - fraction",
             "params": {k: float(v) for k, v in self.params.items()},
-            "eps": float(self.eps),
-            "rmse": float(self.rmse),
-            "rel_rmse": float(self.rel_rmse),
             "n_points": int(self.n_points),
-            "objective": float(self.objective),
             "huber_delta": None if self.huber_delta is None else float(self.huber_delta),
             "reason": self.reason,
         }
@@ -236,6 +206,8 @@ class LawFit:
 def _arrays(points: Sequence[SweepPoint], side: str):
     if not points:
         raise ValueError("no sweep points")
+    if len({p.params is None for p in points}) > 1:
+        raise ValueError("give the model size (params) for every sweep point or for none")
     r = np.array([p.fraction for p in points], dtype=np.float64)
     D = np.array([p.tokens for p in points], dtype=np.float64)
     N = np.array([1.0 if p.params is None else p.params for p in points], dtype=np.float64)
@@ -253,20 +225,15 @@ def _unmet(form: str, points: Sequence[SweepPoint]) -> str | None:
         return None
     f = FORMS[form]
     k = len(f.names)
-    why = []
-    if n < k + 2:
-        why.append(f"{n} points < {k} parameters + 2")
-    if n_r < f.needs_r:
-        why.append(f"{n_r} distinct fractions < {f.needs_r}")
-    if n_d < f.needs_d:
-        why.append(f"{n_d} distinct token budgets < {f.needs_d}")
-    if f.max_d is not None and n_d > f.max_d:
-        why.append(f"{n_d} distinct token budgets, the form has no D term")
-    if n_n < f.needs_n:
-        why.append(f"{n_n} distinct model sizes < {f.needs_n}")
-    if form == "dcpt" and n_n > 1:
-        why.append("several model sizes need the N term")
-    return "; ".join(why) or None
+    checks = [
+        (n < k + 2, f"{n} points < {k} parameters + 2"),
+        (n_r < f.needs_r, f"{n_r} distinct fractions < {f.needs_r}"),
+        (n_d < f.needs_d, f"{n_d} distinct token budgets < {f.needs_d}"),
+        (f.max_d is not None and n_d > f.max_d, f"{n_d} distinct token budgets, the form has no D term"),
+        (n_n < f.needs_n, f"{n_n} distinct model sizes < {f.needs_n}"),
+        (form == "dcpt" and n_n > 1, "several model sizes need the N term"),
+    ]
+    return "; ".join(msg for bad, msg in checks if bad) or None
 
 
 def _starts(f: _Form, s, D, N, L, eps: float, n_starts: int) -> list[np.ndarray]:
@@ -282,13 +249,8 @@ def _starts(f: _Form, s, D, N, L, eps: float, n_starts: int) -> list[np.ndarray]
     return [theta for _, theta in scored[:n_starts]]
 
 
-def _bounds(f: _Form) -> tuple[np.ndarray, np.ndarray]:
-    kinds = ["coef"] * len(f.coefs) + ["exp"] * len(f.exps)
-    return np.array([_LOG_BOUNDS[k][0] for k in kinds]), np.array([_LOG_BOUNDS[k][1] for k in kinds])
-
-
 def _fit_positive(f: _Form, s, D, N, L, eps, delta: float | None, starts) -> tuple[np.ndarray, float]:
-    lo, hi = _bounds(f)
+    lo, hi = np.array([_LOG_BOUNDS["coef"]] * len(f.coefs) + [_LOG_BOUNDS["exp"]] * len(f.exps)).T
     logL = np.log(L)
     k = len(f.coefs)
 
@@ -316,18 +278,15 @@ def _fit_positive(f: _Form, s, D, N, L, eps, delta: float | None, starts) -> tup
     return best.x, float(best.cost)
 
 
-def _fit_loglinear(points, s, D, L, eps: float) -> dict[str, float]:
-    cols, names = [np.ones_like(s)], ["a"]
-    if len(set(s.tolist())) >= 2 and len(points) >= 2:
-        cols.append(np.log(s + eps))
-        names.append("b")
-    if len(set(D.tolist())) >= 2 and len(points) >= len(cols) + 1:
-        cols.append(np.log(D))
-        names.append("c")
-    coef, *_ = np.linalg.lstsq(np.stack(cols, axis=-1), np.log(L), rcond=None)
-    p = {"a": 0.0, "b": 0.0, "c": 0.0}
-    p.update({n: float(c) for n, c in zip(names, coef, strict=True)})
-    return p
+def _fit_loglinear(s, D, L, eps: float) -> dict[str, float]:
+    """Least squares for ``log L = a + b log(s + eps) + c log D``; a slope the grid cannot see stays 0."""
+    cols = {"a": np.ones_like(s)}
+    if len(set(s.tolist())) >= 2:
+        cols["b"] = np.log(s + eps)
+    if len(set(D.tolist())) >= 2 and len(L) >= len(cols) + 1:
+        cols["c"] = np.log(D)
+    coef, *_ = np.linalg.lstsq(np.stack(list(cols.values()), axis=-1), np.log(L), rcond=None)
+    return {"a": 0.0, "b": 0.0, "c": 0.0} | {n: float(c) for n, c in zip(cols, coef, strict=True)}
 
 
 def choose_form(points: Sequence[SweepPoint]) -> tuple[str, str]:
@@ -340,9 +299,8 @@ def choose_form(points: Sequence[SweepPoint]) -> tuple[str, str]:
         why = _unmet(form, points)
         if why is None:
             reason = "; ".join(skipped) if skipped else "grid supports the full D-CPT form"
-            if form.startswith("mixing") or form == "loglinear":
-                if several_n:
-                    reason += "; model-size differences are ignored by this form"
+            if several_n and form != "dcpt_n":
+                reason += "; model-size differences are ignored by this form"
             return form, reason
         skipped.append(f"not {form}: {why}")
     raise AssertionError("loglinear always fits")
@@ -365,20 +323,18 @@ def fit_law(
     the start grid with that single start: the bootstrap and leave-one-out refits warm-start this way.
     ``huber_delta`` applies to the D-CPT forms (None: least squares); the fallbacks always use least squares.
     """
-    _check_side(side)
+    s, D, N, L = _arrays(points, side)
     if form is None:
         form, reason = choose_form(points)
+    elif form not in FORM_ORDER:
+        raise ValueError(f"unknown form {form!r}; one of {FORM_ORDER}")
+    elif (why := _unmet(form, points)) is not None:
+        raise ValueError(f"form {form} does not fit this grid: {why}")
     else:
-        if form not in FORM_ORDER:
-            raise ValueError(f"unknown form {form!r}; one of {FORM_ORDER}")
-        why = _unmet(form, points)
-        if why is not None:
-            raise ValueError(f"form {form} does not fit this grid: {why}")
         reason = "form requested"
-    s, D, N, L = _arrays(points, side)
     delta = huber_delta if form in ("dcpt", "dcpt_n") else None
     if form == "loglinear":
-        params, cost = _fit_loglinear(points, s, D, L, eps), 0.0
+        params, cost = _fit_loglinear(s, D, L, eps), 0.0
     else:
         f = FORMS[form]
         if start is not None:
@@ -406,6 +362,17 @@ def fit_law(
 # Uncertainty: bootstrap over points, leave-one-out
 
 
+def _refit(points: Sequence[SweepPoint], side: str, fit: LawFit) -> LawFit:
+    """``fit``'s form refitted to ``points``, started from ``fit``'s parameters (one local refinement)."""
+    return fit_law(points, side, eps=fit.eps, huber_delta=fit.huber_delta, form=fit.form, start=fit.params)
+
+
+def percentile_interval(values: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
+    """Equal-tailed percentile interval over axis 0 (the bootstrap replicates)."""
+    q = (1.0 - level) / 2.0
+    return np.quantile(values, q, axis=0), np.quantile(values, 1.0 - q, axis=0)
+
+
 @dataclass(frozen=True, eq=False)
 class BootstrapCI:
     """Percentile intervals from refits on resampled points (same form as the full fit, warm-started).
@@ -421,10 +388,6 @@ class BootstrapCI:
     intervals: dict[str, tuple[float, float]]
     samples: np.ndarray = field(repr=False)
 
-    def _quantiles(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        q = (1.0 - self.level) / 2.0
-        return np.quantile(values, q, axis=0), np.quantile(values, 1.0 - q, axis=0)
-
     def predict_interval(self, r, D, N=None):
         """(low, high) of the predicted bpb at (r, D[, N]) over the bootstrap refits."""
         if len(self.samples) == 0:
@@ -437,15 +400,16 @@ class BootstrapCI:
                 for row in self.samples
             ]
         )  # fmt: skip
-        lo, hi = self._quantiles(preds)
+        lo, hi = percentile_interval(preds, self.level)
         return (float(lo), float(hi)) if np.ndim(lo) == 0 else (lo, hi)
 
     def to_dict(self) -> dict:
+        intervals = {k: [float(a), float(b)] for k, (a, b) in self.intervals.items()}
         return {
             "level": float(self.level),
-            "n_boot": int(self.n_boot),
+            "n_boot": self.n_boot,
             "n_ok": len(self.samples),
-            "intervals": {k: [float(a), float(b)] for k, (a, b) in self.intervals.items()},
+            "intervals": intervals,
         }
 
 
@@ -457,18 +421,17 @@ def bootstrap_ci(
     level: float = 0.9,
     *,
     fit: LawFit | None = None,
-    eps: float = DEFAULT_EPS,
-    huber_delta: float | None = DEFAULT_HUBER_DELTA,
 ) -> BootstrapCI:
     """Resample the points with replacement, refit, and take percentile intervals.
 
     Each refit uses the full fit's form and starts from the full fit's parameters (one local refinement
     instead of a multi-start search: the resample is close to the original data, so this is both fast and
     keeps the refit in the same basin). A resample too thin for the form is redrawn (at most ``4 n_boot``
-    draws in all), so every interval is about the same law."""
+    draws in all), so every interval is about the same law. ``fit`` (default: ``fit_law`` with its
+    defaults) is the full fit, whose form, ``eps`` and Huber threshold the refits keep."""
     if not 0.0 < level < 1.0:
         raise ValueError("level must be in (0, 1)")
-    fit = fit if fit is not None else fit_law(points, side, eps=eps, huber_delta=huber_delta)
+    fit = fit or fit_law(points, side)
     rng = np.random.default_rng(seed)
     names = tuple(fit.params)
     rows, draws = [], 0
@@ -479,17 +442,11 @@ def bootstrap_ci(
             continue
         if fit.form != "loglinear" and len(set(sample)) < len(FORMS[fit.form].names) + 1:
             continue
-        refit = fit_law(
-            sample, side, eps=fit.eps, huber_delta=fit.huber_delta, form=fit.form, start=fit.params
-        )
+        refit = _refit(sample, side, fit)
         rows.append([refit.params[k] for k in names])
     samples = np.array(rows, dtype=np.float64).reshape(len(rows), len(names))
-    ci = BootstrapCI(fit, level, n_boot, names, {}, samples)
-    if len(rows):
-        lo, hi = ci._quantiles(samples)
-        intervals = {k: (float(a), float(b)) for k, a, b in zip(names, lo, hi, strict=True)}
-    else:
-        intervals = {k: (v, v) for k, v in fit.params.items()}
+    lo, hi = percentile_interval(samples, level) if rows else ([*fit.params.values()],) * 2
+    intervals = {k: (float(a), float(b)) for k, a, b in zip(names, lo, hi, strict=True)}
     return BootstrapCI(fit, level, n_boot, names, intervals, samples)
 
 
@@ -503,12 +460,8 @@ class LeaveOneOut:
     max_abs_rel_error: float
 
     def to_dict(self) -> dict:
-        return {
-            "side": self.side,
-            "rows": [dict(r) for r in self.rows],
-            "mean_abs_rel_error": float(self.mean_abs_rel_error),
-            "max_abs_rel_error": float(self.max_abs_rel_error),
-        }
+        out = {"side": self.side, "rows": [dict(r) for r in self.rows]}
+        return out | {k: float(getattr(self, k)) for k in ("mean_abs_rel_error", "max_abs_rel_error")}
 
 
 def leave_one_out(
@@ -516,8 +469,6 @@ def leave_one_out(
     side: str,
     *,
     fit: LawFit | None = None,
-    eps: float = DEFAULT_EPS,
-    huber_delta: float | None = DEFAULT_HUBER_DELTA,
 ) -> LeaveOneOut:
     """Refit without each point in turn; record measured vs predicted and the relative error.
 
@@ -525,28 +476,19 @@ def leave_one_out(
     and otherwise uses the richest form they do support; each row names the form used."""
     if len(points) < 2:
         raise ValueError("leave-one-out needs at least 2 points")
-    fit = fit if fit is not None else fit_law(points, side, eps=eps, huber_delta=huber_delta)
+    fit = fit or fit_law(points, side)
     rows = []
     for i, p in enumerate(points):
         rest = [q for j, q in enumerate(points) if j != i]
-        if _unmet(fit.form, rest) is None:
-            refit = fit_law(
-                rest, side, eps=fit.eps, huber_delta=fit.huber_delta, form=fit.form, start=fit.params
-            )
-        else:
-            refit = fit_law(rest, side, eps=fit.eps, huber_delta=fit.huber_delta)
+        keep = _unmet(fit.form, rest) is None
+        refit = (
+            _refit(rest, side, fit) if keep else fit_law(rest, side, eps=fit.eps, huber_delta=fit.huber_delta)
+        )
         measured = p.loss(side)
         pred = float(refit.predict(p.fraction, p.tokens, p.params if refit.form == "dcpt_n" else None))
         rows.append(
-            {
-                "fraction": p.fraction,
-                "tokens": p.tokens,
-                "params": p.params,
-                "measured": measured,
-                "predicted": pred,
-                "rel_error": pred / measured - 1.0,
-                "form": refit.form,
-            }
+            {"fraction": p.fraction, "tokens": p.tokens, "params": p.params, "measured": measured}
+            | {"predicted": pred, "rel_error": pred / measured - 1.0, "form": refit.form}
         )
     errs = np.abs([r["rel_error"] for r in rows])
     return LeaveOneOut(side, tuple(rows), float(errs.mean()), float(errs.max()))

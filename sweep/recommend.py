@@ -169,7 +169,7 @@ def recommend(
         )
         chosen, is_feasible = best, True
     else:
-        # Violations in the same relative units: regression beyond the allowance, domain tokens beyond the cap.
+        # Violations in like units: relative regression beyond its allowance, domain tokens beyond the cap.
         v_reg = np.maximum(regression - max_general_regression, 0.0)
         v_rep = np.maximum(R * D / cap - 1.0, 0.0)
         total = v_reg + v_rep
@@ -188,6 +188,8 @@ def recommend(
         is_feasible = False
 
     r_c, d_c = float(R[chosen]), float(D[chosen])
+    dom_band = None if domain_ci is None else domain_ci.predict_interval(r_c, d_c, params)
+    gen_band = None if general_ci is None else general_ci.predict_interval(r_c, d_c, params)
     return Recommendation(
         domain_fraction=r_c,
         tokens=d_c,
@@ -200,10 +202,6 @@ def recommend(
         binding=tuple(binding),
         reason=reason,
         candidates=tuple(candidates),
-        predicted_domain_bpb_interval=None
-        if domain_ci is None
-        else domain_ci.predict_interval(r_c, d_c, params),
-        predicted_general_bpb_interval=None
-        if general_ci is None
-        else general_ci.predict_interval(r_c, d_c, params),
+        predicted_domain_bpb_interval=dom_band,
+        predicted_general_bpb_interval=gen_band,
     )

@@ -1,4 +1,4 @@
-"""Chinchilla Approach 3 on our own runs: L(N, D) = E + A / N^alpha + B / D^beta, and the compute-optimal split.
+"""Chinchilla Approach 3 on our own runs: L(N, D) = E + A / N^alpha + B / D^beta, and the optimal split.
 
 Published fits answer "how big a model for this compute" for *their* data and tokenizer; a domain corpus
 (and a bits-per-byte loss) has its own constants, so the sweep refits them from its own runs of several
@@ -6,11 +6,13 @@ sizes and budgets and the report puts its fit next to the published ones.
 
 The fit is Hoffmann et al. 2022's (Approach 3): minimise the Huber loss (delta 1e-3) between
 ``log L_pred = logsumexp(log A - alpha log N, log B - beta log D, log E)`` and ``log L_obs``, with L-BFGS
-from a grid of initialisations. Two details follow Besiroglu et al. 2024 ("Chinchilla Scaling: A
-replication attempt"), who found the published fit was an optimiser artefact: the objective is scaled by
-``1 / delta^2`` and the tolerances are tight, so L-BFGS does not stop early on a loss whose values are
-~1e-6, and the gradient is analytic. Hoffmann's full grid (4,500 starts) is evaluated in one vectorised
-pass and only its best few points are refined, which keeps the fit to a fraction of a second.
+from a grid of initialisations. Besiroglu et al. 2024 ("Chinchilla Scaling: A replication attempt") traced
+the published fit's too-narrow intervals and odd estimates partly to the optimiser stopping early, so here
+the objective is scaled by ``1 / delta^2`` (L-BFGS's stopping rule compares absolute decreases, and the raw
+loss is ~1e-6), the tolerances are tight, the gradient is analytic, and L-BFGS runs on centred logs
+(``a - alpha log N`` with ``log N`` ~ 20 makes ``a`` and ``alpha`` nearly collinear otherwise; the
+minimiser is the same). Hoffmann's full grid (4,500 starts) is scored in one vectorised pass and only its
+best few points are refined, which keeps a fit to a fraction of a second.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import minimize
 
-from dapt.sweep.fit import one_blas_thread
+from dapt.sweep.fit import one_blas_thread, percentile_interval
 
 DEFAULT_HUBER_DELTA = 1e-3
 _NAMES = ("E", "A", "B", "alpha", "beta")
@@ -114,19 +116,10 @@ def _objective(theta, logN, logD, logL, delta):
     return float(_huber(r, delta).sum() * scale), grad
 
 
-def _to_fit(theta, n_points, objective, rel_rmse, label="fitted") -> ScalingLawFit:
+def _to_fit(theta, n_points: int, objective: float, rel_rmse: float) -> ScalingLawFit:
     e, a, b, alpha, beta = (float(x) for x in theta)
-    return ScalingLawFit(
-        float(np.exp(e)),
-        float(np.exp(a)),
-        float(np.exp(b)),
-        alpha,
-        beta,
-        label,
-        n_points,
-        objective,
-        rel_rmse,
-    )
+    coefs = dict(E=float(np.exp(e)), A=float(np.exp(a)), B=float(np.exp(b)), alpha=alpha, beta=beta)
+    return ScalingLawFit(**coefs, n_points=n_points, objective=objective, rel_rmse=rel_rmse)
 
 
 def fit_scaling(
@@ -156,8 +149,7 @@ def fit_scaling(
         grid = _grid()
         scores = _huber(_log_pred(grid, logN, logD) - logL, huber_delta).sum(axis=1)
         starts = grid[np.argsort(scores, kind="stable")[:n_starts]]
-    # L-BFGS runs on centred logs: a - alpha log N = (a - alpha cN) - alpha (log N - cN). Same minimiser,
-    # but a and alpha no longer move together (log N ~ 20 makes them nearly collinear otherwise).
+    # Centred logs: a - alpha log N = (a - alpha cN) - alpha (log N - cN); ``shift`` maps theta there.
     cN, cD = float(logN.mean()), float(logD.mean())
     shift = np.array(
         [[1, 0, 0, 0, 0], [0, 1, 0, -cN, 0], [0, 0, 1, 0, -cD], [0, 0, 0, 1, 0], [0, 0, 0, 0, 1.0]]
@@ -219,20 +211,18 @@ class ScalingCI:
 
     def compute_optimal_interval(self, flops: float) -> dict[str, tuple[float, float]]:
         """(low, high) of the optimal params and tokens at ``flops`` over the refits."""
-        opts = [compute_optimal(ScalingLawFit(*row), flops) for row in self.samples]
-        q = (1.0 - self.level) / 2.0
-        out = {}
-        for key in ("params", "tokens"):
-            v = np.array([getattr(o, key) for o in opts])
-            out[key] = (float(np.quantile(v, q)), float(np.quantile(v, 1.0 - q)))
-        return out
+        fits = [ScalingLawFit(*row) for row in self.samples] or [self.fit]
+        opts = np.array([[o.params, o.tokens] for o in (compute_optimal(f, flops) for f in fits)])
+        lo, hi = percentile_interval(opts, self.level)
+        return {"params": (float(lo[0]), float(hi[0])), "tokens": (float(lo[1]), float(hi[1]))}
 
     def to_dict(self) -> dict:
+        intervals = {k: [float(a), float(b)] for k, (a, b) in self.intervals.items()}
         return {
             "level": float(self.level),
-            "n_boot": int(self.n_boot),
+            "n_boot": self.n_boot,
             "n_ok": len(self.samples),
-            "intervals": {k: [float(a), float(b)] for k, (a, b) in self.intervals.items()},
+            "intervals": intervals,
         }
 
 
@@ -264,10 +254,6 @@ def bootstrap_scaling(
         r = fit_scaling(N[i], D[i], L[i], huber_delta=huber_delta, start=fit)
         rows.append([r.E, r.A, r.B, r.alpha, r.beta])
     samples = np.array(rows, dtype=np.float64).reshape(len(rows), 5)
-    q = (1.0 - level) / 2.0
-    if len(rows):
-        lo, hi = np.quantile(samples, q, axis=0), np.quantile(samples, 1.0 - q, axis=0)
-        intervals = {k: (float(a), float(b)) for k, a, b in zip(_NAMES, lo, hi, strict=True)}
-    else:
-        intervals = {k: (getattr(fit, k), getattr(fit, k)) for k in _NAMES}
+    lo, hi = percentile_interval(samples, level) if rows else ([getattr(fit, k) for k in _NAMES],) * 2
+    intervals = {k: (float(a), float(b)) for k, a, b in zip(_NAMES, lo, hi, strict=True)}
     return ScalingCI(fit, level, n_boot, intervals, samples)

@@ -120,7 +120,7 @@ def _mark_all_done(cfg_path: Path) -> None:
 def _status(cfg_path: Path, capsys: pytest.CaptureFixture[str]) -> dict[str, str]:
     capsys.readouterr()
     assert cli.main(["status", "--config", str(cfg_path)]) == 0
-    lines = capsys.readouterr().out.splitlines()[1:]
+    lines = capsys.readouterr().out.splitlines()[2:]  # after the run and Ray dashboard lines
     return {line.split()[0]: line.split()[1] for line in lines}
 
 

@@ -8,7 +8,12 @@ often a source may be repeated. See docs/mixing.md for the solver's exact rules.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from dapt.pipeline.errors import ConfigError
+from dapt.pipeline.knobs import NOT_FINGERPRINTED
 
 
 class NearDedupConfig(BaseModel):
@@ -47,9 +52,12 @@ class DecontaminationConfig(BaseModel):
 
 class MixConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    domain_fraction: float | None = Field(default=None, gt=0, le=1)
+    domain_fraction: float | Literal["auto"] | None = Field(default=None, union_mode="left_to_right")
     """Target share of domain tokens in the training blocks (BloombergGPT: 0.51). Default 0.51 when
-    neither this nor ``replay`` is set."""
+    neither this nor ``replay`` is set. ``auto``: the fraction ``dapt sweep`` recommends (its
+    ``recommendation.yaml``), read when the config is loaded."""
+    fraction_source: str | None = Field(default=None, json_schema_extra=NOT_FINGERPRINTED)
+    """Set by the loader, not by users: the sweep overlay an ``auto`` fraction was read from."""
     replay: float | None = Field(default=None, ge=0, lt=1)
     """The general share, for users who think in continual-pretraining "replay" terms:
     ``domain_fraction = 1 - replay``. Mutually exclusive with ``domain_fraction``."""
@@ -92,6 +100,8 @@ class MixConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> MixConfig:
+        if isinstance(self.domain_fraction, float) and not 0 < self.domain_fraction <= 1:
+            raise ValueError(f"mix.domain_fraction must be in (0, 1] or auto, got {self.domain_fraction}")
         if self.domain_fraction is not None and self.replay is not None:
             raise ValueError("set mix.domain_fraction or mix.replay, not both (replay = 1 - domain_fraction)")
         if self.total_tokens is not None and self.domain_epochs is not None:
@@ -108,6 +118,11 @@ class MixConfig(BaseModel):
     @property
     def target_domain_fraction(self) -> float:
         """The domain share the solver aims at."""
+        if self.domain_fraction == "auto":
+            raise ConfigError(
+                "mix.domain_fraction: auto reads the sweep's recommendation, and there is none yet: "
+                "run `dapt sweep --config ...` first (or `dapt run`, which runs it)"
+            )
         if self.domain_fraction is not None:
             return self.domain_fraction
         if self.replay is not None:

@@ -1,0 +1,57 @@
+"""The ``sweep:`` section: proxy runs over domain fractions x token budgets, and what to recommend."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from dapt.pipeline.knobs import NOT_FINGERPRINTED
+
+
+class SweepConfig(BaseModel):
+    """Proxy continued-pretraining runs (``dapt sweep``), each from the run's real base model (after the
+    tokenizer stage) on a mix of ``fraction`` domain tokens and ``budget`` tokens in all, scored on the
+    validation split by the forgetting monitor; a mixture law fitted per side; the recommended fraction.
+
+    Defaults follow D-CPT Law's setup in miniature: 5 fractions, 2 budgets, the least a law with a
+    budget term can be fitted to (the simpler mixing law is used below that; the manifest says which)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    fractions: list[float] = Field(default_factory=lambda: [0.1, 0.3, 0.5, 0.7, 0.9], min_length=2)
+    """Domain fractions r in (0, 1) to try."""
+    budgets: list[int] = Field(default_factory=lambda: [1 << 20, 1 << 21], min_length=1)
+    """Training tokens per proxy run; at least two for the budget term of the law."""
+    max_general_regression: float = Field(default=0.02, ge=0)
+    """The largest predicted relative rise of general validation bits-per-byte over the base model that a
+    recommendation may have (0.02: +2%)."""
+    target_tokens: int | None = Field(default=None, gt=0)
+    """The target run's token budget (the recommendation's D); None: ``train.tokens``, else the largest
+    sweep budget. The sweep's cost is reported as a fraction of it."""
+    concurrency: int = Field(default=2, ge=1, json_schema_extra=NOT_FINGERPRINTED)
+    """Trials at once (Ray Tune's ``max_concurrent_trials``); Ray also caps it by the cluster's CPUs/GPUs."""
+    cpus_per_trial: float = Field(default=1.0, gt=0, json_schema_extra=NOT_FINGERPRINTED)
+    gpus_per_trial: float = Field(default=0.0, ge=0, json_schema_extra=NOT_FINGERPRINTED)
+    max_failures: int = Field(default=2, ge=0, json_schema_extra=NOT_FINGERPRINTED)
+    """Retries of a failed trial; a retry resumes from the trial's last checkpoint."""
+    checkpoint_every: int = Field(default=50, ge=1, json_schema_extra=NOT_FINGERPRINTED)
+    bootstrap: int = Field(default=200, ge=10)
+    """Bootstrap refits for the parameter and prediction intervals."""
+    confidence: float = Field(default=0.9, gt=0, lt=1)
+    seed: int | None = None
+
+    @field_validator("fractions")
+    @classmethod
+    def _fractions(cls, v: list[float]) -> list[float]:
+        bad = [r for r in v if not 0 < r < 1]
+        if bad:
+            raise ValueError(f"every fraction must be in (0, 1), got {bad}")
+        if len(set(v)) != len(v):
+            raise ValueError("fractions repeat")
+        return sorted(v)
+
+    @field_validator("budgets")
+    @classmethod
+    def _budgets(cls, v: list[int]) -> list[int]:
+        if any(b < 1 for b in v) or len(set(v)) != len(v):
+            raise ValueError(f"budgets must be distinct positive token counts, got {v}")
+        return sorted(v)

@@ -1,0 +1,254 @@
+"""``dapt sweep``: choose the domain fraction from proxy runs, a fitted mixture law and a constraint.
+
+1. **Pool**: the mix stage, run on the run's own cleaned, split and tokenised data in the sweep's work
+   folder (``.work/sweep/pool``) at 50/50 and the tokens the largest trial needs (sweep/pool.py).
+2. **Trials**: every (fraction, budget) of ``sweep.fractions`` x ``sweep.budgets`` trains the real base
+   model (the tokenizer stage's output) on its own index over the pool, on Ray Tune (sweep/trials.py);
+   the forgetting monitor scores the *validation* split before and after (never the test split).
+3. **Fit**: a law per side (D-CPT, or the simpler mixing law on a small grid), bootstrap intervals,
+   leave-one-out errors (sweep/fit.py).
+4. **Recommend**: the fraction and budget with the largest predicted domain gain whose predicted
+   general regression stays under ``sweep.max_general_regression`` and whose domain tokens stay under
+   ``mix.max_epochs`` repeats (sweep/recommend.py), written as ``recommendation.yaml``, the overlay that
+   ``mix.domain_fraction: auto`` reads.
+
+The sweep reads the ``mix`` section (the pool is a mix) minus ``domain_fraction`` / ``replay``, which it
+chooses: so the recommendation it writes never makes the sweep itself stale.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dapt.pipeline.errors import ConfigError
+from dapt.pipeline.fsutil import atomic_write_text
+from dapt.pipeline.stages import STAGES, StageConfig, StageContext, read_manifest, run_stage
+from dapt.sweep.fit import SweepPoint, bootstrap_ci, fit_law, leave_one_out
+from dapt.sweep.pool import make_trial_data, pool_tokens
+from dapt.sweep.recommend import recommend
+from dapt.sweep.trials import Trial, run_trials, trial_name
+
+OVERLAY = "recommendation.yaml"
+POOL_FRACTION = 0.5
+TEST_HOOKS = ("kill_trial",)
+"""``ctx.extra`` keys for tests: ``kill_trial`` (``(trial name, marker path)``) kills that trial's process
+once, mid-run."""
+
+
+def _pool_config(ctx: StageContext, pool_dir: Path, tokens: int):
+    """The run config with its run folder in the sweep's work folder, the mix at 50/50 and ``tokens``."""
+    cfg = ctx.run_config.model_copy(deep=True)
+    cfg.run_dir = str(pool_dir)
+    cfg.mix.domain_fraction, cfg.mix.replay, cfg.mix.domain_epochs = POOL_FRACTION, None, None
+    cfg.mix.total_tokens, cfg.mix.allow_shortfall = tokens, True
+    cfg.tracking.backend = "none"
+    return cfg
+
+
+def _link_upstreams(ctx: StageContext, pool_dir: Path) -> None:
+    pool_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("clean", "split", "tokenizer"):
+        link, target = pool_dir / name, ctx.upstream_dir(name).resolve()
+        if link.is_symlink() and link.resolve() != target:
+            link.unlink()
+        if not link.exists():
+            os.symlink(target, link)
+
+
+def build_pool(ctx: StageContext, tokens: int) -> tuple[Any, dict[str, Any]]:
+    """The pool's run config and its mix manifest (the mix stage, resumed or up to date on a rerun)."""
+    pool_dir = (ctx.work_dir / "pool").resolve()
+    _link_upstreams(ctx, pool_dir)
+    pool_cfg = _pool_config(ctx, pool_dir, tokens)
+    manifest = run_stage(pool_cfg, "mix", echo=lambda m: ctx.log.info("pool %s", m))
+    return pool_cfg, manifest
+
+
+def base_spec(ctx: StageContext, pool_cfg: Any) -> tuple[Any, dict[str, Any]]:
+    """The train stage's worker spec over the pool (model, objective, optimiser settings, monitor)."""
+    from dapt.train.prelaunch import monitor_windows
+    from dapt.train.stage import build_spec
+
+    spec_row = STAGES["train"]
+    tctx = StageContext(
+        cfg=StageConfig(pool_cfg, spec_row),
+        spec=spec_row,
+        out_dir=ctx.work_dir / "pool-train",
+        work_dir=ctx.work_dir / "pool-train",
+        log=ctx.log,
+        fingerprint=ctx.fingerprint,
+        state_key=ctx.state_key,
+        run_config=pool_cfg,
+    )
+    tctx.work_dir.mkdir(parents=True, exist_ok=True)
+    spec, facts = build_spec(tctx)
+    mon = monitor_windows(tctx, spec, facts)
+    if mon is None:
+        raise ConfigError("sweep: the trials are scored on the validation split, and there is none (split)")
+    return spec.replace(monitor_path=mon["path"]), facts
+
+
+def plan_trials(ctx: StageContext, spec: Any, pool_store: Path) -> tuple[list[Trial], dict[str, Any]]:
+    sc, tc = ctx.cfg.sweep, ctx.cfg.train
+    seed = ctx.cfg.seed if sc.seed is None else sc.seed
+    accum = spec.grad_accum * tc.num_workers  # one process per trial, the run's global batch
+    per_step = tc.micro_batch_size * accum * spec.seq_len
+    trials, data = [], {}
+    for budget in sc.budgets:
+        steps = max(2, -(-budget // per_step))
+        for r in sc.fractions:
+            name = trial_name(r, budget)
+            folder = (ctx.work_dir / "trials" / name).resolve()
+            td = make_trial_data(
+                pool_store, folder / "data", r, steps * spec.grad_accum * tc.micro_batch_size, seed
+            )
+            data[name] = td
+            kill = ctx.extra.get("kill_trial")
+            trial_spec = spec.replace(
+                data_path=td.path,
+                steps=steps,
+                grad_accum=accum,
+                warmup_steps=max(0, round(steps * tc.warmup_fraction)),
+                checkpoint_dir=str(folder / "checkpoints"),
+                log_dir=str(folder / "logs"),
+                checkpoint_every=min(sc.checkpoint_every, max(1, steps // 4)),
+                keep_checkpoints=1,
+                final_checkpoint=False,
+                monitor_every=steps,
+                max_general_regression=None,
+                log_every=1,
+                progress=False,
+                progress_run_dir=None,
+                tracking=None,
+                export_dir=None,
+                fingerprint=f"{ctx.state_key}-{name}",
+                state_key=f"{ctx.state_key}-{name}",
+                checkpoint_meta=None,
+                under_ray=False,
+                use_gpu=sc.gpus_per_trial > 0,
+            )
+            trials.append(
+                Trial(
+                    trial_id=name,
+                    fraction=r,
+                    budget=budget,
+                    folder=str(folder),
+                    spec=trial_spec.to_dict(),
+                    kill_marker=kill[1] if kill and kill[0] == name else None,
+                )
+            )
+    return trials, data
+
+
+def target_budget(ctx: StageContext) -> int:
+    """The target run's tokens: ``sweep.target_tokens``, else ``train.tokens``, ``mix.total_tokens``, the
+    largest sweep budget."""
+    sc, tc = ctx.cfg.sweep, ctx.cfg.train
+    return int(sc.target_tokens or tc.tokens or ctx.cfg.mix.total_tokens or max(sc.budgets))
+
+
+def fraction_grid(fractions: list[float], step: float = 0.005) -> list[float]:
+    """Candidate fractions within the swept range only: the law is fitted there, and a recommendation
+    outside it would rest on extrapolation in r (the budget is extrapolated already)."""
+    lo, hi = min(fractions), max(fractions)
+    n = max(1, int(round((hi - lo) / step)))
+    return [lo + (hi - lo) * i / n for i in range(n + 1)]
+
+
+def run(ctx: StageContext) -> dict[str, Any]:
+    from dapt.pipeline.ray_runtime import init_ray
+
+    sc = ctx.cfg.sweep
+    init_ray(ctx.cfg.ray)
+    t0 = time.perf_counter()
+    pool_cfg, pool = build_pool(ctx, pool_tokens(sc.fractions, sc.budgets))
+    pool_store = Path(pool_cfg.run_path / "mix" / pool["outputs"]["train_tokens"]).parent
+    spec, facts = base_spec(ctx, pool_cfg)
+    trials, data = plan_trials(ctx, spec, pool_store)
+    ctx.log.info(
+        "sweep: %d trials (%d fractions x %d budgets)", len(trials), len(sc.fractions), len(sc.budgets)
+    )
+    results = run_trials(
+        trials, ctx.work_dir / "tune", sc.concurrency, sc.cpus_per_trial, sc.gpus_per_trial, sc.max_failures
+    )
+    for r in results:
+        r["achieved_fraction"] = data[r["trial_id"]].domain_fraction
+        r["repeats"] = data[r["trial_id"]].repeats
+    seconds_trials = time.perf_counter() - t0
+
+    points = [
+        SweepPoint(
+            fraction=r["achieved_fraction"],
+            tokens=r["tokens"],
+            domain_bpb=r["domain_bpb"],
+            general_bpb=r["general_bpb"],
+        )
+        for r in results
+    ]
+    seed = ctx.cfg.seed if sc.seed is None else sc.seed
+    fits, cis, loo = {}, {}, {}
+    for side in ("domain", "general"):
+        fits[side] = fit_law(points, side)
+        cis[side] = bootstrap_ci(
+            points, side, n_boot=sc.bootstrap, seed=seed, level=sc.confidence, fit=fits[side]
+        )
+        loo[side] = leave_one_out(points, side, fit=fits[side])
+    base_domain = sum(r["base_domain_bpb"] for r in results) / len(results)
+    base_general = sum(r["base_general_bpb"] for r in results) / len(results)
+    domain_supply = _domain_tokens(pool_cfg)
+    target = target_budget(ctx)
+    rec = recommend(
+        fits["domain"],
+        fits["general"],
+        base_domain,
+        base_general,
+        sc.max_general_regression,
+        domain_supply,
+        ctx.cfg.mix.max_epochs,
+        [target],
+        r_grid=fraction_grid(sc.fractions),
+        domain_ci=cis["domain"],
+        general_ci=cis["general"],
+    )
+    sweep_tokens = sum(int(r["tokens"]) for r in results)
+    overlay = {"mix": {"domain_fraction": round(float(rec.domain_fraction), 4)}}
+    atomic_write_text(
+        ctx.out_dir / OVERLAY,
+        "# Written by `dapt sweep`: what `mix.domain_fraction: auto` reads (see manifest.json for the fit).\n"
+        + yaml.safe_dump(overlay, sort_keys=False),
+    )
+    ctx.log.info("sweep: recommend %s (%s)", overlay, rec.reason)
+    return {
+        "outputs": {"overlay": OVERLAY},
+        "recommendation": rec.to_dict(),
+        "overlay": overlay,
+        "fit": {side: fits[side].to_dict() for side in fits},
+        "intervals": {side: cis[side].to_dict() for side in cis},
+        "loo": {side: loo[side].to_dict() for side in loo},
+        "trials": results,
+        "base": {"domain_bpb": base_domain, "general_bpb": base_general, "scored_on": "validation"},
+        "pool": {
+            "tokens": pool["total_tokens"],
+            "achieved_domain_fraction": pool["mix"]["achieved_domain_fraction"],
+        },
+        "domain_tokens_available": domain_supply,
+        "cost": {
+            "trial_tokens": sweep_tokens,
+            "target_tokens": target,
+            "fraction_of_target_run": round(sweep_tokens / target, 4),
+            "seconds": round(seconds_trials, 1),
+        },
+        "counts": {"trials": len(results), "fractions": len(sc.fractions), "budgets": len(sc.budgets)},
+        "objective": spec.objective,
+    }
+
+
+def _domain_tokens(pool_cfg: Any) -> int:
+    """Distinct domain training tokens the run has (the mix's ``tokens_available``), for the repetition cap."""
+    per = read_manifest(pool_cfg, "mix")["mix"]["per_source"]
+    return int(sum(v["tokens_available"] for v in per.values() if v["kind"] == "domain"))

@@ -1,0 +1,136 @@
+"""Proxy trials on Ray Tune: one ``train_loop`` per (domain fraction, token budget), in its trial's actor.
+
+Why Ray Tune: it is the engine for many trials on one Ray cluster that users already run. It sizes
+concurrency from the cluster's resources (``max_concurrent_trials`` and each trial's CPUs/GPUs) and
+retries a failed trial (``FailureConfig``). Each trial is a single-process ``train_loop`` (no process
+group), with its own checkpoints, so Tune's retry resumes it where it stopped.
+
+The sweep is resumable without Tune's experiment restore: a finished trial leaves ``result.json`` in its
+folder, and a rerun's trial returns that at once. So killing the whole command loses at most the
+unfinished trials' steps since their last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from dapt.pipeline.fsutil import atomic_write_json
+
+RESULT = "result.json"
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One proxy run, as Tune's ``param_space`` carries it (plain values)."""
+
+    trial_id: str
+    fraction: float
+    budget: int
+    folder: str
+    spec: dict[str, Any]
+    """The ``TrainSpec`` as a dict (data, steps, checkpoints and logs in ``folder``)."""
+    kill_marker: str | None = None
+    """Tests: the trial's process exits at half its steps once (when the marker file does not exist)."""
+
+
+def trial_name(fraction: float, budget: int) -> str:
+    return f"r{fraction:.3f}-d{budget}"
+
+
+def read_result(folder: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((folder / RESULT).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def run_trial(config: dict[str, Any]) -> None:
+    """Tune's function trainable: train, then report the last monitor row (validation bits-per-byte)."""
+    from ray import tune
+
+    from dapt.train.loop import train_loop
+    from dapt.train.spec import TrainSpec
+
+    trial = Trial(**config["trial"])
+    folder = Path(trial.folder)
+    done = read_result(folder)
+    if done is None:
+        spec = TrainSpec.from_dict(trial.spec)
+        if trial.kill_marker and not Path(trial.kill_marker).exists():
+            Path(trial.kill_marker).write_text(f"{os.getpid()}\n")
+            _exit_at(spec, max(1, spec.steps // 2))
+        summary = train_loop(spec)
+        rows = [json.loads(x) for x in (Path(spec.log_dir) / "monitor.jsonl").read_text().splitlines() if x]
+        if not rows:
+            raise RuntimeError(f"trial {trial.trial_id}: the monitor wrote no rows (no validation split?)")
+        base, last = rows[0], rows[-1]
+        done = {
+            "trial_id": trial.trial_id,
+            "fraction": trial.fraction,
+            "budget": trial.budget,
+            "steps": summary["steps"],
+            "tokens": summary["tokens"],
+            "domain_bpb": last["domain_bpb"],
+            "general_bpb": last["general_bpb"],
+            "base_domain_bpb": base["domain_bpb"],
+            "base_general_bpb": base["general_bpb"],
+            "attempts": len(summary.get("attempts") or []) or None,
+            "seconds": summary.get("train_seconds"),
+        }
+        atomic_write_json(folder / RESULT, done)
+    tune.report({k: v for k, v in done.items() if isinstance(v, int | float)})
+
+
+def _exit_at(spec: Any, step: int) -> None:
+    """The fault hook of the tests: the process dies (no exception, no cleanup) once rank 0 has logged
+    ``step``, after the checkpoints before it, as a trial whose node is lost would."""
+    import threading
+
+    marker = Path(spec.log_dir) / "killed-at"
+
+    def watch() -> None:
+        import time
+
+        while True:
+            metrics = Path(spec.log_dir) / "metrics.jsonl"
+            if metrics.exists():
+                steps = [json.loads(x)["step"] for x in metrics.read_text().splitlines() if x]
+                if steps and steps[-1] >= step:
+                    marker.write_text(str(steps[-1]))
+                    os._exit(1)
+            time.sleep(0.05)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def run_trials(
+    trials: list[Trial], storage: Path, concurrency: int, cpus: float, gpus: float, max_failures: int
+) -> list[dict[str, Any]]:
+    """All trials through a Tune ``Tuner``; the results in trial order (finished ones read back)."""
+    from ray import tune
+
+    todo = [t for t in trials if read_result(Path(t.folder)) is None]
+    if todo:
+        trainable = tune.with_resources(run_trial, {"cpu": cpus, "gpu": gpus})
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"trial": tune.grid_search([asdict(t) for t in todo])},
+            tune_config=tune.TuneConfig(max_concurrent_trials=concurrency),
+            run_config=tune.RunConfig(
+                name="sweep",
+                storage_path=str(storage.resolve()),
+                failure_config=tune.FailureConfig(max_failures=max_failures),
+                verbose=0,
+            ),
+        )
+        grid = tuner.fit()
+        errors = [r.error for r in grid if r.error is not None]
+        missing = [t.trial_id for t in todo if read_result(Path(t.folder)) is None]
+        if missing:
+            first = f": {errors[0]}" if errors else ""
+            raise RuntimeError(f"sweep: trials {missing} failed after {max_failures} retries{first}")
+    return [read_result(Path(t.folder)) for t in trials]
