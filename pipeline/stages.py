@@ -363,7 +363,7 @@ def run_stage(
     mark_finished(run_dir, name)
     say(f"{name}: done in {seconds:.1f}s -> {final}")
     tracker.end_stage(
-        target, True, {**manifest_metrics(manifest), "seconds": seconds}, output_artifacts(final)
+        target, True, {**manifest_metrics(manifest), "manifest/seconds": seconds}, output_artifacts(final)
     )
     return manifest
 

@@ -93,8 +93,13 @@ def flatten_params(data: Any, prefix: str = "") -> dict[str, str]:
     return out
 
 
+MANIFEST_PREFIX = "manifest"
+"""Manifest numbers are keyed ``manifest/<path>``: MLflow's UI groups charts by the part before the first
+slash, so they stay in one group apart from train's curves (``train/loss``, ``monitor/domain_bpb``)."""
+
+
 def manifest_metrics(result: dict[str, Any], limit: int = 2000) -> dict[str, float]:
-    """Every finite number in a stage's own manifest keys, keyed by its path.
+    """Every finite number in a stage's own manifest keys, keyed ``manifest/<its path>``.
 
     Lists of rows with a ``name`` (eval's metric rows: base, adapted, delta, p-value per source and task)
     are keyed by that name; other lists are skipped (per-rank rows, figure names). Booleans become 0/1 so
@@ -118,7 +123,7 @@ def manifest_metrics(result: dict[str, Any], limit: int = 2000) -> dict[str, flo
 
     for key, value in result.items():
         if key not in MANIFEST_FRAME_KEYS and key != "outputs":
-            walk(value, (key,))
+            walk(value, (MANIFEST_PREFIX, key))
     return out
 
 

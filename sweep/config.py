@@ -7,6 +7,30 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from dapt.pipeline.knobs import NOT_FINGERPRINTED
 
 
+class ScalingGridConfig(BaseModel):
+    """A small N x D grid for Chinchilla's approach 3 on the run's own data (``model.from_config``
+    families only: the sizes are built from the run's config with these overrides)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sizes: list[dict[str, int]] = Field(min_length=2)
+    """Overrides of ``model.from_config`` per size, e.g. ``{hidden_size: 64, intermediate_size: 128}``."""
+    budgets: list[int] = Field(min_length=2)
+    """Training tokens per run of each size."""
+    fraction: float = Field(default=0.5, gt=0, lt=1)
+    """The domain fraction of these runs."""
+    flops: float | None = Field(default=None, gt=0)
+    """The compute budget for the compute-optimal N and D; None: 6 x the run's model size x its target
+    tokens."""
+
+    @field_validator("budgets")
+    @classmethod
+    def _budgets(cls, v: list[int]) -> list[int]:
+        if any(b < 1 for b in v) or len(set(v)) != len(v):
+            raise ValueError(f"budgets must be distinct positive token counts, got {v}")
+        return sorted(v)
+
+
 class SweepConfig(BaseModel):
     """Proxy continued-pretraining runs (``dapt sweep``), each from the run's real base model (after the
     tokenizer stage) on a mix of ``fraction`` domain tokens and ``budget`` tokens in all, scored on the
@@ -38,6 +62,9 @@ class SweepConfig(BaseModel):
     """Bootstrap refits for the parameter and prediction intervals."""
     confidence: float = Field(default=0.9, gt=0, lt=1)
     seed: int | None = None
+    scaling: ScalingGridConfig | None = None
+    """Also fit L(N, D) from runs of several sizes (Chinchilla approach 3) and give the compute-optimal
+    size and tokens, set against the published fits in the report."""
 
     @field_validator("fractions")
     @classmethod

@@ -93,63 +93,82 @@ def base_spec(ctx: StageContext, pool_cfg: Any) -> tuple[Any, dict[str, Any]]:
     return spec.replace(monitor_path=mon["path"]), facts
 
 
-def plan_trials(ctx: StageContext, spec: Any, pool_store: Path) -> tuple[list[Trial], dict[str, Any]]:
+def _trial(ctx: StageContext, spec: Any, pool_store: Path, name: str, r: float, budget: int, **model: Any):
+    """One trial: its data over the pool and its worker spec (the run's optimiser, one process)."""
     sc, tc = ctx.cfg.sweep, ctx.cfg.train
     seed = ctx.cfg.seed if sc.seed is None else sc.seed
     accum = spec.grad_accum * tc.num_workers  # one process per trial, the run's global batch
-    per_step = tc.micro_batch_size * accum * spec.seq_len
+    steps = max(2, -(-budget // (tc.micro_batch_size * accum * spec.seq_len)))
+    folder = (ctx.work_dir / "trials" / name).resolve()
+    data = make_trial_data(pool_store, folder / "data", r, steps * accum * tc.micro_batch_size, seed)
+    kill = ctx.extra.get("kill_trial")
+    trial_spec = spec.replace(
+        data_path=data.path,
+        steps=steps,
+        grad_accum=accum,
+        warmup_steps=max(0, round(steps * tc.warmup_fraction)),
+        checkpoint_dir=str(folder / "checkpoints"),
+        log_dir=str(folder / "logs"),
+        checkpoint_every=min(sc.checkpoint_every, max(1, steps // 4)),
+        keep_checkpoints=1,
+        final_checkpoint=False,
+        monitor_every=steps,
+        max_general_regression=None,
+        log_every=1,
+        progress=False,
+        progress_run_dir=None,
+        tracking=None,
+        export_dir=None,
+        fingerprint=f"{ctx.state_key}-{name}",
+        state_key=f"{ctx.state_key}-{name}",
+        checkpoint_meta=None,
+        under_ray=False,
+        use_gpu=sc.gpus_per_trial > 0,
+        cpu_threads=max(1, int(sc.cpus_per_trial)),  # trials share the node: no oversubscription
+        **model,
+    )
+    trial = Trial(
+        trial_id=name,
+        fraction=r,
+        budget=budget,
+        folder=str(folder),
+        spec=trial_spec.to_dict(),
+        kill_marker=kill[1] if kill and kill[0] == name else None,
+    )
+    return trial, data
+
+
+def plan_trials(ctx: StageContext, spec: Any, pool_store: Path) -> tuple[list[Trial], dict[str, Any]]:
+    """The mixture grid (fractions x budgets), then the scaling grid (sizes x budgets) when asked for."""
+    sc = ctx.cfg.sweep
     trials, data = [], {}
     for budget in sc.budgets:
-        steps = max(2, -(-budget // per_step))
         for r in sc.fractions:
-            name = trial_name(r, budget)
-            folder = (ctx.work_dir / "trials" / name).resolve()
-            td = make_trial_data(
-                pool_store, folder / "data", r, steps * spec.grad_accum * tc.micro_batch_size, seed
+            trial, data[trial.trial_id] = _trial(ctx, spec, pool_store, trial_name(r, budget), r, budget)
+            trials.append(trial)
+    if sc.scaling is not None:
+        if spec.model_config is None:
+            raise ConfigError(
+                "sweep.scaling: needs a model family built from a config (model.from_config); "
+                f"this run adapts {spec.model_path}"
             )
-            data[name] = td
-            kill = ctx.extra.get("kill_trial")
-            trial_spec = spec.replace(
-                data_path=td.path,
-                steps=steps,
-                grad_accum=accum,
-                warmup_steps=max(0, round(steps * tc.warmup_fraction)),
-                checkpoint_dir=str(folder / "checkpoints"),
-                log_dir=str(folder / "logs"),
-                checkpoint_every=min(sc.checkpoint_every, max(1, steps // 4)),
-                keep_checkpoints=1,
-                final_checkpoint=False,
-                monitor_every=steps,
-                max_general_regression=None,
-                log_every=1,
-                progress=False,
-                progress_run_dir=None,
-                tracking=None,
-                export_dir=None,
-                fingerprint=f"{ctx.state_key}-{name}",
-                state_key=f"{ctx.state_key}-{name}",
-                checkpoint_meta=None,
-                under_ray=False,
-                use_gpu=sc.gpus_per_trial > 0,
-            )
-            trials.append(
-                Trial(
-                    trial_id=name,
-                    fraction=r,
-                    budget=budget,
-                    folder=str(folder),
-                    spec=trial_spec.to_dict(),
-                    kill_marker=kill[1] if kill and kill[0] == name else None,
+        for i, size in enumerate(sc.scaling.sizes):
+            for budget in sc.scaling.budgets:
+                name = f"n{i}-d{budget}"
+                config = {**spec.model_config, **size}
+                trial, data[name] = _trial(
+                    ctx, spec, pool_store, name, sc.scaling.fraction, budget, model_config=config
                 )
-            )
+                trials.append(trial)
     return trials, data
 
 
 def target_budget(ctx: StageContext) -> int:
-    """The target run's tokens: ``sweep.target_tokens``, else ``train.tokens``, ``mix.total_tokens``, the
-    largest sweep budget."""
+    """The target run's tokens: ``sweep.target_tokens``, else ``train.tokens``, ``train.max_steps`` x
+    ``train.global_batch_tokens``, ``mix.total_tokens``, the largest sweep budget."""
     sc, tc = ctx.cfg.sweep, ctx.cfg.train
-    return int(sc.target_tokens or tc.tokens or ctx.cfg.mix.total_tokens or max(sc.budgets))
+    capped = tc.max_steps * tc.global_batch_tokens if tc.max_steps and tc.global_batch_tokens else None
+    return int(sc.target_tokens or tc.tokens or capped or ctx.cfg.mix.total_tokens or max(sc.budgets))
 
 
 def fraction_grid(fractions: list[float], step: float = 0.005) -> list[float]:
@@ -166,7 +185,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
     sc = ctx.cfg.sweep
     init_ray(ctx.cfg.ray)
     t0 = time.perf_counter()
-    pool_cfg, pool = build_pool(ctx, pool_tokens(sc.fractions, sc.budgets))
+    fractions, budgets = list(sc.fractions), list(sc.budgets)
+    if sc.scaling is not None:
+        fractions, budgets = [*fractions, sc.scaling.fraction], [*budgets, *sc.scaling.budgets]
+    pool_cfg, pool = build_pool(ctx, pool_tokens(fractions, budgets))
     pool_store = Path(pool_cfg.run_path / "mix" / pool["outputs"]["train_tokens"]).parent
     spec, facts = base_spec(ctx, pool_cfg)
     trials, data = plan_trials(ctx, spec, pool_store)
@@ -180,6 +202,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
         r["achieved_fraction"] = data[r["trial_id"]].domain_fraction
         r["repeats"] = data[r["trial_id"]].repeats
     seconds_trials = time.perf_counter() - t0
+    scaling_rows = [r for r in results if r["trial_id"].startswith("n")]
+    results = [r for r in results if not r["trial_id"].startswith("n")]
 
     points = [
         SweepPoint(
@@ -215,7 +239,15 @@ def run(ctx: StageContext) -> dict[str, Any]:
         domain_ci=cis["domain"],
         general_ci=cis["general"],
     )
-    sweep_tokens = sum(int(r["tokens"]) for r in results)
+    grid = fraction_grid(sc.fractions, step=0.02)
+    curves = {
+        side: {
+            str(d): [[round(r, 4), round(float(fits[side].predict(r, d)), 5)] for r in grid]
+            for d in sorted({*sc.budgets, target})
+        }
+        for side in fits
+    }
+    sweep_tokens = sum(int(r["tokens"]) for r in results + scaling_rows)
     overlay = {"mix": {"domain_fraction": round(float(rec.domain_fraction), 4)}}
     atomic_write_text(
         ctx.out_dir / OVERLAY,
@@ -230,6 +262,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "fit": {side: fits[side].to_dict() for side in fits},
         "intervals": {side: cis[side].to_dict() for side in cis},
         "loo": {side: loo[side].to_dict() for side in loo},
+        "curves": curves,
         "trials": results,
         "base": {"domain_bpb": base_domain, "general_bpb": base_general, "scored_on": "validation"},
         "pool": {
@@ -243,9 +276,61 @@ def run(ctx: StageContext) -> dict[str, Any]:
             "fraction_of_target_run": round(sweep_tokens / target, 4),
             "seconds": round(seconds_trials, 1),
         },
-        "counts": {"trials": len(results), "fractions": len(sc.fractions), "budgets": len(sc.budgets)},
+        "counts": {
+            "trials": len(results) + len(scaling_rows),
+            "fractions": len(sc.fractions),
+            "budgets": len(sc.budgets),
+        },
+        **({"scaling": scaling_fit(ctx, spec, scaling_rows, target, seed)} if scaling_rows else {}),
         "objective": spec.objective,
     }
+
+
+def model_params(spec: Any) -> int:
+    """Parameters of the run's model, counted on the meta device (nothing allocated)."""
+    import torch
+
+    from dapt.train.objectives import auto_class
+    from dapt.train.setup import load_model_config
+
+    with torch.device("meta"):
+        model = auto_class(spec.objective).from_config(load_model_config(spec))
+    return int(sum(p.numel() for p in model.parameters()))
+
+
+def scaling_fit(
+    ctx: StageContext, spec: Any, rows: list[dict[str, Any]], target: int, seed: int
+) -> dict[str, Any]:
+    """Chinchilla approach 3 per side on the scaling grid, the compute-optimal split for the compute
+    budget, and the same for the published fits (whose constants are in nats per token of other data:
+    compare their exponents and the split they imply, not E, A, B)."""
+    from dapt.sweep.scaling import PUBLISHED, bootstrap_scaling, compute_optimal, fit_scaling
+
+    sc = ctx.cfg.sweep.scaling
+    n_model = model_params(spec)
+    flops = float(sc.flops or 6.0 * n_model * target)
+    params = [float(r["params"]) for r in rows]
+    tokens = [float(r["tokens"]) for r in rows]
+    out: dict[str, Any] = {
+        "points": rows,
+        "flops": flops,
+        "model_params": n_model,
+        "published": {
+            k: {"fit": f.to_dict(), "compute_optimal": compute_optimal(f, flops).to_dict()}
+            for k, f in PUBLISHED.items()
+        },
+    }
+    for side in ("domain", "general"):
+        loss = [float(r[f"{side}_bpb"]) for r in rows]
+        fit = fit_scaling(params, tokens, loss)
+        ci = bootstrap_scaling(params, tokens, loss, n_boot=ctx.cfg.sweep.bootstrap, seed=seed, fit=fit)
+        out[side] = {
+            "fit": fit.to_dict(),
+            "intervals": ci.to_dict(),
+            "compute_optimal": compute_optimal(fit, flops).to_dict(),
+            "compute_optimal_interval": {k: list(v) for k, v in ci.compute_optimal_interval(flops).items()},
+        }
+    return out
 
 
 def _domain_tokens(pool_cfg: Any) -> int:

@@ -119,8 +119,8 @@ def test_tiny_config_runs_end_to_end(tmp_path: Path) -> None:
     assert {"report.html", "report.md", "model_card.md"} <= {
         a.path for a in client.list_artifacts(children["report"].info.run_id)
     }
-    assert "mix/achieved_domain_fraction" in children["mix"].data.metrics
-    assert "summary/domain_bpb_delta_pct" in children["eval"].data.metrics
+    assert "manifest/mix/achieved_domain_fraction" in children["mix"].data.metrics
+    assert "manifest/summary/domain_bpb_delta_pct" in children["eval"].data.metrics
 
     # A rerun with nothing changed does nothing.
     again = _dapt("run", "--config", "configs/tiny.yaml", f"run_dir={run_dir}")

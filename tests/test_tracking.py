@@ -62,11 +62,11 @@ def test_manifest_numbers_become_metrics_and_config_params() -> None:
         }
     )
     assert m == {
-        "counts/kept": 3.0,
-        "counts/rejected/pii_email ratio": 1.0,
-        "ok": 1.0,
-        "metrics/bpb/all-domain/delta_pct": -8.7,
-        "metrics/bpb/all-domain/p_value": 0.001,
+        "manifest/counts/kept": 3.0,
+        "manifest/counts/rejected/pii_email ratio": 1.0,
+        "manifest/ok": 1.0,
+        "manifest/metrics/bpb/all-domain/delta_pct": -8.7,
+        "manifest/metrics/bpb/all-domain/p_value": 0.001,
     }
     assert flatten_params({"mix": {"seq_len": 128, "tasks": ["a", "b"]}}) == {
         "mix.seq_len": "128",
@@ -93,9 +93,9 @@ def test_mlflow_child_per_stage_under_one_parent(tmp_path: Path, probe_stage) ->
     child = children[0]
     assert child.info.run_name == "probe" and child.info.status == "FINISHED"
     assert child.data.params["sources"].startswith("[{")  # the stage's config section
-    assert child.data.metrics["counts/rejected/duplicate_exact"] == 1.0
-    assert child.data.metrics["metrics/bpb/fin/p_value"] == 0.01
-    assert child.data.metrics["mix/shortfall"] == 0.0
+    assert child.data.metrics["manifest/counts/rejected/duplicate_exact"] == 1.0
+    assert child.data.metrics["manifest/metrics/bpb/fin/p_value"] == 0.01
+    assert child.data.metrics["manifest/mix/shortfall"] == 0.0
     curve = client.get_metric_history(child.info.run_id, "train/loss")
     assert [(m.step, m.value) for m in curve] == [(1, 3.0), (2, 2.0), (3, 1.0)]
     assert [a.path for a in client.list_artifacts(child.info.run_id)] == ["summary.md"]
@@ -120,7 +120,7 @@ def test_a_backend_that_cannot_start_warns_and_the_stage_completes(
 def test_wandb_offline_records_the_stage_and_its_curve(tmp_path: Path, probe_stage) -> None:
     cfg = _cfg(tmp_path, "tracking.backend=wandb")
     run_stage(cfg, "probe", echo=None)
-    keys = (b"train/loss", b"counts/rejected/duplicate_exact", b"summary.md", b"sources", b"probe")
+    keys = (b"train/loss", b"manifest/counts/rejected/duplicate_exact", b"summary.md", b"sources", b"probe")
     deadline = time.monotonic() + 30  # W&B's service finishes writing its offline files after finish()
     while True:
         records = sorted((tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb"))

@@ -138,6 +138,13 @@ def collect(ctx: Any) -> RunData:
             data.problems.append(str(e))
             log.warning("%s", e)
 
+    sweep = get(data.m("mix"), "fraction_from", "sweep_manifest")
+    if sweep:  # the mix took its fraction from `dapt sweep`: its manifest, for the report's sweep section
+        try:
+            data.manifests["sweep"] = json.loads(Path(sweep).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as e:
+            data.problems.append(f"sweep manifest {sweep} (named by the mix manifest): {e}")
+
     for key, attr in (("metrics", "metrics"), ("monitor", "monitor")):
         p = data.output_path("train", key)
         if p is None:

@@ -246,3 +246,44 @@ def quant_plot(rows: list[dict[str, Any]], bpb_key: str | None, dpi: int) -> byt
     fig.legend(handles, labels, fontsize=8, loc="outside lower center", ncols=len(labels))
     ax.set_title("Quantized variants of the adapted model", fontsize=10)
     return _png(fig, dpi)
+
+
+def sweep_plot(sweep: dict[str, Any], measured: dict[str, float] | None, dpi: int) -> bytes | None:
+    """The sweep's proxy points and fitted curves per budget, domain and general side by side, with the
+    recommended fraction and, when a run was made there, its measured validation bits-per-byte."""
+    curves, trials = sweep.get("curves") or {}, sweep.get("trials") or []
+    if not curves or not trials:
+        return None
+    rec = sweep.get("recommendation") or {}
+    target = rec.get("tokens")
+    fig = _figure(width=9.0, height=3.6)
+    for i, side in enumerate(("domain", "general")):
+        ax = fig.add_subplot(1, 2, i + 1)
+        for j, (budget, pts) in enumerate(
+            sorted((curves.get(side) or {}).items(), key=lambda kv: float(kv[0]))
+        ):
+            color = _COLORS[j % 8]
+            is_target = target is not None and float(budget) == float(target)
+            ax.plot(
+                [p[0] for p in pts],
+                [p[1] for p in pts],
+                lw=1.2,
+                ls="--" if is_target else "-",
+                color=color,
+                label=f"{int(float(budget)):,} tokens" + (" (target, predicted)" if is_target else ""),
+            )
+            here = [t for t in trials if int(t["budget"]) == int(float(budget))]
+            ax.scatter(
+                [t["achieved_fraction"] for t in here], [t[f"{side}_bpb"] for t in here], s=14, color=color
+            )
+        if rec.get("domain_fraction") is not None:
+            ax.axvline(float(rec["domain_fraction"]), color="#444", lw=0.8, ls=":", label="recommended")
+        if measured and measured.get(side) is not None and rec.get("domain_fraction") is not None:
+            ax.scatter(
+                [rec["domain_fraction"]], [measured[side]], marker="*", s=90, color="black", label="measured"
+            )
+        ax.set_xlabel("domain fraction")
+        ax.set_ylabel(f"{side} validation bits per byte")
+        ax.set_title(f"{side.capitalize()} side: proxy runs and fitted law", fontsize=10)
+        ax.legend(fontsize=7)
+    return _png(fig, dpi)

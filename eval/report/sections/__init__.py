@@ -22,6 +22,7 @@ from dapt.eval.report.sections import (
     plan,
     quantization,
     summary,
+    sweep,
     tokenizer,
     training,
 )
@@ -29,11 +30,24 @@ from dapt.eval.report.sections.base import Builder, Inputs
 
 REGISTRY: tuple[tuple[str, Builder], ...] = tuple(
     (m.ID, m.build)
-    for m in (summary, funnel, mix, tokenizer, training, benchmarks, quantization, plan, conclusions, notes)
+    for m in (
+        summary,
+        funnel,
+        mix,
+        sweep,
+        tokenizer,
+        training,
+        benchmarks,
+        quantization,
+        plan,
+        conclusions,
+        notes,
+    )
 )
-"""Every section in report order; all but ``notes`` (only when inputs were missing) always render."""
+"""Every section in report order; all but ``notes`` (only when inputs were missing) and ``sweep`` (only
+when the mix fraction came from `dapt sweep`) always render."""
 
-SECTION_IDS = [sid for sid, _ in REGISTRY if sid != notes.ID]
+SECTION_IDS = [sid for sid, _ in REGISTRY if sid not in (notes.ID, sweep.ID)]
 """Every report has all of these, in this order (a section with no data says so)."""
 
 
