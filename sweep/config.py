@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from dapt.pipeline.knobs import NOT_FINGERPRINTED
 
@@ -30,21 +30,31 @@ class ScalingGridConfig(BaseModel):
             raise ValueError(f"budgets must be distinct positive token counts, got {v}")
         return sorted(v)
 
+    @model_validator(mode="after")
+    def _enough_runs(self) -> ScalingGridConfig:
+        if len(self.sizes) * len(self.budgets) < 7:
+            raise ValueError(
+                f"{len(self.sizes)} sizes x {len(self.budgets)} budgets: approach 3 fits 5 parameters "
+                "and needs at least 7 runs"
+            )
+        return self
+
 
 class SweepConfig(BaseModel):
     """Proxy continued-pretraining runs (``dapt sweep``), each from the run's real base model (after the
     tokenizer stage) on a mix of ``fraction`` domain tokens and ``budget`` tokens in all, scored on the
     validation split by the forgetting monitor; a mixture law fitted per side; the recommended fraction.
 
-    Defaults follow D-CPT Law's setup in miniature: 5 fractions, 2 budgets, the least a law with a
-    budget term can be fitted to (the simpler mixing law is used below that; the manifest says which)."""
+    Defaults follow D-CPT Law's setup in miniature: 5 fractions, 3 budgets, the least the law's budget
+    term can be fitted to (simpler laws are used below that; the manifest says which)."""
 
     model_config = ConfigDict(extra="forbid")
 
     fractions: list[float] = Field(default_factory=lambda: [0.1, 0.3, 0.5, 0.7, 0.9], min_length=2)
     """Domain fractions r in (0, 1) to try."""
-    budgets: list[int] = Field(default_factory=lambda: [1 << 20, 1 << 21], min_length=1)
-    """Training tokens per proxy run; at least two for the budget term of the law."""
+    budgets: list[int] = Field(default_factory=lambda: [1 << 19, 1 << 20, 1 << 21], min_length=1)
+    """Training tokens per proxy run. Three or more for D-CPT's budget term, which carries the fit to the
+    target run's budget; with two, a simpler law is fitted (sweep/fit.py says why)."""
     max_general_regression: float = Field(default=0.02, ge=0)
     """The largest predicted relative rise of general validation bits-per-byte over the base model that a
     recommendation may have (0.02: +2%)."""

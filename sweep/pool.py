@@ -11,6 +11,7 @@ is exact to the block.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -35,6 +36,8 @@ class TrialData:
     domain_fraction: float
     repeats: dict[str, float]
     """Epochs over the pool's distinct domain / general blocks (above 1: blocks repeat)."""
+    rows_sha256: str
+    """Hash of the trial's block list: what it trains on, for the trial's key."""
 
 
 def pool_tokens(fractions: list[float], budgets: list[int]) -> int:
@@ -84,7 +87,8 @@ def make_trial_data(pool_store: Path, out: Path, fraction: float, blocks: int, s
         link = out / entry.name
         if not link.exists():
             os.symlink(entry.resolve(), link)
-    write_raw(out / "block_stream.bin", rows.astype(INDEX_DTYPE), INDEX_DTYPE)
+    rows = rows.astype(INDEX_DTYPE)
+    write_raw(out / "block_stream.bin", rows, INDEX_DTYPE)
     trial_index = {
         **index,
         "n_blocks": int(len(rows)),
@@ -97,6 +101,7 @@ def make_trial_data(pool_store: Path, out: Path, fraction: float, blocks: int, s
         blocks=int(len(rows)),
         domain_blocks=n_dom,
         domain_fraction=n_dom / max(1, len(rows)),
+        rows_sha256=hashlib.sha256(rows.tobytes()).hexdigest(),
         repeats={
             "domain": round(n_dom / max(1, len(domain)), 4),
             "general": round((len(rows) - n_dom) / max(1, len(general)), 4),

@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 
 from dapt.pipeline.errors import ConfigError
-from dapt.pipeline.fsutil import atomic_write_text
+from dapt.pipeline.fsutil import atomic_write_text, stable_hash
 from dapt.pipeline.stages import STAGES, StageConfig, StageContext, read_manifest, run_stage
 from dapt.sweep.fit import SweepPoint, bootstrap_ci, fit_law, leave_one_out
 from dapt.sweep.pool import make_trial_data, pool_tokens
@@ -93,7 +93,16 @@ def base_spec(ctx: StageContext, pool_cfg: Any) -> tuple[Any, dict[str, Any]]:
     return spec.replace(monitor_path=mon["path"]), facts
 
 
-def _trial(ctx: StageContext, spec: Any, pool_store: Path, name: str, r: float, budget: int, **model: Any):
+def _trial(
+    ctx: StageContext,
+    spec: Any,
+    pool_store: Path,
+    pool_fingerprint: str,
+    name: str,
+    r: float,
+    budget: int,
+    **model: Any,
+):
     """One trial: its data over the pool and its worker spec (the run's optimiser, one process)."""
     sc, tc = ctx.cfg.sweep, ctx.cfg.train
     seed = ctx.cfg.seed if sc.seed is None else sc.seed
@@ -119,14 +128,18 @@ def _trial(ctx: StageContext, spec: Any, pool_store: Path, name: str, r: float, 
         progress_run_dir=None,
         tracking=None,
         export_dir=None,
-        fingerprint=f"{ctx.state_key}-{name}",
-        state_key=f"{ctx.state_key}-{name}",
         checkpoint_meta=None,
         under_ray=False,
         use_gpu=sc.gpus_per_trial > 0,
         cpu_threads=max(1, int(sc.cpus_per_trial)),  # trials share the node: no oversubscription
         **model,
     )
+    # The trial's own key: its spec (paths included: the data folder holds this trial's blocks) and the
+    # pool it samples; checkpoints and the cached result carry it, so a changed trial starts afresh while
+    # an unchanged one (e.g. when a budget is added to the grid) is not trained again.
+    own = {k: v for k, v in trial_spec.to_dict().items() if k not in ("fingerprint", "state_key")}
+    key = stable_hash({"spec": own, "pool": pool_fingerprint, "rows": data.rows_sha256})
+    trial_spec = trial_spec.replace(fingerprint=key, state_key=key)
     trial = Trial(
         trial_id=name,
         fraction=r,
@@ -138,29 +151,56 @@ def _trial(ctx: StageContext, spec: Any, pool_store: Path, name: str, r: float, 
     return trial, data
 
 
-def plan_trials(ctx: StageContext, spec: Any, pool_store: Path) -> tuple[list[Trial], dict[str, Any]]:
+def plan_trials(
+    ctx: StageContext, spec: Any, pool_store: Path, pool_fingerprint: str
+) -> tuple[list[Trial], dict[str, Any]]:
     """The mixture grid (fractions x budgets), then the scaling grid (sizes x budgets) when asked for."""
     sc = ctx.cfg.sweep
     trials, data = [], {}
     for budget in sc.budgets:
         for r in sc.fractions:
-            trial, data[trial.trial_id] = _trial(ctx, spec, pool_store, trial_name(r, budget), r, budget)
+            trial, data[trial.trial_id] = _trial(
+                ctx, spec, pool_store, pool_fingerprint, trial_name(r, budget), r, budget
+            )
             trials.append(trial)
     if sc.scaling is not None:
-        if spec.model_config is None:
-            raise ConfigError(
-                "sweep.scaling: needs a model family built from a config (model.from_config); "
-                f"this run adapts {spec.model_path}"
-            )
+        family = scaling_family(ctx, spec)
         for i, size in enumerate(sc.scaling.sizes):
             for budget in sc.scaling.budgets:
                 name = f"n{i}-d{budget}"
-                config = {**spec.model_config, **size}
+                config = {**family, **size}
                 trial, data[name] = _trial(
-                    ctx, spec, pool_store, name, sc.scaling.fraction, budget, model_config=config
+                    ctx,
+                    spec,
+                    pool_store,
+                    pool_fingerprint,
+                    name,
+                    sc.scaling.fraction,
+                    budget,
+                    model_config=config,
+                    model_path=None,
                 )
                 trials.append(trial)
     return trials, data
+
+
+def scaling_family(ctx: StageContext, spec: Any) -> dict[str, Any]:
+    """The model config the scaling grid varies: the run's ``model.from_config`` as the tokenizer stage
+    recorded it (sizes are new random inits of that family); a hub or local checkpoint has no family."""
+    from dapt.train.stage import config_model
+
+    fc = (ctx.upstream_manifest("tokenizer").get("base_model") or {}).get("from_config")
+    if not isinstance(fc, dict):
+        raise ConfigError(
+            "sweep.scaling: needs a model family built from a config (model.from_config); "
+            f"this run adapts {spec.model_path}"
+        )
+    config, _seed = config_model(fc, spec.model_config["vocab_size"] if spec.model_config else None)
+    if spec.model_config is None:  # the tokenizer saved the random init: its vocabulary is the model's
+        from dapt.train.setup import load_model_config
+
+        config["vocab_size"] = int(load_model_config(spec).vocab_size)
+    return config
 
 
 def target_budget(ctx: StageContext) -> int:
@@ -191,12 +231,18 @@ def run(ctx: StageContext) -> dict[str, Any]:
     pool_cfg, pool = build_pool(ctx, pool_tokens(fractions, budgets))
     pool_store = Path(pool_cfg.run_path / "mix" / pool["outputs"]["train_tokens"]).parent
     spec, facts = base_spec(ctx, pool_cfg)
-    trials, data = plan_trials(ctx, spec, pool_store)
+    trials, data = plan_trials(ctx, spec, pool_store, pool["fingerprint"])
     ctx.log.info(
         "sweep: %d trials (%d fractions x %d budgets)", len(trials), len(sc.fractions), len(sc.budgets)
     )
     results = run_trials(
-        trials, ctx.work_dir / "tune", sc.concurrency, sc.cpus_per_trial, sc.gpus_per_trial, sc.max_failures
+        trials,
+        ctx.work_dir / "tune",
+        sc.concurrency,
+        sc.cpus_per_trial,
+        sc.gpus_per_trial,
+        sc.max_failures,
+        run_dir=ctx.run_dir,
     )
     for r in results:
         r["achieved_fraction"] = data[r["trial_id"]].domain_fraction

@@ -36,16 +36,25 @@ class Trial:
     kill_marker: str | None = None
     """Tests: the trial's process exits at half its steps once (when the marker file does not exist)."""
 
+    @property
+    def key(self) -> str:
+        """What the trial's result depends on: its spec (model, data, optimiser, steps; the spec's
+        ``fingerprint`` is this key's own, set by the planner). A cached result with another key is
+        stale and the trial runs again."""
+        return self.spec.get("state_key") or ""
+
 
 def trial_name(fraction: float, budget: int) -> str:
     return f"r{fraction:.3f}-d{budget}"
 
 
-def read_result(folder: Path) -> dict[str, Any] | None:
+def read_result(folder: Path, key: str | None = None) -> dict[str, Any] | None:
+    """The finished trial's result; None when there is none or it belongs to another ``key``."""
     try:
-        return json.loads((folder / RESULT).read_text())
+        done = json.loads((folder / RESULT).read_text())
     except (OSError, ValueError):
         return None
+    return done if key is None or done.get("key") == key else None
 
 
 def run_trial(config: dict[str, Any]) -> None:
@@ -57,7 +66,7 @@ def run_trial(config: dict[str, Any]) -> None:
 
     trial = Trial(**config["trial"])
     folder = Path(trial.folder)
-    done = read_result(folder)
+    done = read_result(folder, trial.key)
     if done is None:
         spec = TrainSpec.from_dict(trial.spec)
         if trial.kill_marker and not Path(trial.kill_marker).exists():
@@ -69,11 +78,13 @@ def run_trial(config: dict[str, Any]) -> None:
             raise RuntimeError(f"trial {trial.trial_id}: the monitor wrote no rows (no validation split?)")
         base, last = rows[0], rows[-1]
         done = {
+            "key": trial.key,
             "trial_id": trial.trial_id,
             "fraction": trial.fraction,
             "budget": trial.budget,
             "steps": summary["steps"],
             "tokens": summary["tokens"],
+            "params": summary.get("params_total"),
             "domain_bpb": last["domain_bpb"],
             "general_bpb": last["general_bpb"],
             "base_domain_bpb": base["domain_bpb"],
@@ -108,12 +119,27 @@ def _exit_at(spec: Any, step: int) -> None:
 
 
 def run_trials(
-    trials: list[Trial], storage: Path, concurrency: int, cpus: float, gpus: float, max_failures: int
+    trials: list[Trial],
+    storage: Path,
+    concurrency: int,
+    cpus: float,
+    gpus: float,
+    max_failures: int,
+    run_dir: Path | None = None,
 ) -> list[dict[str, Any]]:
-    """All trials through a Tune ``Tuner``; the results in trial order (finished ones read back)."""
+    """All trials through a Tune ``Tuner``; the results in trial order (finished ones read back). With
+    ``run_dir``, the count of finished trials goes where ``dapt status --watch`` reads it."""
     from ray import tune
 
-    todo = [t for t in trials if read_result(Path(t.folder)) is None]
+    from dapt.pipeline.progress import StepProgress
+
+    todo = [t for t in trials if read_result(Path(t.folder), t.key) is None]
+    record = StepProgress(run_dir, "sweep", "proxy trials", len(trials), "trials", len(trials) - len(todo))
+
+    class Count(tune.Callback):
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            record.update()
+
     if todo:
         trainable = tune.with_resources(run_trial, {"cpu": cpus, "gpu": gpus})
         tuner = tune.Tuner(
@@ -124,13 +150,14 @@ def run_trials(
                 name="sweep",
                 storage_path=str(storage.resolve()),
                 failure_config=tune.FailureConfig(max_failures=max_failures),
+                callbacks=[Count()],
                 verbose=0,
             ),
         )
         grid = tuner.fit()
         errors = [r.error for r in grid if r.error is not None]
-        missing = [t.trial_id for t in todo if read_result(Path(t.folder)) is None]
+        missing = [t.trial_id for t in todo if read_result(Path(t.folder), t.key) is None]
         if missing:
             first = f": {errors[0]}" if errors else ""
             raise RuntimeError(f"sweep: trials {missing} failed after {max_failures} retries{first}")
-    return [read_result(Path(t.folder)) for t in trials]
+    return [read_result(Path(t.folder), t.key) for t in trials]

@@ -59,7 +59,7 @@ def test_sweep_survives_kills_and_recommends(tmp_path: Path) -> None:
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(30)
     finished = _results(run_dir)
-    assert 2 <= len(finished) < 8, finished
+    assert 2 <= len(finished) < 16, finished
     assert stage_status(cfg, "sweep") == "missing"
 
     # 2. The rerun, with one unfinished trial's process killed half-way (os._exit, once).
@@ -70,7 +70,7 @@ def test_sweep_survives_kills_and_recommends(tmp_path: Path) -> None:
     killed_at = run_dir / ".work" / "sweep" / "trials" / victim / "logs" / "killed-at"
     assert killed_at.exists()
     after = _results(run_dir)
-    assert len(after) == 8
+    assert len(after) == 16  # 4 fractions x 2 budgets, and the scaling grid's 4 sizes x 2 budgets
     assert all(after[k] == v for k, v in finished.items())  # finished trials were not trained again
     victim_row = next(t for t in manifest["trials"] if t["trial_id"] == victim)
     assert victim_row["steps"] == 8
@@ -94,11 +94,25 @@ def test_sweep_survives_kills_and_recommends(tmp_path: Path) -> None:
     assert 0.2 <= rec["domain_fraction"] <= 0.8
     overlay = (run_dir / "sweep" / "recommendation.yaml").read_text()
     assert f"domain_fraction: {manifest['overlay']['mix']['domain_fraction']}" in overlay
-    assert manifest["cost"]["trial_tokens"] == 4 * (4096 + 8192)
+    assert manifest["cost"]["trial_tokens"] == 8 * (4096 + 8192)
+    scaling = manifest["scaling"]
+    assert len({p["params"] for p in scaling["points"]}) == 4 and len(scaling["points"]) == 8
+    for side in ("domain", "general"):
+        assert scaling[side]["compute_optimal"]["params"] > 0 and scaling[side]["fit"]["alpha"] > 0
+    assert set(scaling["published"]) == {"hoffmann2022", "besiroglu2024"}
 
     # 4. `mix.domain_fraction: auto` reads it, and `dapt run` puts the sweep before the mix.
     auto = load_config(ROOT / "configs/tiny.yaml", [f"run_dir={run_dir}", "mix.domain_fraction=auto"])
     assert auto.mix.domain_fraction == manifest["overlay"]["mix"]["domain_fraction"]
     assert pipeline_stages(auto)[3:5] == ["sweep", "mix"]
     assert stage_status(auto, "sweep") == "done"  # the fraction it chose does not make it stale
+
+    # 5. The run at the recommendation: the mix names the sweep, the report shows it.
+    run_pipeline(auto, ["mix", "train", "eval", "report"], echo=None)
+    mix = json.loads((run_dir / "mix" / "manifest.json").read_text())
+    assert mix["mix"]["target_domain_fraction"] == auto.mix.domain_fraction
+    assert mix["fraction_from"]["sweep_fingerprint"] == manifest["fingerprint"]
+    report = (run_dir / "report" / "report.md").read_text()
+    assert "## Mix ratio: the proxy sweep" in report and "Measured domain bpb" in report
+    assert "Besiroglu et al. 2024" in report and (run_dir / "report" / "sweep.png").is_file()
     shutdown_ray()

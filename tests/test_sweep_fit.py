@@ -114,7 +114,7 @@ GRID_3X2 = [(r, D) for r in (0.1, 0.3, 0.6) for D in (1e6, 1e7)]
     ("grid", "form", "why"),
     [
         (GRID_3X2 + [(0.3, 1e8)], "mixing_exp", "not dcpt: 7 points < 6 parameters + 2"),
-        ([(r, 1e7) for r in (0.1, 0.2, 0.4, 0.7, 1.0)], "mixing_exp_1d", "1 distinct token budgets < 2"),
+        ([(r, 1e7) for r in (0.1, 0.2, 0.4, 0.7, 1.0)], "mixing_exp_1d", "1 distinct token budgets < 3"),
         ([(r, 1e7) for r in (0.2, 0.5, 0.8)], "loglinear", "not mixing_exp_1d: 3 points < 3 parameters + 2"),
         (GRID_3X2, "loglinear", "not mixing_exp: 6 points < 5 parameters + 2; 2 distinct token budgets < 3"),
     ],

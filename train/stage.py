@@ -101,6 +101,21 @@ def _packed_blocks(mix_dir: Path, mix: dict[str, Any]) -> tuple[str, int, int]:
     return str(Path(tokens_path).resolve()), seq_len, n_blocks
 
 
+def config_model(from_config: dict[str, Any], vocab_size: int | None) -> tuple[dict[str, Any], int]:
+    """A ``model.from_config`` section (as the tokenizer manifest records it) as the spec's
+    ``model_config`` and init seed, at the tokenizer's vocabulary size."""
+    fc = dict(from_config)
+    init_seed = int(fc.pop("seed", 0) or 0)
+    extra = fc.pop("extra", None) or {}
+    config = {
+        **fc,
+        "vocab_size": int(vocab_size or fc["vocab_size"]),
+        "num_key_value_heads": fc.get("num_key_value_heads") or fc.get("num_attention_heads"),
+        **extra,
+    }
+    return config, init_seed
+
+
 def _base_model(tok_dir: Path, tok: dict[str, Any], mix: dict[str, Any]) -> dict[str, Any]:
     """The model to train, from the tokenizer manifest: its ``outputs.model`` folder (or hub id), else
     the base model it records (``base_model``: a hub id / folder with its revision, or a config to
@@ -123,15 +138,7 @@ def _base_model(tok_dir: Path, tok: dict[str, Any], mix: dict[str, Any]) -> dict
             if not model_path:
                 raise InputError(f"{tok_dir}/manifest.json: base_model names no model")
         else:
-            fc = dict(fc)
-            init_seed = int(fc.pop("seed", 0) or 0)
-            extra = fc.pop("extra", None) or {}
-            model_config = {
-                **fc,
-                "vocab_size": int(mix.get("vocab_size") or tok.get("vocab_size") or fc["vocab_size"]),
-                "num_key_value_heads": fc.get("num_key_value_heads") or fc.get("num_attention_heads"),
-                **extra,
-            }
+            model_config, init_seed = config_model(fc, mix.get("vocab_size") or tok.get("vocab_size"))
     tokenizer_path = _manifest_path(tok_dir, outs.get("tokenizer"))
     if tokenizer_path is None and model_path and has_tokenizer_files(model_path):
         tokenizer_path = model_path
