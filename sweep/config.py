@@ -7,6 +7,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from dapt.pipeline.knobs import NOT_FINGERPRINTED
 
 
+def token_budgets(v: list[int]) -> list[int]:
+    """Distinct positive token counts, sorted."""
+    if any(b < 1 for b in v) or len(set(v)) != len(v):
+        raise ValueError(f"budgets must be distinct positive token counts, got {v}")
+    return sorted(v)
+
+
 class ScalingGridConfig(BaseModel):
     """A small N x D grid for Chinchilla's approach 3 on the run's own data (``model.from_config``
     families only: the sizes are built from the run's config with these overrides)."""
@@ -23,12 +30,7 @@ class ScalingGridConfig(BaseModel):
     """The compute budget for the compute-optimal N and D; None: 6 x the run's model size x its target
     tokens."""
 
-    @field_validator("budgets")
-    @classmethod
-    def _budgets(cls, v: list[int]) -> list[int]:
-        if any(b < 1 for b in v) or len(set(v)) != len(v):
-            raise ValueError(f"budgets must be distinct positive token counts, got {v}")
-        return sorted(v)
+    _budgets = field_validator("budgets")(classmethod(lambda cls, v: token_budgets(v)))
 
     @model_validator(mode="after")
     def _enough_runs(self) -> ScalingGridConfig:
@@ -86,9 +88,4 @@ class SweepConfig(BaseModel):
             raise ValueError("fractions repeat")
         return sorted(v)
 
-    @field_validator("budgets")
-    @classmethod
-    def _budgets(cls, v: list[int]) -> list[int]:
-        if any(b < 1 for b in v) or len(set(v)) != len(v):
-            raise ValueError(f"budgets must be distinct positive token counts, got {v}")
-        return sorted(v)
+    _budgets = field_validator("budgets")(classmethod(lambda cls, v: token_budgets(v)))

@@ -33,6 +33,7 @@ import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from scipy.optimize import least_squares, nnls
@@ -376,6 +377,16 @@ def percentile_interval(values: np.ndarray, level: float) -> tuple[np.ndarray, n
     return np.quantile(values, q, axis=0), np.quantile(values, 1.0 - q, axis=0)
 
 
+def intervals_dict(ci: Any) -> dict:
+    """A bootstrap result's intervals as JSON: level, draws asked and kept, (low, high) per parameter."""
+    return {
+        "level": float(ci.level),
+        "n_boot": ci.n_boot,
+        "n_ok": len(ci.samples),
+        "intervals": {k: [float(a), float(b)] for k, (a, b) in ci.intervals.items()},
+    }
+
+
 @dataclass(frozen=True, eq=False)
 class BootstrapCI:
     """Percentile intervals from refits on resampled points (same form as the full fit, warm-started).
@@ -407,13 +418,7 @@ class BootstrapCI:
         return (float(lo), float(hi)) if np.ndim(lo) == 0 else (lo, hi)
 
     def to_dict(self) -> dict:
-        intervals = {k: [float(a), float(b)] for k, (a, b) in self.intervals.items()}
-        return {
-            "level": float(self.level),
-            "n_boot": self.n_boot,
-            "n_ok": len(self.samples),
-            "intervals": intervals,
-        }
+        return intervals_dict(self)
 
 
 def bootstrap_ci(

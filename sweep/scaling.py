@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import minimize
 
-from dapt.sweep.fit import one_blas_thread, percentile_interval
+from dapt.sweep.fit import intervals_dict, one_blas_thread, percentile_interval
 
 DEFAULT_HUBER_DELTA = 1e-3
 _NAMES = ("E", "A", "B", "alpha", "beta")
@@ -217,13 +217,7 @@ class ScalingCI:
         return {"params": (float(lo[0]), float(hi[0])), "tokens": (float(lo[1]), float(hi[1]))}
 
     def to_dict(self) -> dict:
-        intervals = {k: [float(a), float(b)] for k, (a, b) in self.intervals.items()}
-        return {
-            "level": float(self.level),
-            "n_boot": self.n_boot,
-            "n_ok": len(self.samples),
-            "intervals": intervals,
-        }
+        return intervals_dict(self)
 
 
 def bootstrap_scaling(
