@@ -18,7 +18,10 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -109,6 +112,29 @@ class StepProgress:
             )
         except OSError:  # progress is a courtesy: a full or read-only disk must not fail the stage
             self.path = None
+
+
+@contextmanager
+def counting_files(
+    run_dir: str | Path | None, stage: str, step: str, folder: Path, pattern: str, total: int, unit: str
+) -> Iterator[None]:
+    """Progress of work that Ray tasks finish by writing one file each (mix's token shards): a driver
+    thread counts ``folder/pattern`` once a second, so no task has to report anything."""
+    record = StepProgress(run_dir, stage, step, total, unit)
+    stop = threading.Event()
+
+    def count() -> None:
+        while not stop.wait(1.0):
+            record.set(len(list(folder.glob(pattern))))
+
+    thread = threading.Thread(target=count, name=f"dapt-progress-{stage}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(5)
+        record.set(len(list(folder.glob(pattern))))
 
 
 @dataclass

@@ -108,3 +108,18 @@ def test_a_failed_stage_shows_failed_with_its_error(tmp_path: Path, monkeypatch)
         pass
     view = stage_view(tmp_path / "run", "clean")
     assert view is not None and view.state == "failed" and "disk on fire" in view.detail
+
+
+def test_counting_files_reports_tasks_that_finish_by_writing_a_file(tmp_path: Path) -> None:
+    """Mix's tokenisation: each Ray task writes one token shard; the driver counts them."""
+    from dapt.pipeline.progress import counting_files
+
+    parts = tmp_path / "tokens"
+    parts.mkdir()
+    with counting_files(tmp_path, "mix", "tokenise", parts, "part-*.bin", 4, "tasks"):
+        for i in range(3):
+            (parts / f"part-{i:06d}.bin").write_bytes(b"x")
+        (parts / ".part-000003.bin.1.tmp").write_bytes(b"x")  # a write in flight does not count
+        time.sleep(1.5)
+        step = json.loads((progress_dir(tmp_path) / "mix.step.json").read_text())
+        assert (step["step"], step["done"], step["total"], step["unit"]) == ("tokenise", 3, 4, "tasks")

@@ -24,10 +24,11 @@ import pyarrow.parquet as pq
 from dapt.corpora.mix.config import MixConfig
 from dapt.corpora.mix.decontam import NgramIndex, build_index, match_documents
 from dapt.corpora.mix.neardup import HeldoutShingles, best_matches
-from dapt.corpora.mix.store import part_name, token_dtype, write_raw
+from dapt.corpora.mix.store import PART_DIR, part_name, token_dtype, write_raw
 from dapt.corpora.split.select import HeldoutDoc, split_key
 from dapt.corpora.split.stage import HeldoutRule, heldout_id
 from dapt.pipeline.fsutil import atomic_write_json
+from dapt.pipeline.progress import counting_files
 from dapt.pipeline.ray_runtime import init_ray  # also sets Ray's loopback environment before ray is imported
 
 PREP_VERSION = 2
@@ -299,7 +300,10 @@ def build_prep(
             batch_size=1,
             batch_format="pyarrow",
         )
-        ds.write_parquet(str(docs_dir))
+        with counting_files(
+            ctx.run_dir, "mix", "tokenise", tmp / PART_DIR, "part-*.bin", len(units), "tasks"
+        ):
+            ds.write_parquet(str(docs_dir))
         del ref
     docs_dir.mkdir(exist_ok=True)
     if not any(docs_dir.glob("*.parquet")):
