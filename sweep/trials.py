@@ -6,7 +6,8 @@ retries a failed trial (``FailureConfig``). Each trial is a single-process ``tra
 group), with its own checkpoints, so Tune's retry resumes it where it stopped.
 
 The sweep is resumable without Tune's experiment restore: a finished trial leaves ``result.json`` in its
-folder, and a rerun's trial returns that at once. So killing the whole command loses at most the
+folder (and its checkpoints are deleted: the result supersedes them), and a rerun's trial returns that at
+once. So killing the whole command loses at most the
 unfinished trials' steps since their last checkpoint.
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -93,6 +95,9 @@ def run_trial(config: dict[str, Any]) -> None:
             "seconds": summary.get("train_seconds"),
         }
         atomic_write_json(folder / RESULT, done)
+        # The result is the trial's output; its checkpoints only served a retry. They are the size of the
+        # model's training state (1.7 GB for a 135M model with Adam), so 15 trials of the demo kept 25 GB.
+        shutil.rmtree(spec.checkpoint_dir, ignore_errors=True)
     tune.report({k: v for k, v in done.items() if isinstance(v, int | float)})
 
 

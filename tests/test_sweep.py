@@ -72,6 +72,8 @@ def test_sweep_survives_kills_and_recommends(tmp_path: Path) -> None:
     after = _results(run_dir)
     assert len(after) == 16  # 4 fractions x 2 budgets, and the scaling grid's 4 sizes x 2 budgets
     assert all(after[k] == v for k, v in finished.items())  # finished trials were not trained again
+    # a finished trial keeps its result, not its training state
+    assert not list((run_dir / ".work" / "sweep" / "trials").glob("*/checkpoints/step-*"))
     victim_row = next(t for t in manifest["trials"] if t["trial_id"] == victim)
     assert victim_row["steps"] == 8
     # the retry resumed from the checkpoint before the kill: its first logged step is past step 1
