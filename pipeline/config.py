@@ -221,6 +221,10 @@ class TrackingConfig(StrictModel):
     tensorboard: bool = True
     """Also write TensorBoard events under ``train/tb`` when the backend is mlflow or wandb."""
 
+    @property
+    def writes_tensorboard(self) -> bool:
+        return self.backend == "tensorboard" or (self.backend in ("mlflow", "wandb") and self.tensorboard)
+
 
 class RunConfig(StrictModel):
     """The whole run. Sections default to sensible values so a config can be a dozen lines."""
@@ -387,14 +391,14 @@ def load_config(
 SWEEP_OVERLAY = ("sweep", "recommendation.yaml")
 
 
-def resolve_auto_fraction(cfg: RunConfig) -> bool:
+def resolve_auto_fraction(cfg: RunConfig) -> None:
     """``mix.domain_fraction: auto`` becomes the finished sweep's recommended fraction (its overlay file);
-    it stays ``auto`` until ``dapt sweep`` has run, and the mix stage then says so. True when resolved."""
+    it stays ``auto`` until ``dapt sweep`` has run, and the mix stage then says so."""
     if cfg.mix.domain_fraction != "auto":
-        return cfg.mix.domain_fraction is not None
+        return
     folder = cfg.run_path / SWEEP_OVERLAY[0]
     if not (folder / "_DONE").exists():
-        return False
+        return
     overlay_file = folder / SWEEP_OVERLAY[1]
     try:
         overlay = yaml.safe_load(overlay_file.read_text())
@@ -405,7 +409,6 @@ def resolve_auto_fraction(cfg: RunConfig) -> bool:
         ) from None
     cfg.mix.domain_fraction = value
     cfg.mix.fraction_source = str(overlay_file)
-    return True
 
 
 def check_input_files(cfg: RunConfig) -> None:

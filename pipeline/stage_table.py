@@ -158,6 +158,5 @@ STAGE_ORDER = [s for s in STAGES if s not in OPTIONAL_STAGES]
 
 def pipeline_stages(cfg: RunConfig) -> list[str]:
     """What ``dapt run`` runs for this config: the sweep first when the mix fraction is ``auto``."""
-    if cfg.mix.domain_fraction == "auto" or cfg.mix.fraction_source:
-        return [*STAGE_ORDER[:3], "sweep", *STAGE_ORDER[3:]]
-    return list(STAGE_ORDER)
+    wanted = {"sweep": cfg.mix.domain_fraction == "auto" or bool(cfg.mix.fraction_source)}
+    return [s for s in STAGES if s not in OPTIONAL_STAGES or wanted[s]]

@@ -40,11 +40,10 @@ from dapt.pipeline.knobs import fingerprint_view, state_view
 from dapt.pipeline.progress import mark_finished, mark_started
 from dapt.pipeline.provenance import git_revision, library_versions
 from dapt.pipeline.ray_runtime import init_ray
-from dapt.pipeline.stage_table import OPTIONAL_STAGES, STAGE_ORDER, STAGES, StageSpec, pipeline_stages
+from dapt.pipeline.stage_table import STAGE_ORDER, STAGES, StageSpec, pipeline_stages
 from dapt.pipeline.tracking import Tracker, TrackingTarget, manifest_metrics, open_tracker, output_artifacts
 
 __all__ = [
-    "OPTIONAL_STAGES",
     "STAGE_ORDER",
     "STAGES",
     "StageSpec",
@@ -362,9 +361,7 @@ def run_stage(
         shutil.rmtree(old)
     mark_finished(run_dir, name)
     say(f"{name}: done in {seconds:.1f}s -> {final}")
-    tracker.end_stage(
-        target, True, {**manifest_metrics(manifest), "manifest/seconds": seconds}, output_artifacts(final)
-    )
+    tracker.end_stage(target, True, manifest_metrics(manifest), output_artifacts(final))
     return manifest
 
 

@@ -360,7 +360,7 @@ def open_tracker(cfg: Any) -> Tracker:
 class StepLogger:
     """Rank 0's side: a row of training curves per logged step into the stage's child run."""
 
-    def __init__(self, target: TrackingTarget, resume_step: int) -> None:
+    def __init__(self, target: TrackingTarget) -> None:
         self.target = target
         self.enabled = True
         self._run = None

@@ -27,7 +27,7 @@ import yaml
 
 from dapt.pipeline.errors import ConfigError
 from dapt.pipeline.fsutil import atomic_write_text, stable_hash
-from dapt.pipeline.stages import STAGES, StageConfig, StageContext, read_manifest, run_stage
+from dapt.pipeline.stages import STAGES, StageConfig, StageContext, run_stage
 from dapt.sweep.fit import SweepPoint, bootstrap_ci, fit_law, leave_one_out
 from dapt.sweep.pool import make_trial_data, pool_tokens
 from dapt.sweep.recommend import recommend
@@ -35,9 +35,6 @@ from dapt.sweep.trials import Trial, run_trials, trial_name
 
 OVERLAY = "recommendation.yaml"
 POOL_FRACTION = 0.5
-TEST_HOOKS = ("kill_trial",)
-"""``ctx.extra`` keys for tests: ``kill_trial`` (``(trial name, marker path)``) kills that trial's process
-once, mid-run."""
 
 
 def _pool_config(ctx: StageContext, pool_dir: Path, tokens: int):
@@ -110,7 +107,7 @@ def _trial(
     steps = max(2, -(-budget // (tc.micro_batch_size * accum * spec.seq_len)))
     folder = (ctx.work_dir / "trials" / name).resolve()
     data = make_trial_data(pool_store, folder / "data", r, steps * accum * tc.micro_batch_size, seed)
-    kill = ctx.extra.get("kill_trial")
+    kill = ctx.extra.get("kill_trial")  # tests: (trial name, marker path) kills that trial once, mid-run
     trial_spec = spec.replace(
         data_path=data.path,
         steps=steps,
@@ -153,16 +150,17 @@ def _trial(
 
 def plan_trials(
     ctx: StageContext, spec: Any, pool_store: Path, pool_fingerprint: str
-) -> tuple[list[Trial], dict[str, Any]]:
-    """The mixture grid (fractions x budgets), then the scaling grid (sizes x budgets) when asked for."""
+) -> tuple[list[Trial], list[Trial], dict[str, Any]]:
+    """The mixture grid (fractions x budgets) and the scaling grid (sizes x budgets, when asked for),
+    and each trial's data by trial id."""
     sc = ctx.cfg.sweep
-    trials, data = [], {}
+    mixture, scaling, data = [], [], {}
     for budget in sc.budgets:
         for r in sc.fractions:
             trial, data[trial.trial_id] = _trial(
                 ctx, spec, pool_store, pool_fingerprint, trial_name(r, budget), r, budget
             )
-            trials.append(trial)
+            mixture.append(trial)
     if sc.scaling is not None:
         family = scaling_family(ctx, spec)
         for i, size in enumerate(sc.scaling.sizes):
@@ -180,8 +178,8 @@ def plan_trials(
                     model_config=config,
                     model_path=None,
                 )
-                trials.append(trial)
-    return trials, data
+                scaling.append(trial)
+    return mixture, scaling, data
 
 
 def scaling_family(ctx: StageContext, spec: Any) -> dict[str, Any]:
@@ -195,11 +193,10 @@ def scaling_family(ctx: StageContext, spec: Any) -> dict[str, Any]:
             "sweep.scaling: needs a model family built from a config (model.from_config); "
             f"this run adapts {spec.model_path}"
         )
-    config, _seed = config_model(fc, spec.model_config["vocab_size"] if spec.model_config else None)
-    if spec.model_config is None:  # the tokenizer saved the random init: its vocabulary is the model's
-        from dapt.train.setup import load_model_config
+    from dapt.train.setup import load_model_config
 
-        config["vocab_size"] = int(load_model_config(spec).vocab_size)
+    # at the vocabulary of the model the run trains (the tokenizer stage's saved init, or its config)
+    config, _seed = config_model(fc, int(load_model_config(spec).vocab_size))
     return config
 
 
@@ -231,12 +228,16 @@ def run(ctx: StageContext) -> dict[str, Any]:
     pool_cfg, pool = build_pool(ctx, pool_tokens(fractions, budgets))
     pool_store = Path(pool_cfg.run_path / "mix" / pool["outputs"]["train_tokens"]).parent
     spec, facts = base_spec(ctx, pool_cfg)
-    trials, data = plan_trials(ctx, spec, pool_store, pool["fingerprint"])
+    mixture, scaling, data = plan_trials(ctx, spec, pool_store, pool["fingerprint"])
     ctx.log.info(
-        "sweep: %d trials (%d fractions x %d budgets)", len(trials), len(sc.fractions), len(sc.budgets)
+        "sweep: %d trials (%d fractions x %d budgets, %d scaling runs)",
+        len(mixture) + len(scaling),
+        len(sc.fractions),
+        len(sc.budgets),
+        len(scaling),
     )
     results = run_trials(
-        trials,
+        mixture + scaling,
         ctx.work_dir / "tune",
         sc.concurrency,
         sc.cpus_per_trial,
@@ -248,8 +249,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         r["achieved_fraction"] = data[r["trial_id"]].domain_fraction
         r["repeats"] = data[r["trial_id"]].repeats
     seconds_trials = time.perf_counter() - t0
-    scaling_rows = [r for r in results if r["trial_id"].startswith("n")]
-    results = [r for r in results if not r["trial_id"].startswith("n")]
+    results, scaling_rows = results[: len(mixture)], results[len(mixture) :]  # run_trials keeps order
 
     points = [
         SweepPoint(
@@ -270,7 +270,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         loo[side] = leave_one_out(points, side, fit=fits[side])
     base_domain = sum(r["base_domain_bpb"] for r in results) / len(results)
     base_general = sum(r["base_general_bpb"] for r in results) / len(results)
-    domain_supply = _domain_tokens(pool_cfg)
+    domain_supply = domain_tokens(pool)
     target = target_budget(ctx)
     rec = recommend(
         fits["domain"],
@@ -379,7 +379,8 @@ def scaling_fit(
     return out
 
 
-def _domain_tokens(pool_cfg: Any) -> int:
-    """Distinct domain training tokens the run has (the mix's ``tokens_available``), for the repetition cap."""
-    per = read_manifest(pool_cfg, "mix")["mix"]["per_source"]
+def domain_tokens(pool: dict[str, Any]) -> int:
+    """Distinct domain training tokens the run has (the pool mix's ``tokens_available``), for the
+    repetition cap."""
+    per = pool["mix"]["per_source"]
     return int(sum(v["tokens_available"] for v in per.values() if v["kind"] == "domain"))

@@ -17,6 +17,26 @@ from dapt.pipeline.stages import STAGES, StageContext, run_stage
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def _status(run_dir: Path, *flags: str) -> subprocess.CompletedProcess:
+    """`dapt status` on the tiny config in another process, as a user's second terminal would run it."""
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dapt.pipeline.cli",
+            "status",
+            "--config",
+            "configs/tiny.yaml",
+            f"run_dir={run_dir}",
+            *flags,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 def test_step_record_gives_rate_and_eta(tmp_path: Path) -> None:
     p = StepProgress(tmp_path, "train", "train", 100, "steps", initial=20, min_interval=0)
     p.set(30)
@@ -46,26 +66,7 @@ def test_watch_shows_the_running_stage_then_its_end(tmp_path: Path, monkeypatch)
     worker.start()
     try:
         assert reached.wait(30)
-        watch = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "dapt.pipeline.cli",
-                "status",
-                "--config",
-                "configs/tiny.yaml",
-                f"run_dir={run_dir}",
-                "--watch",
-                "--interval",
-                "0.5",
-                "--for",
-                "1.6",
-            ],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        watch = _status(run_dir, "--watch", "--interval", "0.5", "--for", "1.6")
     finally:
         release.write_text("go")
         worker.join(60)
@@ -77,21 +78,7 @@ def test_watch_shows_the_running_stage_then_its_end(tmp_path: Path, monkeypatch)
     assert "Ray dashboard: none" in watch.stdout
     # finished: the records are gone and status shows the stage done
     assert not list(progress_dir(run_dir).glob("clean*"))
-    after = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "dapt.pipeline.cli",
-            "status",
-            "--config",
-            "configs/tiny.yaml",
-            f"run_dir={run_dir}",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    after = _status(run_dir)
     assert any(x.split()[:2] == ["clean", "done"] for x in after.stdout.splitlines()), after.stdout
 
 

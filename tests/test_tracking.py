@@ -25,7 +25,7 @@ def counting_stage(ctx: StageContext) -> dict:
     (ctx.out_dir / "summary.md").write_text("# probe\n")
     (ctx.out_dir / "data.jsonl").write_text("{}\n")
     if ctx.tracking is not None:  # what train's rank 0 does with its curves
-        logger = StepLogger(ctx.tracking, resume_step=0)
+        logger = StepLogger(ctx.tracking)
         for step in (1, 2, 3):
             logger.log("train", {"step": step, "loss": 4.0 - step, "tokens": 128 * step, "mfu": None})
         logger.close()

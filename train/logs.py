@@ -39,7 +39,7 @@ class Writers:
         if not enabled:
             return
         if tracking:  # the stage's child run in MLflow / W&B (pipeline/tracking.py); failures only warn
-            self.tracker = StepLogger(TrackingTarget(**tracking), resume_step)
+            self.tracker = StepLogger(TrackingTarget(**tracking))
         log_dir.mkdir(parents=True, exist_ok=True)
         for f in (self.metrics, self.monitor):
             keep = []

@@ -215,8 +215,7 @@ def build_spec(ctx: StageContext) -> tuple[TrainSpec, dict[str, Any]]:
         export_dtype=tc.export_dtype,
         tracking=target_dict(ctx.tracking),
         progress_run_dir=str(ctx.run_dir.resolve()),
-        tensorboard=cfg.tracking.backend == "tensorboard"
-        or (cfg.tracking.backend in ("mlflow", "wandb") and cfg.tracking.tensorboard),
+        tensorboard=cfg.tracking.writes_tensorboard,
         **{k: ctx.extra[k] for k in TEST_HOOKS if k in ctx.extra},
     )
     objective, roles = resolve_objective(tc, spec, mix)
