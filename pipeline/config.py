@@ -250,6 +250,9 @@ class RunConfig(StrictModel):
 
     # Set by the loader, not by users: where the config came from (for messages and relative paths).
     config_path: str | None = Field(default=None, exclude=True)
+    # Set by the loader, not by users: the ``auto`` keys a finished sweep's recommendation filled in
+    # (dotted key -> its overlay file); the sweep's own fingerprint reads them as ``auto`` again.
+    from_sweep: dict[str, str] = Field(default_factory=dict, exclude=True)
 
     @field_validator("sources")
     @classmethod
@@ -273,6 +276,28 @@ class RunConfig(StrictModel):
             d.tasks = list(self.eval.tasks)
         if d.task_dirs is None:
             d.task_dirs = list(self.eval.task_dirs)
+        return self
+
+    @model_validator(mode="after")
+    def _sweep_budget(self) -> RunConfig:
+        """The sweep's compute budget converts at the ``plan`` section's GPU, MFU and price unless it
+        names its own: copied in here, so the sweep reads its own section and is fingerprinted by them."""
+        budget = self.sweep.compute_budget
+        if self.train.tokens == "auto" and budget is None:
+            raise ValueError(
+                "train.tokens: auto takes the sweep's recommended tokens, which it chooses only under a "
+                "compute budget: set sweep.compute_budget (flops, gpu_hours or cost)"
+            )
+        if budget is None:
+            return self
+        for key in ("gpu", "peak_tflops", "mfu", "price_per_gpu_hour"):
+            if getattr(budget, key) is None:
+                setattr(budget, key, getattr(self.plan, key))
+        if budget.cost is not None and budget.price_per_gpu_hour is None:
+            raise ValueError(
+                "sweep.compute_budget.cost: needs a price per GPU-hour (plan.price_per_gpu_hour or "
+                "sweep.compute_budget.price_per_gpu_hour)"
+            )
         return self
 
     @property
@@ -392,23 +417,44 @@ SWEEP_OVERLAY = ("sweep", "recommendation.yaml")
 
 
 def resolve_auto_fraction(cfg: RunConfig) -> None:
-    """``mix.domain_fraction: auto`` becomes the finished sweep's recommended fraction (its overlay file);
-    it stays ``auto`` until ``dapt sweep`` has run, and the mix stage then says so."""
-    if cfg.mix.domain_fraction != "auto":
-        return
+    """``mix.domain_fraction: auto`` and ``train.tokens: auto`` become the finished sweep's
+    recommendation (its overlay file); they stay ``auto`` until ``dapt sweep`` has run, and the stage
+    that needs them then says so. ``cfg.from_sweep`` records what was filled in."""
+    wanted = [
+        (key, section, leaf)
+        for key, section, leaf in (
+            ("mix.domain_fraction", cfg.mix, "domain_fraction"),
+            ("train.tokens", cfg.train, "tokens"),
+        )
+        if getattr(section, leaf) == "auto" or key in cfg.from_sweep
+    ]
     folder = cfg.run_path / SWEEP_OVERLAY[0]
-    if not (folder / "_DONE").exists():
+    if not wanted or not (folder / "_DONE").exists():
         return
     overlay_file = folder / SWEEP_OVERLAY[1]
     try:
         overlay = yaml.safe_load(overlay_file.read_text())
-        value = float(overlay["mix"]["domain_fraction"])
-    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError) as e:
-        raise ConfigError(
-            f"{overlay_file}: mix.domain_fraction: unreadable sweep recommendation ({e})"
-        ) from None
-    cfg.mix.domain_fraction = value
-    cfg.mix.fraction_source = str(overlay_file)
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"{overlay_file}: unreadable sweep recommendation ({e})") from None
+    for key, section, leaf in wanted:
+        top, _ = key.split(".")
+        given = overlay.get(top) if isinstance(overlay, dict) else None
+        if leaf == "tokens" and not (isinstance(given, dict) and leaf in given):
+            # a sweep run without a compute budget: stale for this config, which reruns it first
+            if cfg.from_sweep.pop(key, None):
+                section.tokens = "auto"
+            continue
+        try:
+            raw = given[leaf]
+            value = float(raw) if leaf == "domain_fraction" else int(raw)
+        except (KeyError, TypeError, ValueError) as e:
+            raise ConfigError(
+                f"{overlay_file}: {key}: no usable value in the sweep recommendation ({e})"
+            ) from None
+        setattr(section, leaf, value)
+        cfg.from_sweep[key] = str(overlay_file)
+    if "mix.domain_fraction" in cfg.from_sweep:
+        cfg.mix.fraction_source = cfg.from_sweep["mix.domain_fraction"]
 
 
 def check_input_files(cfg: RunConfig) -> None:

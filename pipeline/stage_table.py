@@ -42,6 +42,11 @@ class StageSpec:
     ignore: tuple[str, ...] = ()
     """Config keys that do not affect this stage: a key of every list item (``sources.*.weight``) or one
     key of a section (``mix.domain_fraction``, which the sweep chooses rather than reads)."""
+    chooses: tuple[str, ...] = ()
+    """Config keys (``section.key``) the stage decides when the user writes ``auto`` (the sweep:
+    ``train.tokens``): once the loader fills them in from the stage's output, the stage's own
+    fingerprint still reads ``auto``, so its answer does not make it stale. A value set by hand is an
+    input like any other."""
     describes_config: bool = False
     """The stage writes the config into its output (the report, the model card): every field it reads
     counts, including those declared ``NOT_FINGERPRINTED`` for the stages that only compute."""
@@ -99,6 +104,7 @@ STAGES: dict[str, StageSpec] = {
             "proxy runs over domain fractions x token budgets on Ray Tune, a fitted mixture law, the "
             "recommended fraction (read by mix.domain_fraction: auto)",
             ignore=("sources.*.weight", "mix.domain_fraction", "mix.replay", "mix.fraction_source"),
+            chooses=("train.tokens",),
             uses_ray=True,
         ),
         StageSpec(
@@ -151,12 +157,12 @@ STAGES: dict[str, StageSpec] = {
 }
 OPTIONAL_STAGES = ("sweep",)
 """Stages that ``dapt run`` runs only when the config asks for them (the sweep: ``mix.domain_fraction:
-auto``); each has its own command."""
+auto`` or ``train.tokens: auto``); each has its own command."""
 STAGE_ORDER = [s for s in STAGES if s not in OPTIONAL_STAGES]
 """The stages ``dapt run`` runs, in order."""
 
 
 def pipeline_stages(cfg: RunConfig) -> list[str]:
-    """What ``dapt run`` runs for this config: the sweep first when the mix fraction is ``auto``."""
-    wanted = {"sweep": cfg.mix.domain_fraction == "auto" or bool(cfg.mix.fraction_source)}
+    """What ``dapt run`` runs for this config: the sweep first when it chooses a key (``auto``)."""
+    wanted = {"sweep": "auto" in (cfg.mix.domain_fraction, cfg.train.tokens) or bool(cfg.from_sweep)}
     return [s for s in STAGES if s not in OPTIONAL_STAGES or wanted[s]]

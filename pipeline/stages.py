@@ -91,6 +91,10 @@ def _config_view(cfg: RunConfig, spec: StageSpec, for_state: bool = False) -> di
                 item.pop(leaf, None)
         elif isinstance(view.get(top), dict):  # ``mix.domain_fraction``: one key of a section
             view[top].pop(leaf, None)
+    for key in spec.chooses:
+        top, leaf = key.split(".")
+        if key in getattr(cfg, "from_sweep", {}) and isinstance(view.get(top), dict) and leaf in view[top]:
+            view[top][leaf] = "auto"
     return view
 
 
@@ -136,7 +140,7 @@ def _stage_status(cfg: RunConfig, name: str, memo: dict[str, str]) -> str:
     return "done" if read_json(stage_dir(cfg, name) / MANIFEST).get("fingerprint") == fp else "stale"
 
 
-FRAME_ATTRIBUTES = frozenset({"ray", "tracking", "name", "run_path", "run_dir", "config_path"})
+FRAME_ATTRIBUTES = frozenset({"ray", "tracking", "name", "run_path", "run_dir", "config_path", "from_sweep"})
 """Run-level facts every stage may read: where the run lives, how to reach Ray, where tracking goes."""
 
 

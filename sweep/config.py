@@ -27,8 +27,8 @@ class ScalingGridConfig(BaseModel):
     fraction: float = Field(default=0.5, gt=0, lt=1)
     """The domain fraction of these runs."""
     flops: float | None = Field(default=None, gt=0)
-    """The compute budget for the compute-optimal N and D; None: 6 x the run's model size x its target
-    tokens."""
+    """The compute budget for the compute-optimal N and D; None: ``sweep.compute_budget``'s FLOPs, else
+    6 x the run's model size x its target tokens."""
 
     _budgets = field_validator("budgets")(classmethod(lambda cls, v: token_budgets(v)))
 
@@ -39,6 +39,37 @@ class ScalingGridConfig(BaseModel):
                 f"{len(self.sizes)} sizes x {len(self.budgets)} budgets: approach 3 fits 5 parameters "
                 "and needs at least 7 runs"
             )
+        return self
+
+
+class ComputeBudgetConfig(BaseModel):
+    """What the target run may spend, in one unit: the recommendation then chooses its token budget too
+    (up to what this buys at ``dapt plan``'s FLOPs per token; sweep/budget.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    flops: float | None = Field(default=None, gt=0)
+    """Training FLOPs (PaLM's count, as ``dapt plan`` gives it)."""
+    gpu_hours: float | None = Field(default=None, gt=0)
+    """GPU-hours of ``plan.gpu`` at ``plan.mfu`` (else the MFU a finished train stage measured, else 0.40)."""
+    cost: float | None = Field(default=None, gt=0)
+    """Money, at ``price_per_gpu_hour``."""
+    # The conversion from GPU-hours or money; None: the ``plan`` section's value, filled in on load so
+    # that the sweep's fingerprint follows it (``plan`` itself is not fingerprinted: it computes nothing).
+    gpu: str | None = None
+    """The GPU whose peak FLOP/s a GPU-hour has (``plan.gpu``; train/plan/gpus.py lists them)."""
+    peak_tflops: float | None = Field(default=None, gt=0)
+    """Override of that peak (``plan.peak_tflops``)."""
+    mfu: float | None = Field(default=None, gt=0, le=1)
+    """Model FLOPs utilisation (``plan.mfu``, else 0.40, stated as assumed)."""
+    price_per_gpu_hour: float | None = Field(default=None, gt=0)
+    """``plan.price_per_gpu_hour``; a ``cost`` budget needs one."""
+
+    @model_validator(mode="after")
+    def _one_unit(self) -> ComputeBudgetConfig:
+        given = [k for k in ("flops", "gpu_hours", "cost") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of flops, gpu_hours, cost (got {given or 'none'})")
         return self
 
 
@@ -62,7 +93,10 @@ class SweepConfig(BaseModel):
     recommendation may have (0.02: +2%)."""
     target_tokens: int | None = Field(default=None, gt=0)
     """The target run's token budget (the recommendation's D); None: ``train.tokens``, else the largest
-    sweep budget. The sweep's cost is reported as a fraction of it."""
+    sweep budget. The sweep's cost is reported as a fraction of it. Not with ``compute_budget``."""
+    compute_budget: ComputeBudgetConfig | None = None
+    """Choose the token budget as well: the (fraction, tokens) with the largest predicted domain gain
+    among budgets up to what this buys; ``train.tokens: auto`` then trains the recommended tokens."""
     concurrency: int = Field(default=2, ge=1, json_schema_extra=NOT_FINGERPRINTED)
     """Trials at once (Ray Tune's ``max_concurrent_trials``); Ray also caps it by the cluster's CPUs/GPUs."""
     cpus_per_trial: float = Field(default=1.0, gt=0, json_schema_extra=NOT_FINGERPRINTED)
@@ -89,3 +123,9 @@ class SweepConfig(BaseModel):
         return sorted(v)
 
     _budgets = field_validator("budgets")(classmethod(lambda cls, v: token_budgets(v)))
+
+    @model_validator(mode="after")
+    def _one_target(self) -> SweepConfig:
+        if self.target_tokens is not None and self.compute_budget is not None:
+            raise ValueError("set sweep.target_tokens or sweep.compute_budget, not both")
+        return self

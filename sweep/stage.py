@@ -28,6 +28,7 @@ import yaml
 from dapt.pipeline.errors import ConfigError
 from dapt.pipeline.fsutil import atomic_write_text, stable_hash
 from dapt.pipeline.stages import STAGES, StageConfig, StageContext, run_stage
+from dapt.sweep.budget import TokenCeiling, candidate_budgets, token_ceiling
 from dapt.sweep.fit import SweepPoint, bootstrap_ci, fit_law, leave_one_out
 from dapt.sweep.pool import make_trial_data, pool_tokens
 from dapt.sweep.recommend import recommend
@@ -43,6 +44,7 @@ def _pool_config(ctx: StageContext, pool_dir: Path, tokens: int):
     cfg.run_dir = str(pool_dir)
     cfg.mix.domain_fraction, cfg.mix.replay, cfg.mix.domain_epochs = POOL_FRACTION, None, None
     cfg.mix.total_tokens, cfg.mix.allow_shortfall = tokens, True
+    cfg.train.tokens = None  # each trial sets its own steps; ``auto`` is what this sweep chooses
     cfg.tracking.backend = "none"
     return cfg
 
@@ -205,7 +207,42 @@ def target_budget(ctx: StageContext) -> int:
     ``train.global_batch_tokens``, ``mix.total_tokens``, the largest sweep budget."""
     sc, tc = ctx.cfg.sweep, ctx.cfg.train
     capped = tc.max_steps * tc.global_batch_tokens if tc.max_steps and tc.global_batch_tokens else None
-    return int(sc.target_tokens or tc.tokens or capped or ctx.cfg.mix.total_tokens or max(sc.budgets))
+    tokens = None if tc.tokens == "auto" else tc.tokens
+    return int(sc.target_tokens or tokens or capped or ctx.cfg.mix.total_tokens or max(sc.budgets))
+
+
+def token_ceiling_for(ctx: StageContext, spec: Any) -> TokenCeiling:
+    """What ``sweep.compute_budget`` buys for the run's model at its sequence length: ``dapt plan``'s
+    FLOPs per token (the same count, encoders and attention included), its GPU table and MFU default."""
+    from dapt.train.plan import compute, gpus
+    from dapt.train.plan.preflight import plan_for_run
+    from dapt.train.setup import load_model_config
+
+    budget = ctx.cfg.sweep.compute_budget
+    plan = plan_for_run(
+        ctx.run_config,
+        load_model_config(spec),
+        tokens=float(max(ctx.cfg.sweep.budgets)),
+        seq_len=spec.seq_len,
+        objective=spec.objective,
+    )
+    try:
+        gpu = gpus.lookup(budget.gpu)
+    except KeyError as e:
+        raise ConfigError(f"sweep.compute_budget.gpu: {e.args[0]}") from None
+    peak = budget.peak_tflops * 1e12 if budget.peak_tflops else gpu.peak_flops(ctx.cfg.train.precision)
+    given = {k: getattr(budget, k) for k in ("flops", "gpu_hours", "cost") if getattr(budget, k) is not None}
+    try:
+        return token_ceiling(
+            given,
+            plan["compute"]["flops_per_token"],
+            peak_flops_per_gpu=peak,
+            mfu=budget.mfu or compute.DEFAULT_MFU,
+            mfu_source="sweep.compute_budget.mfu / plan.mfu" if budget.mfu else "assumed",
+            price_per_gpu_hour=budget.price_per_gpu_hour,
+        )
+    except ValueError as e:
+        raise ConfigError(f"sweep.compute_budget: {e}") from None
 
 
 def fraction_grid(fractions: list[float], step: float = 0.005) -> list[float]:
@@ -271,7 +308,12 @@ def run(ctx: StageContext) -> dict[str, Any]:
     base_domain = sum(r["base_domain_bpb"] for r in results) / len(results)
     base_general = sum(r["base_general_bpb"] for r in results) / len(results)
     domain_supply = domain_tokens(pool)
-    target = target_budget(ctx)
+    ceiling = None if sc.compute_budget is None else token_ceiling_for(ctx, spec)
+    if ceiling is not None and ceiling.tokens < 1:
+        raise ConfigError(f"sweep.compute_budget: {ceiling.given} buys no tokens of this model")
+    budgets_considered = (
+        [target_budget(ctx)] if ceiling is None else candidate_budgets(min(sc.budgets), ceiling.tokens)
+    )
     rec = recommend(
         fits["domain"],
         fits["general"],
@@ -280,11 +322,12 @@ def run(ctx: StageContext) -> dict[str, Any]:
         sc.max_general_regression,
         domain_supply,
         ctx.cfg.mix.max_epochs,
-        [target],
+        budgets_considered,
         r_grid=fraction_grid(sc.fractions),
         domain_ci=cis["domain"],
         general_ci=cis["general"],
     )
+    target = int(rec.tokens)
     grid = fraction_grid(sc.fractions, step=0.02)
     curves = {
         side: {
@@ -294,7 +337,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
         for side in fits
     }
     sweep_tokens = sum(int(r["tokens"]) for r in results + scaling_rows)
-    overlay = {"mix": {"domain_fraction": round(float(rec.domain_fraction), 4)}}
+    overlay: dict[str, Any] = {"mix": {"domain_fraction": round(float(rec.domain_fraction), 4)}}
+    if ceiling is not None:  # the budget was chosen too: what ``train.tokens: auto`` reads
+        overlay["train"] = {"tokens": target}
     atomic_write_text(
         ctx.out_dir / OVERLAY,
         "# Written by `dapt sweep`: what `mix.domain_fraction: auto` reads (see manifest.json for the fit).\n"
@@ -322,13 +367,27 @@ def run(ctx: StageContext) -> dict[str, Any]:
             "fraction_of_target_run": round(sweep_tokens / target, 4),
             "seconds": round(seconds_trials, 1),
         },
+        **({"compute_budget": compute_budget_summary(ceiling, rec)} if ceiling is not None else {}),
         "counts": {
             "trials": len(results) + len(scaling_rows),
             "fractions": len(sc.fractions),
             "budgets": len(sc.budgets),
         },
-        **({"scaling": scaling_fit(ctx, spec, scaling_rows, target, seed)} if scaling_rows else {}),
+        **({"scaling": scaling_fit(ctx, spec, scaling_rows, target, seed, ceiling)} if scaling_rows else {}),
         "objective": spec.objective,
+    }
+
+
+def compute_budget_summary(ceiling: TokenCeiling, rec: Any) -> dict[str, Any]:
+    """The budget, what it buys, and how much of it the recommendation spends: the ceiling is not
+    always best (the repetition cap and the regression limit can favour fewer tokens)."""
+    spent = rec.tokens * ceiling.flops_per_token
+    return {
+        **ceiling.to_dict(),
+        "max_tokens": ceiling.tokens,
+        "recommended_tokens": int(rec.tokens),
+        "recommended_flops": spent,
+        "fraction_spent": round(spent / ceiling.flops, 4),
     }
 
 
@@ -345,16 +404,22 @@ def model_params(spec: Any) -> int:
 
 
 def scaling_fit(
-    ctx: StageContext, spec: Any, rows: list[dict[str, Any]], target: int, seed: int
+    ctx: StageContext,
+    spec: Any,
+    rows: list[dict[str, Any]],
+    target: int,
+    seed: int,
+    ceiling: TokenCeiling | None = None,
 ) -> dict[str, Any]:
     """Chinchilla approach 3 per side on the scaling grid, the compute-optimal split for the compute
-    budget, and the same for the published fits (whose constants are in nats per token of other data:
-    compare their exponents and the split they imply, not E, A, B)."""
+    budget (``sweep.scaling.flops``, else ``sweep.compute_budget``'s, else 6 x the model's parameters x
+    the target tokens), and the same for the published fits (whose constants are in nats per token of
+    other data: compare their exponents and the split they imply, not E, A, B)."""
     from dapt.sweep.scaling import PUBLISHED, bootstrap_scaling, compute_optimal, fit_scaling
 
     sc = ctx.cfg.sweep.scaling
     n_model = model_params(spec)
-    flops = float(sc.flops or 6.0 * n_model * target)
+    flops = float(sc.flops or (ceiling.flops if ceiling else 6.0 * n_model * target))
     params = [float(r["params"]) for r in rows]
     tokens = [float(r["tokens"]) for r in rows]
     out: dict[str, Any] = {

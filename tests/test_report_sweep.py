@@ -74,3 +74,34 @@ def test_section_shows_prediction_against_measurement_and_the_fits() -> None:
 
 def test_no_sweep_no_section() -> None:
     assert sweep_section.build(Inputs(data=RunData(run_name="r", cfg=None), alpha=0.05)) is None
+
+
+def test_a_compute_budget_shows_what_it_buys_and_the_budgets_on_the_way() -> None:
+    manifest = _sweep_manifest()
+    budgets = [1000 * 2**i for i in range(12)]
+    manifest["recommendation"]["tokens"] = budgets[7]
+    manifest["recommendation"]["candidates"] = [
+        {"tokens": d, "best_fraction": 0.5, "best_gain": 0.01 * i, "best_regression": 0.0,
+         "max_fraction_by_repetition": 1.0}
+        for i, d in enumerate(budgets)
+    ]  # fmt: skip
+    manifest["compute_budget"] = {
+        "given": {"gpu_hours": 1000.0},
+        "gpu_hours": 1000.0,
+        "mfu": 0.4,
+        "mfu_source": "assumed",
+        "flops": 1.4e21,
+        "flops_per_token": 1e9,
+        "max_tokens": budgets[-1],
+        "recommended_tokens": budgets[7],
+        "fraction_spent": 0.0625,
+    }
+    data = RunData(run_name="r", cfg=None, manifests={"sweep": manifest, "train": {"tokens": budgets[7]}})
+    section = sweep_section.build(Inputs(data=data, alpha=0.05))
+    text = " ".join(b.text for b in section.blocks if hasattr(b, "text"))
+    assert "gpu hours 1000 (1000 GPU-hours at 40% MFU, assumed)" in text
+    assert "at most 2,048,000 tokens" in text and "(6.2% of the budget)" in text
+    table = next(b for b in section.blocks if isinstance(b, Table) and "best fraction" in b.headers)
+    firsts = [r[0] for r in table.rows]
+    assert firsts[0] == "1,000" and firsts[-1] == "2,048,000" and "128,000 (chosen)" in firsts
+    assert len(firsts) <= sweep_section.BUDGET_ROWS + 1

@@ -1,7 +1,8 @@
 """`dapt sweep` on configs/tiny.yaml (4 fractions x 2 budgets, 2 trials at a time) through Ray Tune: the whole
 command killed and rerun (finished trials are not trained again), one trial's process killed mid-run
 (Tune retries it and it resumes from its checkpoint), and the recommendation with its fit, leave-one-out
-errors and overlay, which `mix.domain_fraction: auto` then reads."""
+errors and overlay, which `mix.domain_fraction: auto` then reads; then the same trials under a compute
+budget, which chooses the tokens as well (`train.tokens: auto`)."""
 
 from __future__ import annotations
 
@@ -109,11 +110,29 @@ def test_sweep_survives_kills_and_recommends(tmp_path: Path) -> None:
     assert pipeline_stages(auto)[3:5] == ["sweep", "mix"]
     assert stage_status(auto, "sweep") == "done"  # the fraction it chose does not make it stale
 
+    # 4b. A compute budget chooses the tokens too: the sweep is refitted from the cached trials (none is
+    #     trained again), the budget buys what `dapt plan` says, and `train.tokens: auto` reads the answer.
+    budget = ["mix.domain_fraction=auto", "train.tokens=auto", "train.max_steps=null"]
+    budget.append("sweep.compute_budget.flops=2e10")
+    auto = load_config(ROOT / "configs/tiny.yaml", [f"run_dir={run_dir}", *budget])
+    assert auto.train.tokens == "auto" and stage_status(auto, "sweep") == "stale"
+    manifest = run_stage(auto, "sweep", echo=None)
+    assert _results(run_dir) == after
+    spent = manifest["compute_budget"]
+    assert spent["max_tokens"] == int(2e10 // spent["flops_per_token"]) > 8192
+    rec = manifest["recommendation"]
+    assert rec["tokens"] <= spent["max_tokens"] and rec["tokens"] == spent["recommended_tokens"]
+    assert len(rec["candidates"]) > 2 and manifest["overlay"]["train"]["tokens"] == rec["tokens"]
+    auto = load_config(ROOT / "configs/tiny.yaml", [f"run_dir={run_dir}", *budget])
+    assert auto.train.tokens == rec["tokens"] and stage_status(auto, "sweep") == "done"
+
     # 5. The run at the recommendation: the mix names the sweep, the report shows it.
     run_pipeline(auto, ["mix", "train", "eval", "report"], echo=None)
     mix = json.loads((run_dir / "mix" / "manifest.json").read_text())
     assert mix["mix"]["target_domain_fraction"] == auto.mix.domain_fraction
     assert mix["fraction_from"]["sweep_fingerprint"] == manifest["fingerprint"]
+    train = json.loads((run_dir / "train" / "manifest.json").read_text())
+    assert rec["tokens"] <= train["tokens"] < rec["tokens"] + 1024  # whole steps of 1,024 tokens
     report = (run_dir / "report" / "report.md").read_text()
     assert "## Mix ratio: the proxy sweep" in report and "Measured domain bpb" in report
     assert "Besiroglu et al. 2024" in report and (run_dir / "report" / "sweep.png").is_file()

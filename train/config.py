@@ -23,10 +23,11 @@ decay 0.1 are the usual LLM pretraining values.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from dapt.pipeline.errors import ConfigError
 from dapt.pipeline.knobs import CONTINUES_RUN, NOT_FINGERPRINTED
 
 
@@ -93,9 +94,12 @@ class TrainConfig(BaseModel):
     """Tokens per optimizer step over all workers; gradient accumulation makes up the difference. Rounded
     up to a multiple of ``micro_batch_size * seq_len * num_workers`` (``seq_len``: the mix manifest's
     block length; the manifest records the result)."""
-    tokens: int | None = Field(default=None, ge=1, le=1 << 50, json_schema_extra=CONTINUES_RUN)
+    tokens: Annotated[int, Field(ge=1, le=1 << 50)] | Literal["auto"] | None = Field(
+        default=None, union_mode="left_to_right", json_schema_extra=CONTINUES_RUN
+    )
     """Training tokens; default one pass over the packed blocks. Rounded up to whole steps. Raising it
-    continues the last checkpoint."""
+    continues the last checkpoint. ``auto``: the tokens ``dapt sweep`` recommends under
+    ``sweep.compute_budget`` (its ``recommendation.yaml``)."""
     max_steps: int | None = Field(default=None, ge=1, le=1 << 31, json_schema_extra=CONTINUES_RUN)
     """Hard cap on optimizer steps (wins over ``tokens``). Raising it continues the last checkpoint."""
 
@@ -175,6 +179,15 @@ class TrainConfig(BaseModel):
                 f"hybrid_shard_size ({self.hybrid_shard_size}) must divide num_workers ({self.num_workers})"
             )
         return self
+
+    def token_target(self, default: int) -> int:
+        """The tokens to train: ``tokens``, else ``default`` (one pass over the packed blocks)."""
+        if self.tokens == "auto":
+            raise ConfigError(
+                "train.tokens: auto reads the sweep's recommended tokens, and there is none yet: run "
+                "`dapt sweep --config ...` first (or `dapt run`, which runs it)"
+            )
+        return default if self.tokens is None else self.tokens
 
     def grad_accum(self, seq_len: int) -> int:
         """Micro-batches per worker per optimizer step, for blocks of ``seq_len`` predicted tokens."""

@@ -56,7 +56,7 @@ def plan_steps(tc: TrainConfig, n_blocks: int, seq_len: int) -> dict[str, int]:
     accum = tc.grad_accum(seq_len)
     blocks_per_step = tc.micro_batch_size * tc.num_workers * accum
     tokens_per_step = blocks_per_step * seq_len
-    target = tc.tokens if tc.tokens is not None else n_blocks * seq_len
+    target = tc.token_target(n_blocks * seq_len)
     steps = max(1, -(-target // tokens_per_step))
     if tc.max_steps is not None:
         steps = min(steps, tc.max_steps)

@@ -292,8 +292,9 @@ def run_tokens(cfg: Any) -> tuple[float | None, str]:
     if steps and gbt:
         return float(steps) * float(gbt), "train.max_steps x train.global_batch_tokens"
     t = _train(cfg, "tokens", None)
-    if t:
-        return float(t), "train.tokens"
+    if t and t != "auto":  # auto before the sweep has chosen: plan with what else is known
+        chosen = "train.tokens" in getattr(cfg, "from_sweep", {})
+        return float(t), "train.tokens" + (" (the sweep's recommendation)" if chosen else "")
     if cfg.plan.tokens:
         return float(cfg.plan.tokens), "plan.tokens"
     mix = _upstream_manifest(cfg, "mix")

@@ -92,6 +92,8 @@ def build(inp: Inputs) -> Section | None:
             ]
         )
     )
+    if isinstance(sweep.get("compute_budget"), dict):
+        blocks.extend(budget_blocks(sweep["compute_budget"], rec))
     rows = []
     for side in ("domain", "general"):
         fit, loo = get(sweep, "fit", side) or {}, get(sweep, "loo", side) or {}
@@ -124,6 +126,59 @@ def build(inp: Inputs) -> Section | None:
             )
         )
     return Section(ID, TITLE, blocks)
+
+
+BUDGET_ROWS = 8
+"""Candidate budgets shown (evenly spaced over the grid, the chosen one always among them)."""
+
+
+def budget_blocks(budget: dict[str, Any], rec: dict[str, Any]) -> list[Any]:
+    """What the compute budget buys, how much of it the recommendation spends, and what each budget on
+    the way would have given: the table shows where more tokens stop paying."""
+    given = ", ".join(f"{k.replace('_', ' ')} {num(v):.4g}" for k, v in (budget.get("given") or {}).items())
+    rate = ""
+    if num(budget.get("gpu_hours")) is not None and num(budget.get("mfu")) is not None:
+        rate = (
+            f" ({num(budget['gpu_hours']):.4g} GPU-hours at {fmt_frac(num(budget['mfu']), 0)} MFU, "
+            f"{budget.get('mfu_source') or 'assumed'})"
+        )
+    text = (
+        f"Compute budget: {given or NR}{rate}, {num(budget.get('flops')) or 0:.3g} FLOPs at "
+        f"{fmt_int(num(budget.get('flops_per_token')))} FLOPs per token: at most "
+        f"{fmt_int(num(budget.get('max_tokens')))} tokens. The recommendation trains "
+        f"{fmt_int(num(budget.get('recommended_tokens')))} of them "
+        f"({fmt_frac(num(budget.get('fraction_spent')), 1)} of the budget)."
+    )
+    cands = [c for c in rec.get("candidates") or [] if isinstance(c, dict)]
+    if len(cands) > BUDGET_ROWS:
+        step = (len(cands) - 1) / (BUDGET_ROWS - 1)
+        keep = {round(i * step) for i in range(BUDGET_ROWS)}
+        keep |= {i for i, c in enumerate(cands) if c.get("tokens") == rec.get("tokens")}
+        cands = [c for i, c in enumerate(cands) if i in keep]
+    rows = [
+        [
+            fmt_int(num(c.get("tokens"))) + (" (chosen)" if c.get("tokens") == rec.get("tokens") else ""),
+            fmt_frac(num(c.get("best_fraction")), 1),
+            fmt_frac(num(c.get("best_gain")), 2),
+            fmt_frac(num(c.get("best_regression")), 2),
+            fmt_frac(num(c.get("max_fraction_by_repetition")), 1),
+        ]
+        for c in cands
+    ]
+    return [
+        Para(text),
+        Table(
+            [
+                "tokens",
+                "best fraction",
+                "predicted domain gain",
+                "predicted general change",
+                "largest fraction the repetition cap allows",
+            ],
+            rows,
+            caption="Token budgets up to the compute budget, each at its best feasible fraction.",
+        ),
+    ]
 
 
 def scaling_blocks(scaling: dict[str, Any]) -> list[Any]:
