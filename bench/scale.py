@@ -15,7 +15,9 @@ source (planted copies cross the split, so global dedup sees both).
 Config: ``configs/tiny.yaml`` with its sources replaced by those two, no ``date_field``,
 ``run_dir`` under ``bench/out/scale-runs/`` (deleted before each run: every run is cold) and
 ``ray.num_cpus=C`` on the command line. Stages ``clean``, ``split``, ``tokenizer`` and ``mix`` run
-as ``dapt`` subprocesses; only clean and mix are timed and sampled.
+as ``dapt`` subprocesses; only clean and mix are timed and sampled. Each subprocess is pinned to the
+first C cores (``--no-pin`` to turn off): ``ray.num_cpus`` limits Ray's scheduling, not the threads a
+library starts, and before pipeline/threads.py the tokenizer's pool made a "1 CPU" mix use both cores.
 
 Sampling: every ``--interval`` s (0.2) the whole process tree of the ``dapt`` subprocess is read with
 psutil. The ``dapt`` process is the driver; a process whose title starts with ``ray::`` or ``dapt:``
@@ -267,14 +269,34 @@ class TreeSampler(threading.Thread):
         return out
 
 
-def run_stage(stage: str, cfg: Path, cpus: int, log: Path, sample: bool, interval: float) -> dict:
+def pinned_cores(cpus: int) -> list[int]:
+    """The first ``cpus`` cores this process may run on: the whole ``dapt`` process tree (driver, Ray's
+    own processes, workers) is pinned to them, so "1 CPU" means one core, not one Ray CPU beside
+    libraries that thread over every core (see pipeline/threads.py)."""
+    cores = sorted(os.sched_getaffinity(0))
+    if cpus > len(cores):
+        raise SystemExit(f"--cpus {cpus}: this process may use {len(cores)} cores")
+    return cores[:cpus]
+
+
+def run_stage(
+    stage: str, cfg: Path, cpus: int, log: Path, sample: bool, interval: float, pin: bool = True
+) -> dict:
     env = dict(os.environ)
     env.pop("RAY_ADDRESS", None)  # a private local Ray per command, as in bench/clean.py
     cmd = [str(DAPT), stage, "--config", str(cfg), f"ray.num_cpus={cpus}"]
+    cores = pinned_cores(cpus) if pin else None
     load_before = os.getloadavg()
     t0 = time.perf_counter()
     with open(log, "w") as fh:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            env=env,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            preexec_fn=(lambda: os.sched_setaffinity(0, cores)) if cores else None,
+        )
         sampler = TreeSampler(proc.pid, interval) if sample else None
         if sampler:
             sampler.start()
@@ -288,6 +310,7 @@ def run_stage(stage: str, cfg: Path, cpus: int, log: Path, sample: bool, interva
         raise SystemExit(f"{' '.join(cmd)} failed ({rc}); log {log}:\n{tail}")
     res = {
         "command": " ".join(cmd[1:]),
+        "pinned_cores": cores,
         "seconds": round(secs, 2),
         "load_before": [round(x, 2) for x in load_before],
         "load_after": [round(x, 2) for x in os.getloadavg()],
@@ -306,7 +329,7 @@ def stage_facts(run_dir: Path, stage: str) -> dict:
     return {k: m[k] for k in keys if k in m}
 
 
-def run_one(corpus: dict, cpus: int, out_root: Path, interval: float) -> dict:
+def run_one(corpus: dict, cpus: int, out_root: Path, interval: float, pin: bool = True) -> dict:
     label = size_label(corpus["size_mb"])
     work = out_root / "scale-runs" / f"{label}-c{cpus}"
     if work.exists():
@@ -318,7 +341,7 @@ def run_one(corpus: dict, cpus: int, out_root: Path, interval: float) -> dict:
     for stage in STAGES:
         timed = stage in TIMED
         print(f"[{label} c{cpus}] dapt {stage} ...", flush=True)
-        r = run_stage(stage, cfg, cpus, work / f"{stage}.log", timed, interval)
+        r = run_stage(stage, cfg, cpus, work / f"{stage}.log", timed, interval, pin)
         if timed:
             r["mb_per_s"] = round(mb / r["seconds"], 3)
             r["mb_per_s_per_cpu"] = round(mb / r["seconds"] / cpus, 3)
@@ -397,6 +420,11 @@ def main() -> int:
     ap.add_argument("--interval", type=float, default=0.2, help="RSS sampling period, seconds")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
+        "--no-pin",
+        action="store_true",
+        help="do not pin each command to its first C cores (then ray.num_cpus alone limits it)",
+    )
+    ap.add_argument(
         "--merge",
         action="store_true",
         help="add to the runs already in --results (a same size and cpus run is replaced), goals recomputed",
@@ -416,7 +444,11 @@ def main() -> int:
             + (" (cached)" if c["cached"] else f" (built in {c['build_seconds']}s)"),
             flush=True,
         )
-    rows = [run_one(corpora[mb], cpus, args.out, args.interval) for mb in sizes for cpus in cpus_list]
+    rows = [
+        run_one(corpora[mb], cpus, args.out, args.interval, not args.no_pin)
+        for mb in sizes
+        for cpus in cpus_list
+    ]
     command = " ".join([".venv/bin/python", "bench/scale.py", *sys.argv[1:]])
     commands, prev_corpora = [command], {}
     if args.merge and args.results.exists():

@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dapt.pipeline.errors import ConfigError, DaptError
+from dapt.pipeline.threads import use_cpus
 
 if TYPE_CHECKING:
     import logging
@@ -256,17 +257,6 @@ def _empty(folder: Path) -> int:
     return n
 
 
-def _threads(cpus: int) -> None:
-    """Math libraries use the CPUs Ray assigned this task. Ray sets OMP_NUM_THREADS when it starts a
-    worker, from that first task's CPUs; a reused worker may have imported torch under another count."""
-    if cpus < 1:
-        return
-    os.environ["OMP_NUM_THREADS"] = str(cpus)
-    torch = sys.modules.get("torch")  # never imported here: the frame does not need torch
-    if torch is not None and torch.get_num_threads() != cpus:
-        torch.set_num_threads(cpus)
-
-
 def run_task_body(task: StageTask) -> StageOutcome:
     """Runs inside the Ray task: the stage function with a context rebuilt from the payload."""
     import ray
@@ -283,7 +273,7 @@ def run_task_body(task: StageTask) -> StageOutcome:
     logger, handler = open_stage_log(Path(task.log_path), spec.name)
     rt = ray.get_runtime_context()
     assigned = {k: v for k, v in rt.get_assigned_resources().items() if not k.startswith("node:")}
-    _threads(int(assigned.get("CPU", 0)))
+    use_cpus(int(assigned.get("CPU", 0)))
     try:
         try:
             removed = _empty(Path(task.out_dir))

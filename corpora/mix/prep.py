@@ -30,6 +30,7 @@ from dapt.corpora.split.stage import HeldoutRule, heldout_id
 from dapt.pipeline.fsutil import atomic_write_json
 from dapt.pipeline.progress import counting_files
 from dapt.pipeline.ray_runtime import init_ray  # also sets Ray's loopback environment before ray is imported
+from dapt.pipeline.threads import use_cpus
 
 PREP_VERSION = 2
 """Bump when the prep pass's output changes meaning, so stale caches are not reused (2: tokens moved
@@ -143,6 +144,7 @@ def process_units(units: pa.Table, ref_box: list, batch_size: int, store_dir: st
     """Ray Data UDF: read each unit's rows, run :func:`prep_batch` on them ``batch_size`` at a time, and
     write the unit's training tokens (each document + EOS) to its token shard. A retried task rewrites
     the same shard under the same name (through a temporary name), so a retry cannot duplicate tokens."""
+    use_cpus()  # a 1-CPU task encodes on one core (the tokenizer's pool would take them all)
     st = _state(ref_box)
     out = []
     for unit in units.to_pylist():
