@@ -407,7 +407,7 @@ def load_config(
     except ValidationError as e:
         raise ConfigError(format_validation_error(path, e)) from None
     cfg.config_path = path
-    resolve_auto_fraction(cfg)
+    resolve_sweep_choices(cfg)
     if check_inputs:
         check_input_files(cfg)
     return cfg
@@ -416,7 +416,7 @@ def load_config(
 SWEEP_OVERLAY = ("sweep", "recommendation.yaml")
 
 
-def resolve_auto_fraction(cfg: RunConfig) -> None:
+def resolve_sweep_choices(cfg: RunConfig) -> None:
     """``mix.domain_fraction: auto`` and ``train.tokens: auto`` become the finished sweep's
     recommendation (its overlay file); they stay ``auto`` until ``dapt sweep`` has run, and the stage
     that needs them then says so. ``cfg.from_sweep`` records what was filled in."""
@@ -453,8 +453,6 @@ def resolve_auto_fraction(cfg: RunConfig) -> None:
             ) from None
         setattr(section, leaf, value)
         cfg.from_sweep[key] = str(overlay_file)
-    if "mix.domain_fraction" in cfg.from_sweep:
-        cfg.mix.fraction_source = cfg.from_sweep["mix.domain_fraction"]
 
 
 def check_input_files(cfg: RunConfig) -> None:

@@ -103,7 +103,7 @@ STAGES: dict[str, StageSpec] = {
             None,
             "proxy runs over domain fractions x token budgets on Ray Tune, a fitted mixture law, the "
             "recommended fraction (read by mix.domain_fraction: auto)",
-            ignore=("sources.*.weight", "mix.domain_fraction", "mix.replay", "mix.fraction_source"),
+            ignore=("sources.*.weight", "mix.domain_fraction", "mix.replay"),
             chooses=("train.tokens",),
             uses_ray=True,
         ),

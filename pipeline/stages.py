@@ -379,7 +379,7 @@ def run_pipeline(
     """Run the stages in order (default: :func:`pipeline_stages`) under one tracker; input listings and
     fingerprints are taken once (``fsutil.input_facts``) and again after each stage that ran. After the
     sweep, an ``auto`` mix fraction takes its recommendation."""
-    from dapt.pipeline.config import resolve_auto_fraction
+    from dapt.pipeline.config import resolve_sweep_choices
 
     tracker = open_tracker(cfg)
     ok = False
@@ -390,7 +390,7 @@ def run_pipeline(
             for name in stages or pipeline_stages(cfg):
                 run_stage(cfg, name, force=force, echo=echo, extra=extra, tracker=tracker)
                 if name == "sweep":
-                    resolve_auto_fraction(cfg)
+                    resolve_sweep_choices(cfg)
         ok = True
     finally:
         mark_finished(cfg.run_path, "run")

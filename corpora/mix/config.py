@@ -13,7 +13,6 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from dapt.pipeline.errors import ConfigError
-from dapt.pipeline.knobs import NOT_FINGERPRINTED
 
 
 class NearDedupConfig(BaseModel):
@@ -56,8 +55,6 @@ class MixConfig(BaseModel):
     """Target share of domain tokens in the training blocks (BloombergGPT: 0.51). Default 0.51 when
     neither this nor ``replay`` is set. ``auto``: the fraction ``dapt sweep`` recommends (its
     ``recommendation.yaml``), read when the config is loaded."""
-    fraction_source: str | None = Field(default=None, json_schema_extra=NOT_FINGERPRINTED)
-    """Set by the loader, not by users: the sweep overlay an ``auto`` fraction was read from."""
     replay: float | None = Field(default=None, ge=0, lt=1)
     """The general share, for users who think in continual-pretraining "replay" terms:
     ``domain_fraction = 1 - replay``. Mutually exclusive with ``domain_fraction``."""

@@ -158,16 +158,17 @@ def objective_blocks(objective: str, mcfg: MixConfig, tok_path: Path) -> tuple[i
     return block_len, packing
 
 
-def fraction_from(mcfg: MixConfig) -> dict[str, Any]:
-    """Where an ``auto`` domain fraction came from: the sweep's overlay and that sweep's fingerprint, so
-    the report can show the sweep behind this mix (``{}`` for a fraction set by hand)."""
-    if not mcfg.fraction_source:
+def fraction_from(overlay: str | None) -> dict[str, Any]:
+    """Where an ``auto`` domain fraction came from (``overlay``: the loader's ``from_sweep`` entry): the
+    sweep's overlay and that sweep's fingerprint, so the report can show the sweep behind this mix (``{}``
+    for a fraction set by hand)."""
+    if not overlay:
         return {}
-    folder = Path(mcfg.fraction_source).resolve().parent
+    folder = Path(overlay).resolve().parent
     manifest = json.loads((folder / "manifest.json").read_text())
     return {
         "fraction_from": {
-            "overlay": str(Path(mcfg.fraction_source).resolve()),
+            "overlay": str(Path(overlay).resolve()),
             "sweep_manifest": str(folder / "manifest.json"),
             "sweep_fingerprint": manifest.get("fingerprint"),
         }
@@ -308,7 +309,7 @@ def run(ctx: Any) -> dict[str, Any]:
         "eos_id": eos_id,
         "encoder_backend": info["encoder"]["backend"],
         "total_tokens": store.total_tokens,
-        **fraction_from(mcfg),
+        **fraction_from(cfg.from_sweep.get("mix.domain_fraction")),
         "mix": {
             "target_domain_fraction": fraction,
             "achieved_domain_fraction": achieved,
