@@ -215,6 +215,7 @@ class TreeSampler(threading.Thread):
         self.names: dict[str, set[str]] = {"worker": set(), "system": set()}
         self.max_workers = 0
         self.peak_label: dict[str, str] = {}
+        self.anon_by_title: dict[str, float] = {}
 
     def _bump(self, key: str, value: float) -> None:
         if value > self.peak.get(key, 0):
@@ -244,6 +245,8 @@ class TreeSampler(threading.Thread):
                     self.names[kind].add(label)
                 rss, anon = mi.rss / 1e9, (mi.rss - mi.shared) / 1e9
                 workers += kind == "worker"
+                if kind == "worker" and anon > self.anon_by_title.get(label, 0):
+                    self.anon_by_title[label] = anon  # which kind of task grows, not only the largest
                 if rss > self.peak.get(f"{kind}_rss_gb", 0):
                     self.peak_label[kind] = label
                 self._bump(f"{kind}_rss_gb", rss)
@@ -266,6 +269,8 @@ class TreeSampler(threading.Thread):
         out["samples"] = self.samples
         out["system_processes"] = sorted(self.names["system"])
         out["worker_titles"] = sorted(self.names["worker"])
+        top = sorted(self.anon_by_title.items(), key=lambda kv: -kv[1])[:8]
+        out["worker_anon_gb_by_title"] = {k: round(v, 3) for k, v in top}
         return out
 
 

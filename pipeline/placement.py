@@ -1,6 +1,6 @@
 """Where a stage's work runs: in the driver, or inside one Ray task that asks for what the work needs.
 
-Why: ``dapt submit`` runs the driver on the head node. clean and mix drive Ray Data and train drives Ray
+Why: ``dapt submit`` runs the driver on the head node. clean drives Ray Data, mix Ray tasks and train Ray
 Train from there, which is right: their heavy work already runs on the cluster. The tokenizer stage
 (sentencepiece, loading and resizing the base model) and the eval stage (base and adapted models,
 bits-per-byte, lm-eval, the precision variants) did their work in the driver, so a 7B eval ran on the

@@ -1,4 +1,4 @@
-"""The mix stage end to end, through the real runner, Ray Data, sentencepiece and MinHash.
+"""The mix stage end to end, through the real runner, Ray tasks, sentencepiece and MinHash.
 
 Upstream stages are materialised exactly as the runner leaves a finished stage (parquet files, a
 manifest with a fingerprint and outputs, the ``_DONE`` marker), so nothing of the mix stage is faked.

@@ -213,6 +213,7 @@ def test_work_units_cover_every_row_once(tmp_path):
     pq.write_table(t, tmp_path / "a.parquet", row_group_size=10)  # 3 row groups, no date column
     units = work_units([str(tmp_path / "a.parquet")], docs_per_task=4)
     assert len(units) == 3 + 3 + 1
+    assert [u.part for u in units] == list(range(len(units)))
     ids = [i for u in units for i in read_unit(u).column("id").to_pylist()]
     assert ids == [str(i) for i in range(n)]
     assert read_unit(units[0]).column("date").null_count == 4

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 
 from dapt.pipeline.ray_runtime import reap_orphans
 
@@ -32,14 +33,17 @@ time.sleep(5.5)  # past the second record write
 record = ray_runtime._record_file(os.getpid())
 rec = json.loads(record.read_text())
 rec["processes"] = []  # as if killed before the agents' pids were recorded
+if os.environ["KILLED"] == "inside ray.init":  # the record written before ray.init: no session yet
+    rec["session_dir"] = None
 record.write_text(json.dumps(rec))
 print(json.dumps({"agents": agents}), flush=True)
 os.kill(os.getpid(), signal.SIGKILL)
 """
 
 
-def test_agents_of_a_driver_killed_before_recording_them_are_stopped(tmp_path: Path) -> None:
-    env = {**os.environ, "DAPT_STATE_DIR": str(tmp_path / "state")}
+@pytest.mark.parametrize("killed", ["after ray.init", "inside ray.init"])
+def test_agents_of_a_driver_killed_before_recording_them_are_stopped(tmp_path: Path, killed: str) -> None:
+    env = {**os.environ, "DAPT_STATE_DIR": str(tmp_path / "state"), "KILLED": killed}
     bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     try:
         out = subprocess.run(
@@ -52,7 +56,8 @@ def test_agents_of_a_driver_killed_before_recording_them_are_stopped(tmp_path: P
         alive = [p for p in agents if psutil.pid_exists(p)]
         assert alive == agents  # the Ray leftovers the reaper must handle
         records = list((tmp_path / "state" / "local-ray").glob("driver-*.json"))
-        assert len(records) == 1 and json.loads(records[0].read_text())["session_dir"]
+        assert len(records) == 1
+        assert bool(json.loads(records[0].read_text())["session_dir"]) == (killed == "after ray.init")
 
         os.environ["DAPT_STATE_DIR"] = env["DAPT_STATE_DIR"]
         try:

@@ -6,7 +6,7 @@ Builds a clean-stage output from the dictd files of Debian's ``dict-gcide`` (gen
 (stand-in for the domain side), trains an 8k BPE sentencepiece tokenizer on a sample, then times:
 
 - ``baseline``: encoding every document once with sentencepiece in one process (what any packer must do);
-- ``mix (cold)``: the whole stage: held-out selection, the Ray Data pass (near-dedup against held-out,
+- ``mix (cold)``: the whole stage: held-out selection, the pass of Ray tasks (near-dedup against held-out,
   13-gram decontamination, tokenisation), solving and packing;
 - ``mix (warm)``: the stage again with another domain fraction (the prepared documents are reused).
 

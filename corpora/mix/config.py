@@ -93,7 +93,7 @@ class MixConfig(BaseModel):
     encode_batch_size: int = Field(default=256, ge=1, le=1 << 16)
     """Documents per ``encode_batch`` call in the tokenisation pass."""
     docs_per_task: int = Field(default=2000, ge=1, le=1 << 22)
-    """Documents per Ray Data task in the tokenisation pass (the unit of parallelism)."""
+    """Documents per Ray task in the tokenisation pass (the unit of parallelism)."""
 
     @model_validator(mode="after")
     def _check(self) -> MixConfig:

@@ -1,4 +1,4 @@
-"""The mix stage's cached pass over every kept document (one Ray Data job).
+"""The mix stage's cached pass over every kept document (one Ray task per slice of input).
 
 Each training document is dropped if the split stage holds it out, flagged if it is an exact or
 MinHash near-copy of held-out text or shares an n-gram with evaluation data, and otherwise tokenised
@@ -10,6 +10,7 @@ seed, so re-mixing reuses it.
 from __future__ import annotations
 
 import itertools
+import os
 import shutil
 import time
 from collections import defaultdict
@@ -29,7 +30,7 @@ from dapt.corpora.split.select import HeldoutDoc, split_key
 from dapt.corpora.split.stage import HeldoutRule, heldout_id
 from dapt.pipeline.fsutil import atomic_write_json
 from dapt.pipeline.progress import counting_files
-from dapt.pipeline.ray_runtime import init_ray  # also sets Ray's loopback environment before ray is imported
+from dapt.pipeline.ray_runtime import complete_in_tasks, init_ray  # sets the loopback env first
 from dapt.pipeline.threads import use_cpus
 
 PREP_VERSION = 2
@@ -62,7 +63,7 @@ OUT_SCHEMA = pa.schema(
 )
 
 
-# ------------------------------------------------------------------------------------- Ray Data worker
+# ------------------------------------------------------------------------------------------ Ray task
 
 
 @dataclass(frozen=True)
@@ -100,65 +101,73 @@ def _state(ref_box: list) -> PrepState:
     return _WORKER_STATE[key]
 
 
-def work_units(files: list[str], docs_per_task: int) -> list[dict[str, Any]]:
-    """Slices of the input files, ``(part, file, row group, start, stop)``, each one Ray task writing one
-    token shard, ``part``. Parts are numbered in input order, so (part, position in part) is the input
-    order whatever ``docs_per_task`` is.
+@dataclass(frozen=True)
+class WorkUnit:
+    """One prep task's slice of an input file: rows ``[start, stop)`` of one row group. It writes token
+    shard ``part`` and the rows' table ``docs/part-<part>.parquet``."""
+
+    part: int
+    file: str
+    row_group: int
+    start: int
+    stop: int
+
+
+def work_units(files: list[str], docs_per_task: int) -> list[WorkUnit]:
+    """Slices of the input files, each one Ray task writing one token shard, ``part``. Parts are numbered
+    in input order, so (part, position in part) is the input order whatever ``docs_per_task`` is.
 
     Why not ``ray.data.read_parquet``: on Ray 2.60 it packed a few small files into a single block, and
     one block is one map task, so tokenisation ran on one core. Explicit slices make the parallelism
     the number of slices whatever the file layout (a row group split in several slices is read once per
     slice; reading is cheap next to tokenising).
     """
-    units = []
+    units: list[WorkUnit] = []
     for f in files:
         meta = pq.ParquetFile(f).metadata
         for rg in range(meta.num_row_groups):
             n = meta.row_group(rg).num_rows
             for start in range(0, n, docs_per_task):
-                units.append(
-                    {
-                        "part": len(units),
-                        "file": f,
-                        "row_group": rg,
-                        "start": start,
-                        "stop": min(n, start + docs_per_task),
-                    }
-                )
+                units.append(WorkUnit(len(units), f, rg, start, min(n, start + docs_per_task)))
     return units
 
 
-def read_unit(unit: dict[str, Any]) -> pa.Table:
+def read_unit(unit: WorkUnit) -> pa.Table:
     """The rows of one work unit, with the columns the prep pass reads (``date`` may be absent)."""
-    pf = pq.ParquetFile(unit["file"])
+    pf = pq.ParquetFile(unit.file)
     names = set(pf.schema_arrow.names)
     cols = [c for c in _READ_SCHEMA.names if c in names]
-    t = pf.read_row_group(int(unit["row_group"]), columns=cols)
-    t = t.slice(int(unit["start"]), int(unit["stop"]) - int(unit["start"]))
+    t = pf.read_row_group(unit.row_group, columns=cols).slice(unit.start, unit.stop - unit.start)
     if "date" not in names:
         t = t.append_column("date", pa.nulls(t.num_rows, pa.string()))
     return t.select(_READ_SCHEMA.names).cast(_READ_SCHEMA)
 
 
-def process_units(units: pa.Table, ref_box: list, batch_size: int, store_dir: str) -> pa.Table:
-    """Ray Data UDF: read each unit's rows, run :func:`prep_batch` on them ``batch_size`` at a time, and
-    write the unit's training tokens (each document + EOS) to its token shard. A retried task rewrites
-    the same shard under the same name (through a temporary name), so a retry cannot duplicate tokens."""
+def prep_unit(unit: WorkUnit, ref_box: list, batch_size: int, store_dir: str) -> int:
+    """One Ray task: read the unit's rows, run :func:`prep_batch` on them ``batch_size`` at a time, write
+    the unit's training tokens (each document + EOS) to token shard ``part`` and its rows to
+    ``docs/part-<part>.parquet``; returns the rows written. Both files go through temporary names, so a
+    retried or killed task never leaves a half file and a retry cannot duplicate tokens."""
     use_cpus()  # a 1-CPU task encodes on one core (the tokenizer's pool would take them all)
     st = _state(ref_box)
-    out = []
-    for unit in units.to_pylist():
-        rows = read_unit(unit)
-        chunks: list[np.ndarray] = []
-        filled = 0
-        for s in range(0, rows.num_rows, batch_size):
-            table, toks = prep_batch(rows.slice(s, batch_size), st, int(unit["part"]), filled)
-            out.append(table)
-            chunks.append(toks)
-            filled += int(toks.size)
-        flat = np.concatenate(chunks) if chunks else np.zeros(0, st.token_dtype)
-        write_raw(Path(store_dir) / part_name(int(unit["part"])), flat, st.token_dtype)
-    return pa.concat_tables(out) if out else OUT_SCHEMA.empty_table()
+    rows = read_unit(unit)
+    tables: list[pa.Table] = []
+    chunks: list[np.ndarray] = []
+    filled = 0
+    for s in range(0, rows.num_rows, batch_size):
+        table, toks = prep_batch(rows.slice(s, batch_size), st, unit.part, filled)
+        tables.append(table)
+        chunks.append(toks)
+        filled += int(toks.size)
+    flat = np.concatenate(chunks) if chunks else np.zeros(0, st.token_dtype)
+    write_raw(Path(store_dir) / part_name(unit.part), flat, st.token_dtype)
+    table = pa.concat_tables(tables) if tables else OUT_SCHEMA.empty_table()
+    out = Path(store_dir) / "docs" / f"part-{unit.part:06d}.parquet"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, out)
+    return table.num_rows
 
 
 def prep_batch(batch: pa.Table, st: PrepState, part: int = 0, filled: int = 0) -> tuple[pa.Table, np.ndarray]:
@@ -237,7 +246,8 @@ def build_prep(
     prep: Path,
     heldout_after: Any = None,
 ) -> None:
-    """Run the Ray Data pass into ``prep`` (a fresh folder); marks it done last."""
+    """Run the prep pass into ``prep`` (a fresh folder), one Ray task per :class:`WorkUnit`, at most
+    twice the cluster's CPUs in flight; marks it done last."""
     import ray
 
     from dapt.tokenizer.encode import load_encoder
@@ -285,27 +295,18 @@ def build_prep(
     t0 = time.perf_counter()
     docs_dir = tmp / "docs"
     t_init = 0.0
-    units: list[dict[str, Any]] = []
+    units: list[WorkUnit] = []
     if all_files:
         init_ray(ctx.cfg.ray)
         t_init = time.perf_counter() - t0
-        import ray.data
-
-        dctx = ray.data.DataContext.get_current()
-        dctx.enable_progress_bars = False
         ref = ray.put(state)
         units = work_units(all_files, mcfg.docs_per_task)
-        ds = ray.data.from_items(units, override_num_blocks=len(units))
-        ds = ds.map_batches(
-            process_units,
-            fn_kwargs={"ref_box": [ref], "batch_size": mcfg.encode_batch_size, "store_dir": str(tmp)},
-            batch_size=1,
-            batch_format="pyarrow",
-        )
+        calls = ((u, [ref], mcfg.encode_batch_size, str(tmp)) for u in units)
         with counting_files(
             ctx.run_dir, "mix", "tokenise", tmp / PART_DIR, "part-*.bin", len(units), "tasks"
         ):
-            ds.write_parquet(str(docs_dir))
+            for _ in complete_in_tasks(prep_unit, calls, name="dapt:mix-prep"):
+                pass
         del ref
     docs_dir.mkdir(exist_ok=True)
     if not any(docs_dir.glob("*.parquet")):

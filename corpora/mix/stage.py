@@ -3,7 +3,7 @@
 Flow (docs/mixing.md has the reasoning and the output format):
 
 1. ``prep`` (:mod:`prep`, cached in ``work_dir``; a mix-ratio, total, seed or ``seq_len`` change
-   reuses it): one Ray Data pass over every kept document: drop the split stage's held-out ones, flag
+   reuses it): one pass of Ray tasks over every kept document: drop the split stage's held-out ones, flag
    training documents that are exact or MinHash near-duplicates of held-out text and those sharing an
    n-gram with evaluation data, and tokenise the rest into token shards;
 2. a Ray task counts the supply (tokens per source); the solver turns it, the target fraction and the
