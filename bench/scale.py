@@ -12,7 +12,9 @@ and general templates, as many documents as the size needs), and the output says
 are then split in two: the first half is the ``domain`` source, the second half the ``general``
 source (planted copies cross the split, so global dedup sees both).
 
-Config: ``configs/tiny.yaml`` with its sources replaced by those two, no ``date_field``,
+Config: ``configs/tiny.yaml`` with its sources replaced by those two, no ``date_field``, clean's
+shuffle partitions and buckets at their default ``auto`` (sized by the data; ``--fixed-shuffles`` keeps
+tiny.yaml's 2 and 8, as the runs before 2026-12-06 evening had),
 ``run_dir`` under ``bench/out/scale-runs/`` (deleted before each run: every run is cold) and
 ``ray.num_cpus=C`` on the command line. Stages ``clean``, ``split``, ``tokenizer`` and ``mix`` run
 as ``dapt`` subprocesses; only clean and mix are timed and sampled. Each subprocess is pinned to the
@@ -157,7 +159,7 @@ def _with_paths(meta: dict, folder: Path) -> dict:
 # --------------------------------------------------------------------------------------------- config
 
 
-def write_config(path: Path, run_dir: Path, corpus: dict) -> Path:
+def write_config(path: Path, run_dir: Path, corpus: dict, fixed_shuffles: bool = False) -> Path:
     cfg = yaml.safe_load((ROOT / "configs/tiny.yaml").read_text())
     steps = cfg["sources"][0]["steps"]
     base = {"id_field": "id", "license": "see bench/clean_corpus.py", "steps": steps}
@@ -168,6 +170,9 @@ def write_config(path: Path, run_dir: Path, corpus: dict) -> Path:
         {"name": "general", "kind": "general", "paths": corpus["general"], **base},
     ]
     cfg["eval"]["task_dirs"] = [str(ROOT / d) for d in cfg["eval"]["task_dirs"]]
+    if not fixed_shuffles:  # tiny.yaml fixes 2 partitions and 8 buckets for tests: per-partition memory
+        cfg["clean"].pop("shuffle_partitions", None)  # would grow with the corpus; the defaults are auto
+        cfg["clean"].pop("buckets", None)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
@@ -330,17 +335,19 @@ def stage_facts(run_dir: Path, stage: str) -> dict:
         m = json.loads((run_dir / stage / "manifest.json").read_text())
     except (OSError, ValueError):
         return {}
-    keys = ("timings_s", "timings", "totals", "counts", "n_blocks", "total_tokens")
+    keys = ("timings_s", "timings", "totals", "counts", "n_blocks", "total_tokens", "dedup")
     return {k: m[k] for k in keys if k in m}
 
 
-def run_one(corpus: dict, cpus: int, out_root: Path, interval: float, pin: bool = True) -> dict:
+def run_one(
+    corpus: dict, cpus: int, out_root: Path, interval: float, pin: bool = True, fixed_shuffles: bool = False
+) -> dict:
     label = size_label(corpus["size_mb"])
     work = out_root / "scale-runs" / f"{label}-c{cpus}"
     if work.exists():
         shutil.rmtree(work)
     run_dir = work / "run"
-    cfg = write_config(work / "scale.yaml", run_dir, corpus)
+    cfg = write_config(work / "scale.yaml", run_dir, corpus, fixed_shuffles)
     mb = corpus["bytes"] / 1e6
     row: dict = {"size": label, "input_mb": round(mb, 2), "cpus": cpus, "config": str(cfg), "stages": {}}
     for stage in STAGES:
@@ -430,6 +437,11 @@ def main() -> int:
         help="do not pin each command to its first C cores (then ray.num_cpus alone limits it)",
     )
     ap.add_argument(
+        "--fixed-shuffles",
+        action="store_true",
+        help="keep configs/tiny.yaml's 2 shuffle partitions and 8 buckets instead of clean's auto sizing",
+    )
+    ap.add_argument(
         "--merge",
         action="store_true",
         help="add to the runs already in --results (a same size and cpus run is replaced), goals recomputed",
@@ -450,7 +462,7 @@ def main() -> int:
             flush=True,
         )
     rows = [
-        run_one(corpora[mb], cpus, args.out, args.interval, not args.no_pin)
+        run_one(corpora[mb], cpus, args.out, args.interval, not args.no_pin, args.fixed_shuffles)
         for mb in sizes
         for cpus in cpus_list
     ]
