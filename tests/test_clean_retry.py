@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # (phase, what the worker's process title starts with while it executes the task), killed in this order
 TARGETS = [
     ("A read and filter", "ray::MapBatches(process_batch)"),
-    ("B dedup read", "ray::ReadFiles"),
+    ("B dedup read", "ray::MapBatches(_read_meta)"),
     ("D write", "ray::MapBatches(finalize_batch)"),
 ]
 
