@@ -13,7 +13,6 @@ import ray.cloudpickle
 from dapt.pipeline.errors import InputError
 from dapt.pipeline.ray_runtime import complete_in_tasks
 
-
 # the workers cannot import a test module by name: ship its functions by value
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
