@@ -32,6 +32,19 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         raise
 
 
+def atomic_write_parquet(path: str | os.PathLike, table: Any) -> None:
+    """Write a pyarrow table through a temporary name private to this process, then rename: a retried
+    or killed Ray task never leaves a half file, and two attempts never write the same temporary file.
+    No fsync: these are work files a rerun recomputes, written on a hot path."""
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
 def atomic_write_json(path: str | os.PathLike, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
 

@@ -64,7 +64,7 @@ def init_ray(ray_cfg: Any = None, num_cpus: int | None = None) -> dict[str, Any]
     store_gb = getattr(ray_cfg, "object_store_memory_gb", 1.5) if ray_cfg else 1.5
     cpus = num_cpus or (getattr(ray_cfg, "num_cpus", None) if ray_cfg else None) or os.cpu_count() or 1
     reap_orphans()
-    _record_pending()
+    _write_record(None)  # a driver killed inside ray.init leaves this: no session folder known yet
     ray.init(
         address="local",
         num_cpus=cpus,
@@ -301,22 +301,13 @@ def _write_record(session_dir: str | None) -> None:
         log.info("could not record local Ray pids: %s", e)
 
 
-def _record_pending() -> None:
-    """The record of a driver about to start a local Ray: no session folder known yet."""
-    _write_record(None)
-
-
 def _record_started(session_dir: str | None = None) -> None:
     """Record this driver's Ray session and processes now and again shortly after (agents start late)."""
     import threading
 
     session_dir = session_dir or _session_dir()
-
-    def write() -> None:
-        _write_record(session_dir)
-
-    write()
-    t = threading.Timer(5.0, write)
+    _write_record(session_dir)
+    t = threading.Timer(5.0, _write_record, args=(session_dir,))
     t.daemon = True
     t.start()
 
@@ -351,8 +342,9 @@ def _pending_session(rec: dict[str, Any]) -> str | None:
     found = []
     for d in Path(root).glob(f"session_*_{int(driver)}"):
         try:
-            if d.is_dir() and d.stat().st_mtime >= float(started) - 1:
-                found.append((d.stat().st_mtime, str(d)))
+            mtime = d.stat().st_mtime
+            if d.is_dir() and mtime >= float(started) - 1:
+                found.append((mtime, str(d)))
         except OSError:
             continue
     return max(found)[1] if found else None

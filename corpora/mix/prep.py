@@ -10,7 +10,6 @@ seed, so re-mixing reuses it.
 from __future__ import annotations
 
 import itertools
-import os
 import shutil
 import time
 from collections import defaultdict
@@ -28,7 +27,7 @@ from dapt.corpora.mix.neardup import HeldoutShingles, best_matches
 from dapt.corpora.mix.store import PART_DIR, part_name, token_dtype, write_raw
 from dapt.corpora.split.select import HeldoutDoc, split_key
 from dapt.corpora.split.stage import HeldoutRule, heldout_id
-from dapt.pipeline.fsutil import atomic_write_json
+from dapt.pipeline.fsutil import atomic_write_json, atomic_write_parquet
 from dapt.pipeline.progress import counting_files
 from dapt.pipeline.ray_runtime import complete_in_tasks, init_ray  # sets the loopback env first
 from dapt.pipeline.threads import use_cpus
@@ -162,11 +161,7 @@ def prep_unit(unit: WorkUnit, ref_box: list, batch_size: int, store_dir: str) ->
     flat = np.concatenate(chunks) if chunks else np.zeros(0, st.token_dtype)
     write_raw(Path(store_dir) / part_name(unit.part), flat, st.token_dtype)
     table = pa.concat_tables(tables) if tables else OUT_SCHEMA.empty_table()
-    out = Path(store_dir) / "docs" / f"part-{unit.part:06d}.parquet"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, out)
+    atomic_write_parquet(Path(store_dir) / "docs" / f"part-{unit.part:06d}.parquet", table)
     return table.num_rows
 
 

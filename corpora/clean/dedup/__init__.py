@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import shutil
 import time
 from pathlib import Path
@@ -32,6 +31,7 @@ from dapt.corpora.clean.dedup.lsh import band_group, explode_bands
 from dapt.corpora.clean.dedup.verify import verify_a, verify_b
 from dapt.corpora.clean.readers import ShardSpec
 from dapt.corpora.clean.schema import SHARD_BITS, decisions_path, shard_dir
+from dapt.pipeline.fsutil import atomic_write_parquet
 
 __all__ = ["dedup", "write_decisions"]
 
@@ -230,9 +230,5 @@ def write_decisions(batch: dict[str, np.ndarray], work: str) -> dict[str, np.nda
     ex = np.maximum.reduceat(exact, starts).astype(bool)
     status = np.where(n == lab, "keeper", np.where(ex, "exact", "near"))
     t = pa.table({"rank": n, "label": lab, "status": status.astype(str)})
-    d = Path(work) / "dedup"
-    d.mkdir(exist_ok=True)
-    tmp = d / f".{shard:06d}.parquet.tmp"
-    pq.write_table(t, tmp)
-    os.replace(tmp, decisions_path(work, shard))
+    atomic_write_parquet(decisions_path(work, shard), t)
     return {"shard": np.array([shard]), "n": np.array([n.size])}
