@@ -31,6 +31,12 @@ _RAY_ENV_DEFAULTS = {
     # Ray Train's placement-group cleaner polls the State API every second; a local Ray without a
     # dashboard has none, so it logs this line each time. Only this message is dropped.
     "RAY_DEDUP_LOGS_SKIP_REGEX": "Failed to query Ray Train Controller actor state",
+    # A task's return value under this size goes back inline to its owner, the driver, and lives in the
+    # driver's heap until consumed. Ray's 100 KB default let a sort shuffle's small map outputs pass
+    # through the driver: clean's driver grew from 0.31 to 0.55 GB between 0.5 and 2 GB of input
+    # (docs/scale.md); at 1 KB they go to the object store. Read by each worker at start, so a cluster
+    # not started by dapt needs it in its nodes' environment (README).
+    "RAY_max_direct_call_object_size": "1024",
 }
 
 log = logging.getLogger("dapt.ray")

@@ -19,7 +19,8 @@ import pyarrow.parquet as pq
 import pytest
 from test_clean_data import near_duplicate, prose, sentence
 
-from dapt.corpora.clean.config import default_profile, validate_steps
+from dapt.corpora.clean.config import CleanConfig, default_profile, validate_steps
+from dapt.corpora.clean.dedup import partitions_for, shuffle_sizing, verify_partitions
 from dapt.corpora.clean.dedup.keytext import KeyText
 from dapt.corpora.clean.minhash import jaccard
 from dapt.corpora.clean.steps import apply_steps, build_steps
@@ -139,5 +140,21 @@ def test_decisions_do_not_depend_on_the_shuffle_sizing(corpus, tmp_path, ray_loc
     sizing = m["dedup"]["shuffle"]
     assert sizing["from"] == {"partitions": "auto", "buckets": "auto"}
     assert sizing["partitions"] == 4 and sizing["cluster_cpus"] == 2  # a small corpus: two per CPU
-    assert sizing["verify_partitions"] == 4
+    assert sizing["verify_partitions"] == sizing["exact_partitions"] == 4
+    assert sizing["components_partitions"] == 4
     assert sizing["buckets"] == 64
+
+
+def test_each_shuffle_is_split_by_its_own_rows():
+    """auto: the band shuffle (16 rows a document) sets ``partitions``; the exact-hash and components
+    shuffles are split by their own rows, so a small shuffle is not cut into many tiny objects; a
+    configured count applies to every shuffle."""
+    cc = CleanConfig()
+    sizing = shuffle_sizing(cc, docs=1_800_000, cpus=2)
+    assert sizing["partitions"] == 15 and sizing["largest_shuffle_rows"] == 28_800_000
+    assert partitions_for(cc, sizing, 1_800_000) == 4  # never below two per CPU
+    assert partitions_for(cc, sizing, 50_000_000) == 25
+    assert verify_partitions(cc, sizing, 1_000) == 4
+    fixed = CleanConfig(shuffle_partitions=3)
+    fixed_sizing = shuffle_sizing(fixed, docs=1_800_000, cpus=2)
+    assert fixed_sizing["partitions"] == partitions_for(fixed, fixed_sizing, 50_000_000) == 3

@@ -53,3 +53,20 @@ def test_a_task_error_is_raised_as_itself(ray_local) -> None:
 
 def test_no_calls_yields_nothing(ray_local) -> None:
     assert list(complete_in_tasks(_square_after, [], name="test:none")) == []
+
+
+def _zeros(n: int):
+    import numpy as np
+
+    return np.zeros(n, np.uint8)
+
+
+def test_a_small_task_result_goes_to_the_object_store_not_the_driver(ray_local):
+    """A 10 KB result (a shuffle's map output at scale) is stored in the node's object store; only a
+    result under 1 KB comes back inline into the driver's heap (``RAY_max_direct_call_object_size``:
+    Ray's 100 KB default made clean's driver grow with the corpus, docs/scale.md)."""
+    refs = [ray.remote(_zeros).remote(n) for n in (100, 10_000)]
+    ray.get(refs)
+    where = ray.experimental.get_object_locations(refs)
+    assert where[refs[0]]["node_ids"] == []  # inline, in the driver
+    assert len(where[refs[1]]["node_ids"]) == 1  # in the object store

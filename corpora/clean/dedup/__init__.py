@@ -46,15 +46,19 @@ PAIRS_PER_VERIFY_PARTITION = 50_000
 so they are sized by candidate pairs, about 200 MB per partition at 4 KB a row."""
 
 
+def _auto_partitions(rows: int, cpus: int) -> int:
+    return min(100_000, max(2 * cpus, math.ceil(rows / ROWS_PER_PARTITION)))
+
+
 def shuffle_sizing(cc: CleanConfig, docs: int, cpus: int) -> dict[str, Any]:
     """Partitions and buckets of the dedup shuffles for ``docs`` documents on ``cpus`` CPUs: a configured
     number is taken as given, ``auto`` is sized by the data (see the two constants) and never below the
-    cluster's parallelism (two partitions per CPU, so one slow partition does not idle the rest). The
-    result goes into the manifest; :func:`verify_partitions` adds the verification shuffles' count."""
+    cluster's parallelism (two partitions per CPU, so one slow partition does not idle the rest).
+    ``partitions`` is the largest shuffle's (the LSH band rows); the smaller shuffles get their own count
+    from :func:`partitions_for`. The result goes into the manifest."""
     nd = cc.near_dedup
     rows = max(1, docs) * (nd.bands if nd.enabled else 1)
-    auto_p = min(100_000, max(2 * cpus, math.ceil(rows / ROWS_PER_PARTITION)))
-    p = auto_p if cc.shuffle_partitions == "auto" else cc.shuffle_partitions
+    p = _auto_partitions(rows, cpus) if cc.shuffle_partitions == "auto" else cc.shuffle_partitions
     auto_b = min(1 << 20, max(64, p, math.ceil(rows / ROWS_PER_BUCKET)))
     b = auto_b if cc.buckets == "auto" else cc.buckets
     return {
@@ -67,12 +71,24 @@ def shuffle_sizing(cc: CleanConfig, docs: int, cpus: int) -> dict[str, Any]:
     }
 
 
-def verify_partitions(cc: CleanConfig, sizing: dict[str, Any], pairs: int) -> int:
-    """Partitions of the verification shuffles: configured, or by candidate pairs (never fewer than the
-    other shuffles')."""
+def partitions_for(cc: CleanConfig, sizing: dict[str, Any], rows: int) -> int:
+    """Partitions of a shuffle of about ``rows`` rows: configured, or ``auto`` by its own rows.
+
+    Why not the largest shuffle's count everywhere: a pull-based sort shuffle makes one object per
+    (input block, partition), so a small shuffle (exact hashes, the edges of connected components) split
+    as finely as the band rows makes many objects of a few KB: overhead per object in the driver, and
+    work per partition too small to pay for its task."""
     if cc.shuffle_partitions != "auto":
         return cc.shuffle_partitions
-    return min(100_000, max(sizing["partitions"], math.ceil(pairs / PAIRS_PER_VERIFY_PARTITION)))
+    return _auto_partitions(rows, sizing["cluster_cpus"])
+
+
+def verify_partitions(cc: CleanConfig, sizing: dict[str, Any], pairs: int) -> int:
+    """Partitions of the verification shuffles: configured, or by candidate pairs (their rows carry
+    shingle arrays, so far fewer rows per partition than the other shuffles)."""
+    if cc.shuffle_partitions != "auto":
+        return cc.shuffle_partitions
+    return min(100_000, max(2 * sizing["cluster_cpus"], math.ceil(pairs / PAIRS_PER_VERIFY_PARTITION)))
 
 
 def dedup(
@@ -106,10 +122,11 @@ def dedup(
     edge_sets = []
     exact_ds = None
     if cc.exact_dedup:
+        PE = sizing["exact_partitions"] = partitions_for(cc, sizing, docs)
         exact_ds = (
             read_metas(metas, ["rank", "khi", "klo", "xhi", "xlo"])
             .map_batches(explode_hashes, fn_kwargs={"buckets": B}, batch_format="numpy")
-            .groupby("bucket", num_partitions=P)
+            .groupby("bucket", num_partitions=PE)
             .map_groups(exact_group, batch_format="numpy")
             .materialize()
         )
@@ -169,12 +186,16 @@ def dedup(
     t2 = time.perf_counter()
     edges = edge_sets[0] if len(edge_sets) == 1 else edge_sets[0].union(*edge_sets[1:])
     edges = edges.select_columns(["u", "v"]).materialize()
+    # Each edge goes both ways; the decisions have a row per node of an edge, at most as many.
+    PC = sizing["components_partitions"] = partitions_for(
+        cc, sizing, 2 * (stats["exact_edges"] + stats["near_edges"])
+    )
     prev = None
     for rnd in range(cc.max_cc_rounds):
         for large in (True, False):
             edges = (
                 edges.map_batches(both_directions, fn_kwargs={"buckets": B}, batch_format="numpy")
-                .groupby("bucket", num_partitions=P)
+                .groupby("bucket", num_partitions=PC)
                 .map_groups(star_group, fn_kwargs={"large": large}, batch_format="numpy")
                 .materialize()
             )
@@ -190,7 +211,7 @@ def dedup(
     rows = edges.map_batches(labels_rows, batch_format="numpy")
     if exact_ds is not None and stats["exact_edges"]:
         rows = rows.union(exact_ds.map_batches(exact_rows, batch_format="numpy"))
-    rows.groupby("shard", num_partitions=P).map_groups(
+    rows.groupby("shard", num_partitions=PC).map_groups(
         write_decisions, fn_kwargs={"work": str(work)}, batch_format="numpy"
     ).materialize()
     return stats
