@@ -40,7 +40,7 @@ from typing import Any
 
 from dapt.pipeline.errors import ConfigError, DaptError
 from dapt.pipeline.fsutil import atomic_write_json, read_json
-from dapt.pipeline.ray_runtime import LOOPBACK, ray_env
+from dapt.pipeline.ray_runtime import LOOPBACK, WORKER_ENV, ray_env
 
 DEFAULT_PORT = 6379
 DEFAULT_DASHBOARD_PORT = 8265
@@ -556,7 +556,7 @@ def submit(
     runtime_env = {
         "working_dir": working_dir,
         "excludes": [".venv", ".git", "runs", "data", "bench/out", "*.safetensors", "*.gguf"],
-        "env_vars": {"PYTHONUNBUFFERED": "1"},
+        "env_vars": {"PYTHONUNBUFFERED": "1", **WORKER_ENV},
     }
     job_id = _submit_with_retry(client, entrypoint, runtime_env)
     print(f"submitted {job_id} to {address}: {entrypoint}", flush=True)

@@ -38,6 +38,9 @@ _RAY_ENV_DEFAULTS = {
     # not started by dapt needs it in its nodes' environment (README).
     "RAY_max_direct_call_object_size": "1024",
 }
+WORKER_ENV = {"RAY_max_direct_call_object_size": _RAY_ENV_DEFAULTS["RAY_max_direct_call_object_size"]}
+"""What a job's workers must see on a cluster dapt did not start (``dapt submit`` puts it in the job's
+``runtime_env``): read by each worker process at its start, not by the driver."""
 
 log = logging.getLogger("dapt.ray")
 _owned = False

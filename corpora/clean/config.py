@@ -262,9 +262,9 @@ class CleanConfig(BaseModel):
     shuffle_partitions: Annotated[int, Field(ge=1, le=100_000)] | Literal["auto"] = Field(
         default="auto", json_schema_extra=NOT_FINGERPRINTED
     )
-    """Partitions of the dedup shuffles. ``auto``: sized from the documents and the cluster's CPUs (at
-    least one per CPU, about 2 million shuffle rows each; ``dedup.shuffle_sizing``), recorded in the
-    manifest under ``dedup.shuffle``. The decisions do not depend on it (tested), so it is not
+    """Partitions of the dedup shuffles. ``auto``: each shuffle sized from its own rows and the cluster's
+    CPUs (at least two per CPU, about 2 million shuffle rows each; ``dedup.shuffle_sizing`` and
+    ``partitions_for``), recorded in the manifest under ``dedup.shuffle``. The decisions do not depend on it (tested), so it is not
     fingerprinted."""
     buckets: Annotated[int, Field(ge=1, le=1 << 20)] | Literal["auto"] = Field(
         default="auto", json_schema_extra=NOT_FINGERPRINTED
