@@ -35,7 +35,7 @@ _RAY_ENV_DEFAULTS = {
     # driver's heap until consumed. Ray's 100 KB default let a sort shuffle's small map outputs pass
     # through the driver: clean's driver grew from 0.31 to 0.55 GB between 0.5 and 2 GB of input
     # (docs/scale.md); at 1 KB they go to the object store. Read by each worker at start, so a cluster
-    # not started by dapt needs it in its nodes' environment (README).
+    # dapt did not start gets it through the job's runtime_env (WORKER_ENV) or its nodes' environment.
     "RAY_max_direct_call_object_size": "1024",
 }
 WORKER_ENV = {"RAY_max_direct_call_object_size": _RAY_ENV_DEFAULTS["RAY_max_direct_call_object_size"]}

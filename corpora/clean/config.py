@@ -264,8 +264,8 @@ class CleanConfig(BaseModel):
     )
     """Partitions of the dedup shuffles. ``auto``: each shuffle sized from its own rows and the cluster's
     CPUs (at least two per CPU, about 2 million shuffle rows each; ``dedup.shuffle_sizing`` and
-    ``partitions_for``), recorded in the manifest under ``dedup.shuffle``. The decisions do not depend on it (tested), so it is not
-    fingerprinted."""
+    ``partitions_for``), recorded in the manifest under ``dedup.shuffle``. The decisions do not depend
+    on it (tested), so it is not fingerprinted."""
     buckets: Annotated[int, Field(ge=1, le=1 << 20)] | Literal["auto"] = Field(
         default="auto", json_schema_extra=NOT_FINGERPRINTED
     )

@@ -46,8 +46,8 @@ PAIRS_PER_VERIFY_PARTITION = 50_000
 so they are sized by candidate pairs, about 200 MB per partition at 4 KB a row."""
 
 
-def _auto_partitions(rows: int, cpus: int) -> int:
-    return min(100_000, max(2 * cpus, math.ceil(rows / ROWS_PER_PARTITION)))
+def _auto_partitions(rows: int, cpus: int, rows_per_partition: int = ROWS_PER_PARTITION) -> int:
+    return min(100_000, max(2 * cpus, math.ceil(rows / rows_per_partition)))
 
 
 def shuffle_sizing(cc: CleanConfig, docs: int, cpus: int) -> dict[str, Any]:
@@ -71,7 +71,9 @@ def shuffle_sizing(cc: CleanConfig, docs: int, cpus: int) -> dict[str, Any]:
     }
 
 
-def partitions_for(cc: CleanConfig, sizing: dict[str, Any], rows: int) -> int:
+def partitions_for(
+    cc: CleanConfig, sizing: dict[str, Any], rows: int, rows_per_partition: int = ROWS_PER_PARTITION
+) -> int:
     """Partitions of a shuffle of about ``rows`` rows: configured, or ``auto`` by its own rows.
 
     Why not the largest shuffle's count everywhere: a pull-based sort shuffle makes one object per
@@ -80,15 +82,13 @@ def partitions_for(cc: CleanConfig, sizing: dict[str, Any], rows: int) -> int:
     work per partition too small to pay for its task."""
     if cc.shuffle_partitions != "auto":
         return cc.shuffle_partitions
-    return _auto_partitions(rows, sizing["cluster_cpus"])
+    return _auto_partitions(rows, sizing["cluster_cpus"], rows_per_partition)
 
 
 def verify_partitions(cc: CleanConfig, sizing: dict[str, Any], pairs: int) -> int:
     """Partitions of the verification shuffles: configured, or by candidate pairs (their rows carry
     shingle arrays, so far fewer rows per partition than the other shuffles)."""
-    if cc.shuffle_partitions != "auto":
-        return cc.shuffle_partitions
-    return min(100_000, max(2 * sizing["cluster_cpus"], math.ceil(pairs / PAIRS_PER_VERIFY_PARTITION)))
+    return partitions_for(cc, sizing, pairs, PAIRS_PER_VERIFY_PARTITION)
 
 
 def dedup(
@@ -186,7 +186,7 @@ def dedup(
     t2 = time.perf_counter()
     edges = edge_sets[0] if len(edge_sets) == 1 else edge_sets[0].union(*edge_sets[1:])
     edges = edges.select_columns(["u", "v"]).materialize()
-    # Each edge goes both ways; the decisions have a row per node of an edge, at most as many.
+    # Each edge goes both ways; the decisions have two rows per final edge and one per exact edge.
     PC = sizing["components_partitions"] = partitions_for(
         cc, sizing, 2 * (stats["exact_edges"] + stats["near_edges"])
     )
