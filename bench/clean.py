@@ -36,9 +36,38 @@ import json  # noqa: E402
 import os  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
+import threading  # noqa: E402
 import time  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
 
 from bench.clean_corpus import build  # noqa: E402
+
+
+@contextmanager
+def load_sampled(record: dict, every_s: float = 5.0):
+    """Sample the 1-minute load average while one side runs: the brief asks for the load with every
+    figure, and a side-by-side ratio is only meaningful if nothing else shared the two cores."""
+    samples: list[float] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(every_s):
+            samples.append(os.getloadavg()[0])
+
+    thread = threading.Thread(target=sample, daemon=True)
+    start = os.getloadavg()[0]
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        samples = samples or [start]
+        record["load_1m"] = {
+            "start": round(start, 2),
+            "min": round(min(samples), 2),
+            "max": round(max(samples), 2),
+        }
 
 
 def run_dapt(corpus: Path, work: Path) -> tuple[float, set[str], set[str], dict]:
@@ -102,8 +131,8 @@ def _jsonl_ids(folder: Path) -> set[str]:
     return ids
 
 
-def run_datatrove(corpus: Path, work: Path, files: int) -> tuple[float, set[str], set[str]]:
-    """Returns (seconds, ids removed by MinHash, ids that reached dedup)."""
+def run_datatrove(corpus: Path, work: Path, files: int) -> tuple[float, set[str], set[str], dict]:
+    """Returns (seconds, ids removed by MinHash, ids that reached dedup, seconds per phase)."""
     from datatrove.executor import LocalPipelineExecutor
     from datatrove.pipeline.dedup.minhash import (
         MinhashConfig,
@@ -172,7 +201,12 @@ def run_datatrove(corpus: Path, work: Path, files: int) -> tuple[float, set[str]
     print(f"datatrove: filtering {t1 - t0:.1f}s, minhash {secs - (t1 - t0):.1f}s", flush=True)
     reached = _jsonl_ids(work / "filtered")
     kept = _jsonl_ids(work / "deduped")
-    return secs, reached - kept, reached
+    return (
+        secs,
+        reached - kept,
+        reached,
+        {"filters": round(t1 - t0, 1), "minhash": round(secs - (t1 - t0), 1)},
+    )
 
 
 def precision_recall(truth: dict, removed: set[str], reached: set[str]) -> dict:
@@ -210,28 +244,38 @@ def main() -> int:
         flush=True,
     )
     mb, docs = truth["bytes"] / 1e6, truth["docs"]
-    results = {}
-    secs, removed, reached, manifest = run_dapt(corpus, args.out / "clean_dapt")
+    results: dict = {"corpus": {"docs": docs, "mb": round(mb, 1), "files": args.files}}
+    load: dict = {}
+    with load_sampled(load):
+        secs, removed, reached, manifest = run_dapt(corpus, args.out / "clean_dapt")
     results["dapt"] = {
         "seconds": secs,
         **precision_recall(truth, removed, reached),
         "kept": manifest["totals"]["kept"],
         "timings_s": manifest["timings_s"],
+        **load,
     }
-    print(f"dapt: {secs:.1f}s", flush=True)
+    print(f"dapt: {secs:.1f}s, load {load['load_1m']}", flush=True)
     if not args.skip_datatrove:
-        secs, removed, reached = run_datatrove(corpus, args.out / "clean_datatrove", args.files)
+        load = {}
+        with load_sampled(load):
+            secs, removed, reached, phases = run_datatrove(corpus, args.out / "clean_datatrove", args.files)
         results["datatrove"] = {
             "seconds": secs,
             **precision_recall(truth, removed, reached),
             "kept": len(reached) - len(removed),
+            "timings_s": phases,
+            **load,
         }
+        print(f"datatrove: {secs:.1f}s, load {load['load_1m']}", flush=True)
     print()
     print(
         f"{'system':10s} {'seconds':>8s} {'docs/s':>8s} {'MB/s':>7s} {'kept':>7s} {'pairs':>6s} "
         f"{'recall':>7s} {'precision':>9s} {'hard removed':>13s}"
     )
     for name, r in results.items():
+        if name == "corpus":
+            continue
         print(
             f"{name:10s} {r['seconds']:8.1f} {docs / r['seconds']:8.0f} {mb / r['seconds']:7.2f} {r['kept']:7d} "
             f"{r['pairs']:6d} {r['recall']:7.3f} {r['precision']:9.3f} {r['hard_copies_removed']:>6d}/{r['hard_pairs']:<6d}"

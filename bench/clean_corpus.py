@@ -112,8 +112,14 @@ def _edit(text: str, rng: random.Random, frac: float, vocab: list[str]) -> str:
     return " ".join(words)
 
 
-def build(out: Path, size_mb: float, seed: int = 0, files: int = 8) -> dict:
-    """Write ``files`` JSONL shards totalling about ``size_mb`` MB and ``truth.json``; reuse if present."""
+def build(
+    out: Path, size_mb: float, seed: int = 0, files: int = 8, real_docs: bool = True, id_prefix: str = ""
+) -> dict:
+    """Write ``files`` JSONL shards totalling about ``size_mb`` MB and ``truth.json``; reuse if present.
+
+    ``real_docs=False`` leaves out the real (grouped, not recombined) documents and ``id_prefix`` prefixes
+    every id: both let a caller concatenate independently built chunks without planting exact copies
+    of the real documents across chunks or repeating an id (bench/scale.py above 2 GB)."""
     truth_path = out / "truth.json"
     if truth_path.exists():
         truth = json.loads(truth_path.read_text())
@@ -128,7 +134,7 @@ def build(out: Path, size_mb: float, seed: int = 0, files: int = 8) -> dict:
     unique_target = int(target * 0.82)
     rng.shuffle(base)
     pool, size = [], 0
-    for d in base:  # real documents first, as many as fit
+    for d in base if real_docs else ():  # real documents first, as many as fit
         if size >= unique_target:
             break
         pool.append(d)
@@ -141,7 +147,7 @@ def build(out: Path, size_mb: float, seed: int = 0, files: int = 8) -> dict:
     pool = _dedup_pool(pool)
     size = sum(len(d) for d in pool)
     vocab = [w for w in " ".join(rng.sample(paras, 2000)).split() if w.isalpha()]
-    docs = [{"id": f"u{i}", "text": t} for i, t in enumerate(pool)]
+    docs = [{"id": f"{id_prefix}u{i}", "text": t} for i, t in enumerate(pool)]
     pairs = []
     planted = 0
     n = len(pool)
@@ -167,10 +173,10 @@ def build(out: Path, size_mb: float, seed: int = 0, files: int = 8) -> dict:
             j = jaccard(src, text)
             if not 0.5 <= j <= 0.75:
                 continue
-        cid = f"{kind[0]}{planted}"
+        cid = f"{id_prefix}{kind[0]}{planted}"
         docs.append({"id": cid, "text": text})
         planted_size += len(text)
-        pairs.append({"orig": f"u{i}", "copy": cid, "kind": kind, "jaccard": round(j, 4)})
+        pairs.append({"orig": f"{id_prefix}u{i}", "copy": cid, "kind": kind, "jaccard": round(j, 4)})
         planted += 1
     rng.shuffle(docs)
     per = (len(docs) + files - 1) // files

@@ -46,6 +46,7 @@ sys.path.insert(0, str(ROOT))
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import math  # noqa: E402
 import os  # noqa: E402
 import platform  # noqa: E402
 import re  # noqa: E402
@@ -128,8 +129,11 @@ def build_corpus(out_root: Path, size_mb: float, seed: int = 0) -> dict:
             "falling back to corpora/synthetic.py template paragraphs",
             flush=True,
         )
-    with _paragraph_source(synthetic_paragraphs(size_mb) if text == "synthetic" else None):
-        truth = clean_corpus.build(out, size_mb, seed=seed, files=files)
+    with _paragraph_source(synthetic_paragraphs(min(size_mb, CHUNK_MB)) if text == "synthetic" else None):
+        if size_mb > CHUNK_MB:
+            truth = _build_chunked(out, size_mb, seed, files)
+        else:
+            truth = clean_corpus.build(out, size_mb, seed=seed, files=files)
     parts = sorted(out.glob("part-*.jsonl"))
     half = len(parts) // 2
     meta = {
@@ -147,6 +151,42 @@ def build_corpus(out_root: Path, size_mb: float, seed: int = 0) -> dict:
     meta_path.write_text(json.dumps(meta, indent=2))
     meta["cached"] = False
     return _with_paths(meta, out)
+
+
+# clean_corpus.build holds its whole pool, every document and the pool's LSH buckets in memory, which
+# grows with the size (2 GB is the largest built in one piece on this 24 GiB machine): larger corpora
+# are built as independent chunks of at most this size.
+CHUNK_MB = 2000.0
+
+
+def _build_chunked(out: Path, size_mb: float, seed: int, files: int) -> dict:
+    """Build ``ceil(size / CHUNK_MB)`` chunks with clean_corpus.build (seed + k, ids prefixed ``c<k>-``,
+    the real Debian documents only in chunk 0, so no exact copy of them crosses chunks) and interleave
+    their part files (chunk k's j-th part is part ``j * n + k``), so both halves of the domain/general
+    split hold every chunk and its planted copies. Planted duplicates stay within a chunk; a chance
+    near-duplicate between two recombined documents of different chunks is not checked (recombined
+    documents of 4-12 random paragraphs share a Jaccard >= 0.5 with almost no other document, which
+    is what the pool check verifies within a chunk)."""
+    n = math.ceil(size_mb / CHUNK_MB)
+    per = max(1, files // n)
+    merged: dict = {"size_mb": size_mb, "seed": seed, "docs": 0, "bytes": 0, "pairs": [], "chunks": n}
+    for k in range(n):
+        tmp = out / f".chunk-{k}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        truth = clean_corpus.build(
+            tmp, size_mb / n, seed=seed + k, files=per, real_docs=k == 0, id_prefix=f"c{k}-"
+        )
+        for j, part in enumerate(sorted(tmp.glob("part-*.jsonl"))):
+            part.rename(out / f"part-{j * n + k:03d}.jsonl")
+        merged["docs"] += truth["docs"]
+        merged["bytes"] += truth["bytes"]
+        merged["pairs"] += truth["pairs"]
+        shutil.rmtree(tmp)
+    merged["counts"] = {
+        k: sum(1 for p in merged["pairs"] if p["kind"] == k) for k in ("exact", "near", "hard")
+    }
+    (out / "truth.json").write_text(json.dumps(merged))
+    return merged
 
 
 def _with_paths(meta: dict, folder: Path) -> dict:
