@@ -100,8 +100,9 @@ def build_corpus(out_root: Path, size_mb: float, seed: int = 0) -> dict:
 
 
 # clean_corpus.build holds its whole pool, every document and the pool's LSH buckets in memory, which
-# grows with the size (2 GB is the largest built in one piece on this 24 GiB machine): larger corpora
-# are built as independent chunks of at most this size.
+# grows with the size (2 GB is the largest built in one piece on this 24 GiB machine; building the 4 GB
+# corpus as two such chunks peaked at 5.9 GB RSS): larger corpora are built as independent chunks of at
+# most this size.
 CHUNK_MB = 2000.0
 
 
