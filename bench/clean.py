@@ -44,9 +44,11 @@ from bench.clean_corpus import build  # noqa: E402
 
 
 @contextmanager
-def load_sampled(record: dict, every_s: float = 5.0):
+def load_sampled(every_s: float = 5.0):
     """Sample the 1-minute load average while one side runs: the brief asks for the load with every
-    figure, and a side-by-side ratio is only meaningful if nothing else shared the two cores."""
+    figure, and a side-by-side ratio is only meaningful if nothing else shared the two cores. Yields a
+    dict that holds ``load_1m`` (start, min, max) once the block ends."""
+    record: dict = {}
     samples: list[float] = []
     stop = threading.Event()
 
@@ -58,7 +60,7 @@ def load_sampled(record: dict, every_s: float = 5.0):
     start = os.getloadavg()[0]
     thread.start()
     try:
-        yield
+        yield record
     finally:
         stop.set()
         thread.join()
@@ -245,8 +247,7 @@ def main() -> int:
     )
     mb, docs = truth["bytes"] / 1e6, truth["docs"]
     results: dict = {"corpus": {"docs": docs, "mb": round(mb, 1), "files": args.files}}
-    load: dict = {}
-    with load_sampled(load):
+    with load_sampled() as load:
         secs, removed, reached, manifest = run_dapt(corpus, args.out / "clean_dapt")
     results["dapt"] = {
         "seconds": secs,
@@ -257,8 +258,7 @@ def main() -> int:
     }
     print(f"dapt: {secs:.1f}s, load {load['load_1m']}", flush=True)
     if not args.skip_datatrove:
-        load = {}
-        with load_sampled(load):
+        with load_sampled() as load:
             secs, removed, reached, phases = run_datatrove(corpus, args.out / "clean_datatrove", args.files)
         results["datatrove"] = {
             "seconds": secs,

@@ -9,6 +9,7 @@ import math
 import re
 import shutil
 import time
+from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -117,6 +118,7 @@ def _build_chunked(out: Path, size_mb: float, seed: int, files: int) -> dict:
     n = math.ceil(size_mb / CHUNK_MB)
     per = max(1, files // n)
     merged: dict = {"size_mb": size_mb, "seed": seed, "docs": 0, "bytes": 0, "pairs": [], "chunks": n}
+    counts: Counter[str] = Counter()
     for k in range(n):
         tmp = out / f".chunk-{k}"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -128,10 +130,9 @@ def _build_chunked(out: Path, size_mb: float, seed: int, files: int) -> dict:
         merged["docs"] += truth["docs"]
         merged["bytes"] += truth["bytes"]
         merged["pairs"] += truth["pairs"]
+        counts.update(truth["counts"])
         shutil.rmtree(tmp)
-    merged["counts"] = {
-        k: sum(1 for p in merged["pairs"] if p["kind"] == k) for k in ("exact", "near", "hard")
-    }
+    merged["counts"] = dict(counts)
     (out / "truth.json").write_text(json.dumps(merged))
     return merged
 
