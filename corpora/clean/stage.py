@@ -43,6 +43,7 @@ from dapt.corpora.clean.plan import FieldCheck, plan_shards
 from dapt.corpora.clean.readers import BadFileError
 from dapt.corpora.clean.schema import WORK_FORMAT, shard_dir
 from dapt.corpora.clean.shards import ShardParams, process_batch, resolve_steps, steps_json
+from dapt.pipeline.memory import releasing
 from dapt.pipeline.ray_runtime import init_ray  # sets Ray's environment before anything imports ray
 
 _STATE = "state.json"
@@ -134,7 +135,7 @@ def _run(ctx: Any, validated: list, work: Path, ray_info: dict[str, Any]) -> dic
             [{"spec": json.dumps(s.to_dict())} for s in todo], override_num_blocks=len(todo)
         )
         ds = ds.map_batches(
-            process_batch,
+            releasing(process_batch),
             batch_size=1,
             batch_format="numpy",
             fn_kwargs={"steps": steps, "params": params, "work": str(work)},
@@ -179,7 +180,7 @@ def _run(ctx: Any, validated: list, work: Path, ray_info: dict[str, Any]) -> dic
         }
         with Progress(len(live), "clean: write", ctx.run_dir) as bar:
             for r in ds.map_batches(
-                finalize_batch, batch_size=1, batch_format="numpy", fn_kwargs=kwargs
+                releasing(finalize_batch), batch_size=1, batch_format="numpy", fn_kwargs=kwargs
             ).iter_rows():
                 finals.append(json.loads(r["summary"]))
                 bar.update()

@@ -41,6 +41,7 @@ from dapt.corpora.clean.dedup.verify import verify_a, verify_b
 from dapt.corpora.clean.readers import ShardSpec
 from dapt.corpora.clean.schema import SHARD_BITS, decisions_path, shard_dir
 from dapt.pipeline.fsutil import atomic_write_parquet
+from dapt.pipeline.memory import releasing
 
 __all__ = ["dedup", "write_decisions"]
 
@@ -137,7 +138,7 @@ def dedup(
             .map_batches(explode_hashes, fn_kwargs={"buckets": B}, batch_format="numpy")
             .repartition(PE)
             .groupby("bucket")
-            .map_groups(exact_group, batch_format="numpy")
+            .map_groups(releasing(exact_group), batch_format="numpy")
             .materialize()
         )
         stats["exact_edges"] = exact_ds.count()
@@ -157,7 +158,7 @@ def dedup(
             .repartition(P)
             .groupby("bucket")
             .map_groups(
-                band_group,
+                releasing(band_group),
                 fn_kwargs={"max_pairs": nd.max_bucket_pairs, "collapse_exact": cc.exact_dedup},
                 batch_format="numpy",
             )
@@ -174,10 +175,14 @@ def dedup(
                 cand.map_batches(lambda b: {**b, "sa": b["u"] >> SHARD_BITS}, batch_format="numpy")
                 .repartition(VP)
                 .groupby("sa")
-                .map_groups(verify_a, fn_kwargs={"work": str(work), "ngram": nd.ngram}, batch_format="numpy")
+                .map_groups(
+                    releasing(verify_a),
+                    fn_kwargs={"work": str(work), "ngram": nd.ngram},
+                    batch_format="numpy",
+                )
                 .groupby("sb")  # verify_a's output has VP blocks already
                 .map_groups(
-                    verify_b,
+                    releasing(verify_b),
                     fn_kwargs={"work": str(work), "ngram": nd.ngram, "threshold": nd.threshold},
                     batch_format="numpy",
                 )
@@ -209,7 +214,7 @@ def dedup(
             edges = (
                 edges.map_batches(both_directions, fn_kwargs={"buckets": B}, batch_format="numpy")
                 .groupby("bucket")
-                .map_groups(star_group, fn_kwargs={"large": large}, batch_format="numpy")
+                .map_groups(releasing(star_group), fn_kwargs={"large": large}, batch_format="numpy")
                 .materialize()
             )
         n = edges.count()
@@ -225,7 +230,7 @@ def dedup(
     if exact_ds is not None and stats["exact_edges"]:
         rows = rows.union(exact_ds.map_batches(exact_rows, batch_format="numpy"))
     rows.repartition(PC).groupby("shard").map_groups(
-        write_decisions, fn_kwargs={"work": str(work)}, batch_format="numpy"
+        releasing(write_decisions), fn_kwargs={"work": str(work)}, batch_format="numpy"
     ).materialize()
     return stats
 
@@ -240,7 +245,7 @@ def read_metas(metas: list[str], columns: list[str]) -> Any:
     import ray.data
 
     return ray.data.from_items([{"path": m} for m in metas], override_num_blocks=len(metas)).map_batches(
-        _read_meta, fn_kwargs={"columns": columns}, batch_size=1, batch_format="numpy"
+        releasing(_read_meta), fn_kwargs={"columns": columns}, batch_size=1, batch_format="numpy"
     )
 
 
