@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from reference_pack import BlockWriter, source_stream
 
-from dapt.corpora.mix.index import StoreJob, StoreResult, build_store
+from dapt.corpora.mix.index import StoreJob, StoreResult, build_store, supply_stats
 from dapt.corpora.mix.prep import OUT_SCHEMA
 from dapt.corpora.mix.store import INDEX, part_name, token_dtype, write_raw
 
@@ -44,7 +44,7 @@ def write_prep(
                         name,
                         f"{name}-{i}",
                         kind,
-                        int(rng.integers(0, 1 << 63)),
+                        int(rng.integers(0, 1 << 64, dtype=np.uint64)),
                         "train",
                         n,
                         part,
@@ -101,18 +101,22 @@ def index_prep(
     eos_id: int,
     vocab_size: int,
     parts: int,
+    **sizes: int,
 ) -> StoreResult:
-    """The real index build over ``prep`` into ``out`` (``budgets``: source -> (kind, tokens))."""
+    """The real index build over ``prep`` into ``out`` (``budgets``: source -> (kind, tokens)); ``sizes``
+    overrides :class:`StoreJob`'s sort bucket and chunk sizes."""
+    docs = supply_stats(str(prep))
     job = StoreJob(
         prep=str(prep),
         out_dir=str(out),
-        sources=tuple((n, k, b) for n, (k, b) in budgets.items()),
+        sources=tuple((n, k, b, docs.get(n, {}).get("docs", 0)) for n, (k, b) in budgets.items()),
         block_len=block_len,
         seq_len=block_len - 1,
         seed=seed,
         eos_id=eos_id,
         dtype=token_dtype(vocab_size).str,
         parts=parts,
+        **sizes,
     )
     return build_store(job)
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from store_fixtures import index_prep, reference_pack_prep, store_from_docs, write_prep
 
+from dapt.corpora.mix.index import permutation_on_disk
 from dapt.corpora.mix.store import TokenStore, open_blocks
 from dapt.train.data import BlockStream
 
@@ -25,7 +26,16 @@ def _docs(n: int, seed: int, max_len: int = 40) -> list[list[int]]:
     return [rng.integers(2, VOCAB, size=int(rng.integers(1, max_len))).tolist() for _ in range(n)]
 
 
-def test_the_store_gives_the_reference_packers_rows_starts_and_domain_tokens(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "sizes",
+    [{}, {"sort_rows": 3, "chunk": 4}],
+    ids=["one-bucket-one-chunk", "many-buckets-many-chunks"],
+)
+def test_the_store_gives_the_reference_packers_rows_starts_and_domain_tokens(
+    tmp_path: Path, sizes: dict[str, int]
+) -> None:
+    """With the default sizes every array is one bucket and one chunk; with tiny ones the sort runs over
+    16 buckets and every epoch, truncation and the block inversion cross chunk boundaries."""
     sources = {"a": ("domain", _docs(30, 1)), "b": ("domain", _docs(7, 2)), "c": ("general", _docs(40, 3))}
     prep = tmp_path / "prep"
     parts = write_prep(prep, sources, EOS, VOCAB, docs_per_part=6)
@@ -36,7 +46,7 @@ def test_the_store_gives_the_reference_packers_rows_starts_and_domain_tokens(tmp
     total = (budgets["a"] + budgets["b"] + int(0.7 * supply["c"])) // BLOCK * BLOCK
     budgets["c"] = total - budgets["a"] - budgets["b"]
     kinds = {n: (sources[n][0], b) for n, b in budgets.items()}
-    result = index_prep(prep, tmp_path / "store", kinds, BLOCK, SEED, EOS, VOCAB, parts)
+    result = index_prep(prep, tmp_path / "store", kinds, BLOCK, SEED, EOS, VOCAB, parts, **sizes)
     assert result.total_tokens == total and result.n_blocks == total // BLOCK
     assert result.domain_tokens == budgets["a"] + budgets["b"]
     assert {n: u["tokens"] for n, u in result.used.items()} == budgets
@@ -52,6 +62,15 @@ def test_the_store_gives_the_reference_packers_rows_starts_and_domain_tokens(tmp
         assert store.doc_starts(r).tolist() == ref_starts[r].tolist(), r
         assert store.domain_tokens(r) == int(ref["block_domain_tokens"][r]), r
     assert np.array_equal(np.asarray(store.arrays["block_stream"]), ref["block_stream_index"])
+    assert not list((tmp_path / "store").glob(".*"))  # no scratch file left behind
+
+
+def test_a_permutation_built_on_disk_is_numpys_with_the_same_draws(tmp_path: Path) -> None:
+    for n, chunk in ((1, 1), (1000, 7), (4097, 1 << 20)):
+        ours, theirs = np.random.default_rng([5, n]), np.random.default_rng([5, n])
+        perm = permutation_on_disk(ours, n, tmp_path / f"p{n}", chunk)
+        assert isinstance(perm, np.memmap) and np.array_equal(perm, theirs.permutation(n))
+        assert ours.integers(1 << 62) == theirs.integers(1 << 62)  # the generator is left where numpy's is
 
 
 def test_the_train_stream_reads_the_same_blocks_from_any_position(tmp_path: Path) -> None:

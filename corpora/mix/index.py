@@ -4,10 +4,13 @@ Both run as one Ray task each (:func:`dapt.pipeline.ray_runtime.call_in_task`), 
 only counts and budgets. Neither reads a token: the tokens were written once, into the prep pass's
 shards, and the index says which of them training reads in which order.
 
-Memory, measured by reasoning about the arrays (no process holds tokens): :func:`supply_stats` reads the
-metadata a Parquet batch at a time (bounded); :func:`build_store` holds one source's per-document arrays
-at a time, about 80 bytes per document of the largest source (4 GB at 50 million documents), and the
-block permutation, 16 bytes per block (200 MB at 25 B tokens of 2,049-token blocks).
+Memory is bounded by a chunk, not by the corpus: :func:`supply_stats` reads the metadata a Parquet
+batch at a time; :func:`build_store` sorts a source's documents into canonical order by buckets of the
+split key (one bucket of about ``sort_rows`` documents in memory) and builds every permutation (each
+epoch's, the block shuffle's) in a scratch file, read and inverted ``chunk`` entries at a time. The
+arrays that grow with the corpus are files (page cache the kernel can write back), not heap. Measured
+(``bench/mix_index.py``, docs/scale.md): 0.18-0.20 GB peak anonymous memory from 2 to 100 million
+documents, where the whole-array version it replaced took 0.27 to 5.4 GB, with byte-identical arrays.
 
 The sampling is the one docs/mixing.md describes, reproduced exactly from the packer this replaced
 (``tests/reference_pack.py`` keeps that packer as the oracle of the golden test): per source, documents
@@ -18,8 +21,10 @@ hit the budget exactly; blocks shuffled by ``default_rng([seed, 0xB10C]).permuta
 
 from __future__ import annotations
 
+import os
 import zlib
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,13 +38,14 @@ from dapt.corpora.mix.store import (
     ARRAYS,
     FORMAT,
     INDEX,
+    INDEX_DTYPE,
     PART_DIR,
     RawAppender,
     SourceRange,
     part_name,
-    write_raw,
 )
 from dapt.pipeline.fsutil import atomic_write_json, link_or_copy
+from dapt.pipeline.memory import release_freed_memory
 
 SHUFFLE_SALT = 0xB10C
 STATS_BATCH_ROWS = 1 << 16
@@ -98,14 +104,19 @@ class StoreJob:
 
     prep: str
     out_dir: str
-    sources: tuple[tuple[str, str, int], ...]
-    """(name, kind, token budget) in config order."""
+    sources: tuple[tuple[str, str, int, int], ...]
+    """(name, kind, token budget, training documents) in config order; the document count (from
+    :func:`supply_stats`) only sizes the sort's buckets."""
     block_len: int
     seq_len: int
     seed: int
     eos_id: int
     dtype: str
     parts: int
+    sort_rows: int = 1 << 20
+    """Documents per bucket of the canonical-order sort (24 bytes each in memory, plus its sort)."""
+    chunk: int = 1 << 20
+    """Entries per chunk when sampling instances and inverting the block shuffle (8-40 bytes each)."""
 
 
 @dataclass(frozen=True)
@@ -117,20 +128,94 @@ class StoreResult:
     """Per source: ``tokens`` (its stream length, counted from the index) and ``docs`` (instances)."""
 
 
-def _source_docs(prep: Path, source: str, part_start: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(offset in the shards, length with EOS) of a source's training documents in canonical order."""
-    t = pq.read_table(
-        prep / "docs",
-        columns=["key", "n_tokens", "part", "offset"],
-        filters=[("source", "=", source), ("status", "=", "train"), ("n_tokens", ">", 0)],
-    )
-    key = t["key"].to_numpy()
-    part = t["part"].to_numpy().astype(np.int64)
-    offset = t["offset"].to_numpy()
-    lens = t["n_tokens"].to_numpy() + 1
-    del t
-    order = np.lexsort((offset, part, key))  # split key, then input order (part, position in part)
-    return (part_start[part] + offset)[order], lens[order]
+DOC_RECORD = np.dtype([("key", "<u8"), ("offset", "<i8"), ("length", "<i8")])
+MAX_BUCKETS = 256
+"""At most this many bucket files open at once (well under the usual 1,024-descriptor limit); past
+``MAX_BUCKETS * sort_rows`` documents in one source (268 million by default) a bucket outgrows
+``sort_rows``."""
+
+
+def _scratch(path: Path, dtype: Any, n: int) -> np.ndarray:
+    """A writable ``n``-entry array in a file: page cache the kernel can write back, not heap."""
+    if n == 0:
+        return np.zeros(0, dtype=dtype)
+    return np.memmap(path, dtype=dtype, mode="w+", shape=(n,))
+
+
+def permutation_on_disk(rng: np.random.Generator, n: int, path: Path, chunk: int) -> np.ndarray:
+    """``rng.permutation(n)``, the same numbers and the same draws from ``rng``, built in a file.
+
+    numpy's ``permutation(n)`` is ``arange(n)`` shuffled in place by ``Generator.shuffle`` (Fisher-Yates,
+    one bounded draw per position whatever the dtype), so shuffling a file-backed ``arange`` reproduces
+    it without holding ``8 n`` bytes of heap. Shuffle needs a plain ``ndarray``, hence the view."""
+    dtype = np.int32 if n < 1 << 31 else np.int64
+    perm = _scratch(path, dtype, n)
+    for lo in range(0, n, chunk):
+        hi = min(n, lo + chunk)
+        perm[lo:hi] = np.arange(lo, hi, dtype=dtype)
+    rng.shuffle(perm.view(np.ndarray))
+    return perm
+
+
+def _training_rows(prep: Path, source: str, columns: list[str]) -> Iterator[pa.RecordBatch]:
+    """A source's training documents' ``columns``, a Parquet batch at a time.
+
+    Read file by file in this thread rather than by a ``pyarrow.dataset`` scan: the scanner's background
+    readahead ran ahead of the sort and held up to 0.3 GB more at 15 million documents (measured with
+    ``bench/mix_index.py``); this stays at one row group."""
+    for f in _parquet_files(prep):
+        for batch in pq.ParquetFile(f).iter_batches(
+            batch_size=STATS_BATCH_ROWS, columns=[*columns, "source", "status"]
+        ):
+            wanted = pc.and_(
+                pc.and_(pc.equal(batch["source"], source), pc.equal(batch["status"], "train")),
+                pc.greater(batch["n_tokens"], 0),
+            )
+            yield batch.filter(wanted)
+
+
+def _sorted_source_docs(
+    prep: Path, source: str, n_docs: int, part_start: np.ndarray, job: StoreJob, files: dict[str, RawAppender]
+) -> int:
+    """Append a source's training documents, in canonical order, to ``doc_offset`` and ``doc_length``;
+    returns how many there were.
+
+    Canonical order is (split key, position in the shards), the position standing for input order
+    (part, then offset in part). The sort is a bucket sort on the key's top bits: split keys are
+    xxh64 hashes, uniform, so ``n_docs / sort_rows`` buckets hold about ``sort_rows`` documents each,
+    and sorting them one at a time and concatenating is the global sort with one bucket in memory."""
+    out = Path(job.out_dir)
+    bits = min(max(0, (max(1, -(-n_docs // job.sort_rows)) - 1).bit_length()), MAX_BUCKETS.bit_length() - 1)
+    paths = [out / f".bucket-{b:03d}.{os.getpid()}.tmp" for b in range(1 << bits)]
+    handles = [open(p, "wb") for p in paths]  # noqa: SIM115 (closed below)
+    try:
+        for batch in _training_rows(prep, source, ["key", "n_tokens", "part", "offset"]):
+            rec = np.empty(batch.num_rows, dtype=DOC_RECORD)
+            rec["key"] = batch["key"].to_numpy()
+            rec["offset"] = part_start[batch["part"].to_numpy().astype(np.int64)] + batch["offset"].to_numpy()
+            rec["length"] = batch["n_tokens"].to_numpy() + 1
+            bucket = (
+                (rec["key"] >> np.uint64(64 - bits)).astype(np.int64) if bits else np.zeros(len(rec), int)
+            )
+            order = np.argsort(bucket, kind="stable")
+            bounds = np.searchsorted(bucket[order], np.arange((1 << bits) + 1))
+            for b, fh in enumerate(handles):
+                if bounds[b] < bounds[b + 1]:
+                    rec[order[bounds[b] : bounds[b + 1]]].tofile(fh)
+    finally:
+        for fh in handles:
+            fh.close()
+    count = 0
+    for path in paths:
+        rec = np.fromfile(path, dtype=DOC_RECORD)
+        path.unlink()
+        rec = rec[np.lexsort((rec["offset"], rec["key"]))]
+        files["doc_offset"].add(rec["offset"])
+        files["doc_length"].add(rec["length"])
+        count += rec.size
+    del rec
+    release_freed_memory()  # what the buckets' sorts leave in the allocator's free lists (0.04 GB)
+    return count
 
 
 def build_store(job: StoreJob) -> StoreResult:
@@ -152,18 +237,17 @@ def build_store(job: StoreJob) -> StoreResult:
     pos = 0
     ranges: list[SourceRange] = []
     used: dict[str, dict[str, int]] = {}
-    for name, kind, budget in job.sources:
+    for name, kind, budget, n_docs in job.sources:
         doc0, inst0, pos0 = files["doc_offset"].count, files["instance_doc"].count, pos
         if budget > 0:
-            offsets, lens = _source_docs(prep, name, part_start)
-            if lens.size == 0:
+            n = _sorted_source_docs(prep, name, n_docs, part_start, job, files)
+            if n == 0:
                 raise ValueError(
                     f"mix: source {name} has a budget of {budget} tokens but no training documents"
                 )
-            files["doc_offset"].add(offsets)
-            files["doc_length"].add(lens)
-            pos = _sample(lens, budget, doc0, pos, job.seed, name, files)
-            del offsets, lens
+            lens = files["doc_length"].view(doc0, doc0 + n)
+            pos = _sample(lens, budget, doc0, pos, job, name, files)
+            del lens
         ranges.append(
             SourceRange(
                 name,
@@ -180,11 +264,7 @@ def build_store(job: StoreJob) -> StoreResult:
             f"mix: the stream has {pos} tokens, not a whole number of {job.block_len}-token blocks"
         )
     n_blocks = pos // job.block_len
-    row_of = np.random.default_rng([int(job.seed), SHUFFLE_SALT]).permutation(n_blocks)
-    block_stream = np.empty(n_blocks, dtype=np.int64)
-    block_stream[row_of] = np.arange(n_blocks)  # stream block i is row row_of[i]
-    del row_of
-    write_raw(out / "block_stream.bin", block_stream, np.dtype("<i8"))
+    _write_block_stream(out, n_blocks, job)
     lengths = {name: f.close() for name, f in files.items()}
     lengths["block_stream"] = n_blocks
 
@@ -210,26 +290,63 @@ def build_store(job: StoreJob) -> StoreResult:
     return StoreResult(n_blocks=n_blocks, total_tokens=pos, domain_tokens=domain, used=used)
 
 
+def _write_block_stream(out: Path, n_blocks: int, job: StoreJob) -> None:
+    """``block_stream.bin``: the inverse of the block shuffle, stream block ``i`` at row ``row_of[i]``,
+    scattered a chunk at a time into the file."""
+    scratch = out / f".row_of.{os.getpid()}.tmp"
+    row_of = permutation_on_disk(
+        np.random.default_rng([int(job.seed), SHUFFLE_SALT]), n_blocks, scratch, job.chunk
+    )
+    final = out / "block_stream.bin"
+    tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
+    tmp.touch()
+    block_stream = _scratch(tmp, INDEX_DTYPE, n_blocks)
+    for lo in range(0, n_blocks, job.chunk):
+        hi = min(n_blocks, lo + job.chunk)
+        block_stream[np.asarray(row_of[lo:hi])] = np.arange(lo, hi)
+    if isinstance(block_stream, np.memmap):
+        block_stream.flush()
+    del block_stream, row_of
+    scratch.unlink(missing_ok=True)
+    os.replace(tmp, final)
+
+
 def _sample(
-    lens: np.ndarray, budget: int, doc0: int, pos: int, seed: int, name: str, files: dict[str, RawAppender]
+    lens: np.ndarray,
+    budget: int,
+    doc0: int,
+    pos: int,
+    job: StoreJob,
+    name: str,
+    files: dict[str, RawAppender],
 ) -> int:
-    """Append one source's instances (exactly ``budget`` tokens) to the index; returns the new stream end."""
-    rng = np.random.default_rng([int(seed), zlib.crc32(name.encode())])
+    """Append one source's instances (exactly ``budget`` tokens) to the index; returns the new stream end.
+
+    Each epoch is a permutation of the source's documents (on disk, :func:`permutation_on_disk`), read
+    a chunk at a time: the documents that fit whole, then the one truncated to hit the budget."""
+    rng = np.random.default_rng([int(job.seed), zlib.crc32(name.encode())])
     n_docs = lens.size
+    scratch = Path(job.out_dir) / f".epoch.{os.getpid()}.tmp"
     remaining = int(budget)
     while remaining > 0:
-        order = rng.permutation(n_docs)
-        cum = np.cumsum(lens[order])
-        k_full = int(np.searchsorted(cum, remaining, side="right"))  # documents that fit whole
-        if k_full:
-            files["instance_doc"].add(doc0 + order[:k_full])
-            files["instance_start"].add(pos + cum[:k_full] - lens[order[:k_full]])
-            used = int(cum[k_full - 1])
-            pos += used
-            remaining -= used
-        if k_full < n_docs and remaining > 0:  # the truncated last document: first m - 1 tokens + EOS
-            files["instance_doc"].add(np.array([doc0 + order[k_full]]))
-            files["instance_start"].add(np.array([pos]))
-            pos += remaining
-            remaining = 0
+        order = permutation_on_disk(rng, n_docs, scratch, job.chunk)
+        for lo in range(0, n_docs, job.chunk):
+            docs = np.asarray(order[lo : lo + job.chunk], dtype=np.int64)
+            doc_lens = np.asarray(lens[docs])
+            cum = np.cumsum(doc_lens)
+            k_full = int(np.searchsorted(cum, remaining, side="right"))  # documents that fit whole
+            if k_full:
+                files["instance_doc"].add(doc0 + docs[:k_full])
+                files["instance_start"].add(pos + cum[:k_full] - doc_lens[:k_full])
+                pos += int(cum[k_full - 1])
+                remaining -= int(cum[k_full - 1])
+            if k_full < docs.size:
+                if remaining > 0:  # the truncated last document: first m - 1 tokens + EOS
+                    files["instance_doc"].add(np.array([doc0 + docs[k_full]]))
+                    files["instance_start"].add(np.array([pos]))
+                    pos += remaining
+                    remaining = 0
+                break
+        del order
+    scratch.unlink(missing_ok=True)
     return pos

@@ -237,7 +237,7 @@ def run(ctx: Any) -> dict[str, Any]:
     job = StoreJob(
         prep=str(prep),
         out_dir=str(ctx.out_dir / "train"),
-        sources=tuple((s.name, s.kind, int(plan.budgets.get(s.name, 0))) for s in supplies),
+        sources=tuple((s.name, s.kind, int(plan.budgets.get(s.name, 0)), s.docs) for s in supplies),
         block_len=block_len,
         seq_len=mcfg.seq_len,
         seed=int(seed),

@@ -80,6 +80,14 @@ class RawAppender:
         a.tofile(self.fh)
         self.count += a.size
 
+    def view(self, start: int, stop: int) -> np.ndarray:
+        """Entries ``[start, stop)`` written so far, read back memory-mapped (not copied)."""
+        self.fh.flush()
+        if stop <= start:
+            return np.zeros(0, dtype=INDEX_DTYPE)
+        offset = start * INDEX_DTYPE.itemsize
+        return np.memmap(self.tmp, dtype=INDEX_DTYPE, mode="r", offset=offset, shape=(stop - start,))
+
     def close(self) -> int:
         self.fh.close()
         os.replace(self.tmp, self.path)
