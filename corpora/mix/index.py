@@ -45,7 +45,7 @@ from dapt.corpora.mix.store import (
     part_name,
 )
 from dapt.pipeline.fsutil import atomic_write_json, link_or_copy
-from dapt.pipeline.memory import release_freed_memory
+from dapt.pipeline.memory import releasing
 
 SHUFFLE_SALT = 0xB10C
 STATS_BATCH_ROWS = 1 << 16
@@ -59,6 +59,12 @@ def _empty_stats() -> dict[str, Any]:
     return {"docs": 0, "tokens": 0, "bytes": 0, "near_dup": 0, "contaminated": 0, "contam_by_task": Counter()}
 
 
+def _is_training(rows: pa.Table | pa.RecordBatch) -> pa.ChunkedArray | pa.Array:
+    """The rows that are training documents: kept (``train``) and with at least one token. The supply
+    count and the index must agree on this, or the budgets would not match what is sampled."""
+    return pc.and_(pc.equal(rows["status"], "train"), pc.greater(rows["n_tokens"], 0))
+
+
 def supply_stats(prep: str) -> dict[str, dict[str, Any]]:
     """Per source: training documents, their tokens (EOS included), bytes, and the near-duplicate and
     contaminated drops by task, counted a Parquet batch at a time."""
@@ -67,7 +73,7 @@ def supply_stats(prep: str) -> dict[str, dict[str, Any]]:
     for f in _parquet_files(Path(prep)):
         for batch in pq.ParquetFile(f).iter_batches(batch_size=STATS_BATCH_ROWS, columns=cols):
             t = pa.Table.from_batches([batch])
-            train = t.filter(pc.and_(pc.equal(t["status"], "train"), pc.greater(t["n_tokens"], 0)))
+            train = t.filter(_is_training(t))
             agg = train.group_by("source").aggregate(
                 [("n_tokens", "sum"), ("n_tokens", "count"), ("n_bytes", "sum")]
             )
@@ -167,13 +173,10 @@ def _training_rows(prep: Path, source: str, columns: list[str]) -> Iterator[pa.R
         for batch in pq.ParquetFile(f).iter_batches(
             batch_size=STATS_BATCH_ROWS, columns=[*columns, "source", "status"]
         ):
-            wanted = pc.and_(
-                pc.and_(pc.equal(batch["source"], source), pc.equal(batch["status"], "train")),
-                pc.greater(batch["n_tokens"], 0),
-            )
-            yield batch.filter(wanted)
+            yield batch.filter(pc.and_(pc.equal(batch["source"], source), _is_training(batch)))
 
 
+@releasing  # gives back what the buckets' sorts leave in the allocator's free lists (0.04 GB)
 def _sorted_source_docs(
     prep: Path, source: str, n_docs: int, part_start: np.ndarray, job: StoreJob, files: dict[str, RawAppender]
 ) -> int:
@@ -213,8 +216,6 @@ def _sorted_source_docs(
         files["doc_offset"].add(rec["offset"])
         files["doc_length"].add(rec["length"])
         count += rec.size
-    del rec
-    release_freed_memory()  # what the buckets' sorts leave in the allocator's free lists (0.04 GB)
     return count
 
 
